@@ -1,0 +1,1 @@
+from deepzip.errors import DeepzipError, FormatError, ConfigError, DataNotFoundError

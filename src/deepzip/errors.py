@@ -1,0 +1,17 @@
+"""The one error hierarchy of deepzip: every failure a user can cause is a DeepzipError."""
+
+
+class DeepzipError(Exception):
+    """Base class of every error deepzip raises on bad input; the CLI prints it as one line."""
+
+
+class FormatError(DeepzipError, ValueError):
+    """A .dzip file (or an encoded stream inside it) is damaged, truncated or not a .dzip."""
+
+
+class ConfigError(DeepzipError, ValueError):
+    """A setting is invalid: unknown layer pattern, bits out of range, bad sparsity."""
+
+
+class DataNotFoundError(DeepzipError, FileNotFoundError):
+    """The data set could not be found; the message says where to put the files."""
