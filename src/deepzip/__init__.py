@@ -1,1 +1,27 @@
-from deepzip.errors import DeepzipError, FormatError, ConfigError, DataNotFoundError
+"""deepzip: Deep Compression (Han, Mao, Dally, ICLR 2016) for PyTorch models.
+
+trained model -> prune_ -> retrain -> quantize_ -> retrain -> save (.dzip) -> load -> model
+"""
+
+from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.errors import ConfigError, DataNotFoundError, DeepzipError, FormatError
+from deepzip.parametrizations import load_state_dict, strip_
+from deepzip.prune import prune_
+from deepzip.quantize import quantize_
+from deepzip.storage import load, save
+
+__all__ = [
+    "CodebookTensor",
+    "CompressedModel",
+    "ConfigError",
+    "DataNotFoundError",
+    "DeepzipError",
+    "FormatError",
+    "RawTensor",
+    "load",
+    "load_state_dict",
+    "prune_",
+    "quantize_",
+    "save",
+    "strip_",
+]

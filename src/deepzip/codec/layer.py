@@ -1,0 +1,73 @@
+"""One compressed layer as bytes: Huffman-coded weight codes and gaps, with their tables.
+
+Pure functions over numpy arrays. The container (`deepzip.fileformat`) places these bytes
+in a file; this module knows nothing of files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepzip.codec import huffman, sparse
+
+# Widths tried when the caller leaves the choice to us. The paper uses 5 (fc) and 8 (conv);
+# the best width depends on the sparsity pattern, so we measure rather than guess.
+INDEX_BITS_CHOICES = tuple(range(1, 13))
+
+
+@dataclass(frozen=True)
+class EncodedLayer:
+    """The byte streams of one codebook layer (see docs/FORMAT.md, "Codebook section")."""
+
+    index_bits: int
+    entry_count: int
+    code_lengths: bytes
+    gap_lengths: bytes
+    code_stream: bytes
+    gap_stream: bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tables and streams (the codebook itself is not included)."""
+        return len(self.code_lengths) + len(self.gap_lengths) + len(self.code_stream) + len(self.gap_stream)
+
+
+def _huffman(symbols: np.ndarray, alphabet_size: int) -> tuple[bytes, bytes]:
+    """Code `symbols` with an optimal code of their own counts; return (packed lengths, stream)."""
+    counts = np.bincount(symbols, minlength=alphabet_size)
+    lengths = huffman.code_lengths(counts)
+    return huffman.pack_lengths(lengths), huffman.encode(symbols, lengths)
+
+
+def encode_layer(positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int) -> EncodedLayer:
+    """Encode kept entries (flat positions, codes < k) with gaps of `index_bits` bits."""
+    gaps, code_symbols = sparse.to_relative(positions, codes, index_bits, filler_symbol=k)
+    code_lengths, code_stream = _huffman(code_symbols, k + 1)
+    gap_lengths, gap_stream = _huffman(gaps, 1 << index_bits)
+    return EncodedLayer(index_bits, len(gaps), code_lengths, gap_lengths, code_stream, gap_stream)
+
+
+def encode_layer_smallest(
+    positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int | None = None
+) -> EncodedLayer:
+    """Encode with the given width, or with the width in INDEX_BITS_CHOICES that gives the fewest bytes."""
+    if index_bits is not None:
+        return encode_layer(positions, codes, k, index_bits)
+    candidates = (encode_layer(positions, codes, k, b) for b in INDEX_BITS_CHOICES)
+    return min(candidates, key=lambda encoded: encoded.nbytes)
+
+
+def decode_layer(encoded: EncodedLayer, k: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode to (positions int64, codes uint16) of the kept entries; FormatError if damaged."""
+    code_lengths = huffman.unpack_lengths(encoded.code_lengths, k + 1)
+    gap_lengths = huffman.unpack_lengths(encoded.gap_lengths, 1 << encoded.index_bits)
+    code_symbols = huffman.decode(encoded.code_stream, code_lengths, encoded.entry_count)
+    gaps = huffman.decode(encoded.gap_stream, gap_lengths, encoded.entry_count)
+    return sparse.from_relative(gaps, code_symbols, encoded.index_bits, k, numel)
+
+
+def lengths_table_size(alphabet_size: int) -> int:
+    """Bytes of a packed code-length table (two 4-bit lengths per byte)."""
+    return (alphabet_size + 1) // 2

@@ -1,0 +1,307 @@
+"""The .dzip container: CompressedModel <-> bytes, exactly as docs/FORMAT.md specifies.
+
+Writing is `to_bytes` plus an atomic file replace. Reading is defensive: every size read
+from the file is checked against the bytes that remain and against fixed limits before
+anything is allocated or a compiled decoder runs; every failure is a FormatError that
+names the tensor and the section.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepzip.codec.layer import EncodedLayer, decode_layer, encode_layer_smallest, lengths_table_size
+from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.errors import DeepzipError, FormatError
+
+MAGIC = b"\x89DZIP\r\n\x1a"
+VERSION = 1
+PREAMBLE = struct.Struct("<8sHHI")  # magic, version, flags, header size
+
+MAX_HEADER_SIZE = 64 << 20
+MAX_NAME_BYTES = 1024
+MAX_NDIM = 8
+MAX_NUMEL = 1 << 40
+MAX_CODEBOOK = 4096
+MAX_INDEX_BITS = 12
+
+ENCODING_RAW = 0
+ENCODING_CODEBOOK = 1
+
+DTYPE_CODES: dict[torch.dtype, int] = {
+    torch.float32: 1,
+    torch.float16: 2,
+    torch.bfloat16: 3,
+    torch.float64: 4,
+    torch.int64: 5,
+    torch.int32: 6,
+    torch.int16: 7,
+    torch.int8: 8,
+    torch.uint8: 9,
+    torch.bool: 10,
+}
+DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+FLOAT_CODES = {1, 2, 3, 4}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def to_bytes(model: CompressedModel) -> bytes:
+    """Serialize `model`. Records are sorted by name, so equal models give equal bytes."""
+    records, sections = [], []
+    for name in sorted(model.tensors):
+        record, section = _encode_record(name, model.tensors[name])
+        records.append(record)
+        sections.append(section)
+    body = struct.pack("<I", len(records)) + b"".join(records)
+    if len(body) > MAX_HEADER_SIZE:
+        raise DeepzipError(f"header of {len(body)} bytes exceeds the format's limit of {MAX_HEADER_SIZE}")
+    head = PREAMBLE.pack(MAGIC, VERSION, 0, len(body)) + body
+    return head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
+
+
+def _encode_record(name: str, record: CodebookTensor | RawTensor) -> tuple[bytes, bytes]:
+    encoded_name = name.encode("utf-8")
+    if not 1 <= len(encoded_name) <= MAX_NAME_BYTES:
+        raise DeepzipError(f"tensor name {name!r} must be 1..{MAX_NAME_BYTES} bytes of UTF-8")
+    if isinstance(record, CodebookTensor):
+        shape, dtype = record.shape, record.dtype
+        k = len(record.codebook)
+        layer = encode_layer_smallest(record.positions, record.codes, k, record.index_bits)
+        section = b"".join(
+            [
+                record.codebook.astype("<f4").tobytes(),
+                layer.code_lengths,
+                layer.gap_lengths,
+                layer.code_stream,
+                layer.gap_stream,
+            ]
+        )
+        params = struct.pack(
+            "<HBIII", k, layer.index_bits, layer.entry_count, len(layer.code_stream), len(layer.gap_stream)
+        )
+        encoding = ENCODING_CODEBOOK
+    else:
+        tensor = record.tensor.detach().cpu().contiguous()
+        shape, dtype = tuple(tensor.shape), tensor.dtype
+        section = _tensor_bytes(tensor)
+        params = b""
+        encoding = ENCODING_RAW
+    if dtype not in DTYPE_CODES:
+        raise DeepzipError(f"tensor {name!r}: dtype {dtype} cannot be stored in a .dzip file")
+    if len(shape) > MAX_NDIM:
+        raise DeepzipError(f"tensor {name!r}: {len(shape)} dimensions exceed the format's {MAX_NDIM}")
+    head = struct.pack("<H", len(encoded_name)) + encoded_name
+    head += struct.pack(f"<BB{len(shape)}I", DTYPE_CODES[dtype], len(shape), *shape)
+    head += struct.pack("<BII", encoding, len(section), zlib.crc32(section))
+    return head + params, section
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    # Viewing as uint8 handles every dtype, bfloat16 included, which numpy lacks.
+    # (Little-endian hosts only: torch supports no big-endian CPU.)
+    return tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def write(model: CompressedModel, path: str | os.PathLike, overwrite: bool = False) -> int:
+    """Write `model` to `path` atomically and return the file size in bytes.
+
+    The bytes go to a temporary file in the same directory, are fsynced, and are renamed
+    over `path` only when complete: a crash or a full disk never leaves a partial file at
+    `path`, and an existing file survives any failure. An existing `path` is replaced
+    only with `overwrite=True`.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DeepzipError(f"{path} exists; pass overwrite=True (--force) to replace it")
+    data = to_bytes(model)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(data)
+
+
+# ---------------------------------------------------------------- reading
+
+
+class _Cursor:
+    """Reads little-endian fields from a buffer, checking every length before using it."""
+
+    def __init__(self, data: memoryview, start: int, end: int, where: str):
+        self.data, self.pos, self.end, self.where = data, start, end, where
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or n > self.end - self.pos:
+            raise FormatError(f"{self.where}: {what} needs {n} bytes but only {self.end - self.pos} remain")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, fmt: str, what: str) -> tuple:
+        s = struct.Struct("<" + fmt)
+        return s.unpack(self.take(s.size, what))
+
+
+@dataclass(frozen=True)
+class _Record:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    encoding: int
+    size: int
+    crc: int
+    params: tuple[int, int, int, int, int] | None  # k, index bits, entries, code bytes, gap bytes
+
+
+def from_bytes(data: bytes | bytearray | memoryview) -> CompressedModel:
+    """Parse a whole .dzip file; raises FormatError for anything that is not a valid file."""
+    view = memoryview(data).cast("B")
+    if len(view) < PREAMBLE.size or bytes(view[:8]) != MAGIC:
+        raise FormatError("not a .dzip file (bad magic bytes)")
+    _, version, flags, header_size = PREAMBLE.unpack(view[: PREAMBLE.size])
+    if version > VERSION:
+        raise FormatError(f"file format version {version} was written by a newer deepzip (this one reads {VERSION})")
+    if version != VERSION:
+        raise FormatError(f"unknown file format version {version}")
+    if flags:
+        raise FormatError(f"preamble: unknown flags {flags:#06x}")
+    if header_size > MAX_HEADER_SIZE or PREAMBLE.size + header_size + 4 > len(view):
+        raise FormatError(f"header: size {header_size} runs past the end of the {len(view)}-byte file")
+    header_end = PREAMBLE.size + header_size
+    (crc,) = struct.unpack("<I", view[header_end : header_end + 4])
+    if zlib.crc32(view[:header_end]) != crc:
+        raise FormatError("header: checksum mismatch")
+    records = _parse_header(_Cursor(view, PREAMBLE.size, header_end, "header"))
+    offset = header_end + 4
+    tensors: dict[str, CodebookTensor | RawTensor] = {}
+    for record in records:
+        if record.size > len(view) - offset:
+            raise FormatError(f"tensor {record.name!r}, data section: runs past the end of the file")
+        section = view[offset : offset + record.size]
+        offset += record.size
+        if zlib.crc32(section) != record.crc:
+            raise FormatError(f"tensor {record.name!r}, data section: checksum mismatch")
+        tensors[record.name] = _decode_section(record, section)
+    if offset != len(view):
+        raise FormatError(f"{len(view) - offset} trailing bytes after the last section")
+    return CompressedModel(tensors)
+
+
+def _parse_header(cur: _Cursor) -> list[_Record]:
+    (count,) = cur.unpack("I", "tensor count")
+    # Each record takes at least 12 bytes, so a count beyond that is damage, not a big model.
+    if count > (cur.end - cur.pos) // 12:
+        raise FormatError(f"header: tensor count {count} does not fit in the header")
+    records, names = [], set()
+    for index in range(count):
+        cur.where = f"header, record {index}"
+        (name_len,) = cur.unpack("H", "name length")
+        if not 1 <= name_len <= MAX_NAME_BYTES:
+            raise FormatError(f"{cur.where}: name length {name_len} outside 1..{MAX_NAME_BYTES}")
+        try:
+            name = bytes(cur.take(name_len, "name")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"{cur.where}: name is not UTF-8") from None
+        if name in names:
+            raise FormatError(f"tensor {name!r}, header: duplicate tensor name")
+        names.add(name)
+        cur.where = f"tensor {name!r}, header"
+        records.append(_parse_record(cur, name))
+    if cur.pos != cur.end:
+        raise FormatError(f"header: {cur.end - cur.pos} unused bytes after the last record")
+    return records
+
+
+def _parse_record(cur: _Cursor, name: str) -> _Record:
+    dtype_code, ndim = cur.unpack("BB", "dtype and ndim")
+    if dtype_code not in DTYPES:
+        raise FormatError(f"{cur.where}: unknown dtype code {dtype_code}")
+    if ndim > MAX_NDIM:
+        raise FormatError(f"{cur.where}: {ndim} dimensions exceed {MAX_NDIM}")
+    shape = cur.unpack(f"{ndim}I", "shape")
+    numel = 1
+    for dim in shape:
+        numel *= dim  # Python ints: no overflow, checked against the limit below
+    if numel > MAX_NUMEL:
+        raise FormatError(f"{cur.where}: element count {numel} exceeds {MAX_NUMEL}")
+    encoding, size, crc = cur.unpack("BII", "encoding and section size")
+    params = None
+    if encoding == ENCODING_CODEBOOK:
+        if dtype_code not in FLOAT_CODES:
+            raise FormatError(f"{cur.where}: codebook encoding needs a floating dtype, got {DTYPES[dtype_code]}")
+        params = cur.unpack("HBIII", "coding parameters")
+        k, index_bits, entries, code_bytes, gap_bytes = params
+        if not 1 <= k <= MAX_CODEBOOK:
+            raise FormatError(f"{cur.where}: codebook size {k} outside 1..{MAX_CODEBOOK}")
+        if not 1 <= index_bits <= MAX_INDEX_BITS:
+            raise FormatError(f"{cur.where}: index bits {index_bits} outside 1..{MAX_INDEX_BITS}")
+        if entries > numel:
+            raise FormatError(f"{cur.where}: {entries} entries for {numel} elements")
+        expected = 4 * k + lengths_table_size(k + 1) + lengths_table_size(1 << index_bits) + code_bytes + gap_bytes
+        if size != expected:
+            raise FormatError(f"{cur.where}: section size {size} != {expected}, the sum of its parts")
+    elif encoding == ENCODING_RAW:
+        expected = numel * DTYPES[dtype_code].itemsize
+        if size != expected:
+            raise FormatError(f"{cur.where}: raw section size {size} != {expected} for shape {list(shape)}")
+    else:
+        raise FormatError(f"{cur.where}: unknown encoding {encoding}")
+    return _Record(name, DTYPES[dtype_code], tuple(shape), encoding, size, crc, params)
+
+
+def _decode_section(record: _Record, section: memoryview) -> CodebookTensor | RawTensor:
+    where = f"tensor {record.name!r}"
+    if record.encoding == ENCODING_RAW:
+        buffer = bytearray(section)  # a private, writable copy that the tensor owns
+        flat = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.zeros(0, dtype=torch.uint8)
+        return RawTensor(flat.view(record.dtype).reshape(record.shape))
+    k, index_bits, entries, code_bytes, gap_bytes = record.params
+    cur = _Cursor(section, 0, len(section), f"{where}, codebook section")
+    codebook = np.frombuffer(cur.take(4 * k, "codebook"), dtype="<f4").astype(np.float32)
+    encoded = EncodedLayer(
+        index_bits=index_bits,
+        entry_count=entries,
+        code_lengths=bytes(cur.take(lengths_table_size(k + 1), "code length table")),
+        gap_lengths=bytes(cur.take(lengths_table_size(1 << index_bits), "gap length table")),
+        code_stream=cur.take(code_bytes, "code stream"),
+        gap_stream=cur.take(gap_bytes, "gap stream"),
+    )
+    numel = int(np.prod(record.shape, dtype=np.int64))
+    try:
+        positions, codes = decode_layer(encoded, k, numel)
+    except FormatError as error:
+        raise FormatError(f"{where}, code or gap stream: {error}") from None
+    return CodebookTensor(record.shape, record.dtype, codebook, positions, codes, index_bits)
+
+
+def read(path: str | os.PathLike) -> CompressedModel:
+    """Read and fully validate a .dzip file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepzipError(f"{path}: no such file")
+    return from_bytes(path.read_bytes())
+
+
+def section_sizes(data: bytes) -> dict[str, int]:
+    """{tensor name: data section bytes} of a valid file, for per-layer byte accounting."""
+    view = memoryview(data)
+    _, _, _, header_size = PREAMBLE.unpack(view[: PREAMBLE.size])
+    records = _parse_header(_Cursor(view, PREAMBLE.size, PREAMBLE.size + header_size, "header"))
+    return {r.name: r.size for r in records}

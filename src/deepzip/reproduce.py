@@ -1,0 +1,144 @@
+"""`deepzip reproduce`: the paper's MNIST experiments, end to end, from data to decoded model.
+
+Train the dense baseline (cached), prune iteratively with retraining, quantize and
+fine-tune the centroids, write the .dzip, read it back into a fresh model and evaluate
+that. The recipes' per-layer choices were made on the validation split; the reported
+errors are on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from deepzip import models, report
+from deepzip.data import load_mnist
+from deepzip.errors import ConfigError
+from deepzip.fileformat import write
+from deepzip.compressed import CompressedModel
+from deepzip.parametrizations import SharedWeights, current_transform
+from deepzip.prune import prune_
+from deepzip.quantize import quantize_
+from deepzip.storage import load
+from deepzip.train import TrainConfig, error_rate, train
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything `reproduce` does to one model, in order."""
+
+    model: str
+    baseline: TrainConfig
+    prune_steps: tuple[dict[str, float], ...]  # per-layer target sparsity after each step
+    retrain: TrainConfig  # after every pruning step
+    bits: dict[str, int]
+    finetune: TrainConfig  # centroids (and biases) after quantization
+
+
+RECIPES = {
+    "lenet-300-100": Recipe(
+        model="lenet-300-100",
+        baseline=TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4),
+        prune_steps=(
+            {"fc1": 0.6, "fc2": 0.6, "fc3": 0.4},
+            {"fc1": 0.85, "fc2": 0.8, "fc3": 0.6},
+            {"fc1": 0.95, "fc2": 0.92, "fc3": 0.75},
+        ),
+        retrain=TrainConfig(epochs=8, lr=0.01, weight_decay=1e-4),
+        bits={"*": 6},
+        finetune=TrainConfig(epochs=4, lr=1e-4, momentum=0.9),
+    ),
+    "lenet-5": Recipe(
+        model="lenet-5",
+        baseline=TrainConfig(epochs=20, lr=0.05, weight_decay=5e-4),
+        prune_steps=(
+            {"conv1": 0.2, "conv2": 0.6, "fc1": 0.6, "fc2": 0.5},
+            {"conv1": 0.3, "conv2": 0.8, "fc1": 0.85, "fc2": 0.7},
+            {"conv1": 0.34, "conv2": 0.88, "fc1": 0.95, "fc2": 0.81},
+        ),
+        retrain=TrainConfig(epochs=6, lr=0.01, weight_decay=5e-4),
+        bits={"conv*": 8, "fc*": 5},
+        finetune=TrainConfig(epochs=3, lr=1e-4, momentum=0.9),
+    ),
+}
+
+
+def reproduce(name: str, out: Path, data_root: Path | None = None, seed: int = 0, log=print) -> dict:
+    """Run the recipe for model `name`, write OUT/model.dzip and OUT/results.json, return the results."""
+    if name not in RECIPES:
+        raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    train_x, train_y = load_mnist("train", data_root)
+    valid = load_mnist("valid", data_root)
+    test = load_mnist("test", data_root)
+    started = time.perf_counter()
+
+    model = models.build(name)
+    baseline_path = out / f"baseline-seed{seed}.pt"
+    if baseline_path.exists():
+        model.load_state_dict(torch.load(baseline_path, weights_only=True))
+        log(f"baseline: loaded from {baseline_path}")
+    else:
+        train(model, train_x, train_y, _seeded(recipe.baseline, seed), desc="baseline")
+        torch.save(model.state_dict(), baseline_path)
+    dense_error = error_rate(model, *test)
+    log(f"baseline: valid error {100 * error_rate(model, *valid):.2f}%, test error {100 * dense_error:.2f}%")
+
+    for step, sparsity in enumerate(recipe.prune_steps, 1):
+        kept = prune_(model, sparsity)
+        train(model, train_x, train_y, _seeded(recipe.retrain, seed + step), desc=f"prune {step}/{len(recipe.prune_steps)}")
+        shown = ", ".join(f"{layer} {100 * f:.1f}%" for layer, f in kept.items())
+        log(f"prune step {step}: kept {shown}; valid error {100 * error_rate(model, *valid):.2f}%")
+
+    quantize_(model, recipe.bits)
+    log(f"quantized: valid error before fine-tuning {100 * error_rate(model, *valid):.2f}%")
+    trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
+    train(model, train_x, train_y, _seeded(recipe.finetune, seed + 100), desc="fine-tune centroids", parameters=trainable)
+    log(f"fine-tuned: valid error {100 * error_rate(model, *valid):.2f}%")
+
+    path = out / "model.dzip"
+    write(CompressedModel.from_module(model), path, overwrite=True)
+    decoded = models.build(name)
+    decoded.load_state_dict(load(path))
+    _check_bit_identical(model, decoded)
+    compressed_error = error_rate(decoded, *test)
+
+    data = path.read_bytes()
+    log("")
+    log(report.format_table(data))
+    totals = report.summary(data)
+    results = {
+        "model": name,
+        "seed": seed,
+        "dense_error": dense_error,
+        "compressed_error": compressed_error,
+        "dense_bytes": totals["dense_bytes"],
+        "file_bytes": totals["file_bytes"],
+        "ratio": totals["ratio"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "layers": totals["layers"],
+    }
+    log("")
+    log(f"dense:   {results['dense_bytes']:,} bytes, test error {100 * dense_error:.2f}%")
+    log(f"deepzip: {results['file_bytes']:,} bytes ({path}), test error {100 * compressed_error:.2f}% (decoded from the file)")
+    log(f"ratio:   {results['ratio']:.1f}x")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _seeded(config: TrainConfig, seed: int) -> TrainConfig:
+    return TrainConfig(**{**config.__dict__, "seed": seed})
+
+
+def _check_bit_identical(model: torch.nn.Module, decoded: torch.nn.Module) -> None:
+    """The decoded weights must equal the in-memory quantized ones bit for bit."""
+    reference = {n: m.weight for n, m in model.named_modules() if isinstance(current_transform(m), SharedWeights)}
+    for name, module in decoded.named_modules():
+        if name in reference and not torch.equal(reference[name].detach(), module.weight.detach()):
+            raise AssertionError(f"{name}: decoded weights differ from the quantized model")

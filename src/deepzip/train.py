@@ -1,0 +1,74 @@
+"""A plain training and evaluation loop for in-memory data sets, with progress bars and seeds.
+
+deepzip's compression API does not depend on it: prune_ and quantize_ work under any
+training loop. This one exists for `deepzip reproduce` and the examples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD with momentum and a cosine learning-rate decay over all epochs."""
+
+    epochs: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    seed: int = 0
+
+
+def train(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    desc: str = "train",
+    parameters: list[nn.Parameter] | None = None,
+) -> None:
+    """Train `model` in place with cross-entropy on (images, labels).
+
+    `parameters` defaults to every parameter that requires a gradient; pass the centroids
+    alone to fine-tune a quantized model. Batches are drawn from a generator seeded with
+    `config.seed`, so a run is repeatable on the same machine.
+    """
+    params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(images) / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    with tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True) as bar:
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(images), config.batch_size):
+                batch = order[start : start + config.batch_size]
+                loss = loss_fn(model(images[batch]), labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+    model.eval()
+
+
+@torch.no_grad()
+def error_rate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of misclassified examples (top-1)."""
+    model.eval()
+    wrong = 0
+    for start in range(0, len(images), batch_size):
+        logits = model(images[start : start + batch_size])
+        wrong += int((logits.argmax(1) != labels[start : start + batch_size]).sum())
+    return wrong / len(images)
