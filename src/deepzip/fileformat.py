@@ -20,7 +20,7 @@ import torch
 
 from deepzip.codec.layer import EncodedLayer, decode_layer, encode_layer_smallest, lengths_table_size
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
-from deepzip.errors import DeepzipError, FormatError
+from deepzip.errors import ConfigError, DeepzipError, FormatError
 
 MAGIC = b"\x89DZIP\r\n\x1a"
 VERSION = 1
@@ -76,6 +76,13 @@ def _encode_record(name: str, record: CodebookTensor | RawTensor) -> tuple[bytes
     if isinstance(record, CodebookTensor):
         shape, dtype = record.shape, record.dtype
         k = len(record.codebook)
+        # The writer enforces the reader's limits, so it never writes a file it cannot read.
+        if DTYPE_CODES.get(dtype) not in FLOAT_CODES:
+            raise ConfigError(f"tensor {name!r}: codebook encoding needs a floating dtype, got {dtype}")
+        if not 1 <= k <= MAX_CODEBOOK:
+            raise ConfigError(f"tensor {name!r}: codebook size {k} outside 1..{MAX_CODEBOOK}")
+        if record.index_bits is not None and not 1 <= record.index_bits <= MAX_INDEX_BITS:
+            raise ConfigError(f"tensor {name!r}: index bits {record.index_bits} outside 1..{MAX_INDEX_BITS}")
         layer = encode_layer_smallest(record.positions, record.codes, k, record.index_bits)
         section = b"".join(
             [

@@ -35,6 +35,26 @@ class Masked(nn.Module):
         return torch.where(self.mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
+class _CodebookLookup(torch.autograd.Function):
+    """centroids[codes] whose backward is one bincount: dL/dC_k = sum of dL/dW over code k.
+
+    Autograd's own backward of indexing (index_put_ with accumulate) computes the same sum
+    but serializes on the few centroids: 7x slower per training step on LeNet-300-100.
+    """
+
+    @staticmethod
+    def forward(ctx, centroids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(codes)
+        ctx.k = centroids.numel()
+        return centroids[codes]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (codes,) = ctx.saved_tensors
+        summed = torch.bincount(codes.flatten(), weights=grad.flatten().double(), minlength=ctx.k)
+        return summed.to(grad.dtype), None
+
+
 class SharedWeights(nn.Module):
     """Parametrization that rebuilds a weight from a trainable codebook and fixed codes."""
 
@@ -48,7 +68,7 @@ class SharedWeights(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """Return centroids[codes] in the weight's dtype, zero where pruned (`weight` is unused)."""
-        shared = self.centroids[self.codes.long()].to(weight.dtype)
+        shared = _CodebookLookup.apply(self.centroids, self.codes.long()).to(weight.dtype)
         return torch.where(self.mask, shared, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 

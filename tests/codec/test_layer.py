@@ -1,0 +1,302 @@
+"""Tests of deepzip.codec.layer against an independent decoder written from docs/FORMAT.md.
+
+The reference below reads the packed length tables, assigns canonical codes (DEFLATE's
+rule), reads the MSB-first bit streams symbol by symbol and rebuilds the positions from
+the gaps, all in plain Python, sharing no code with deepzip.codec.
+"""
+
+import heapq
+import math
+
+import numpy as np
+import pytest
+
+from deepzip.codec.layer import (
+    INDEX_BITS_CHOICES,
+    EncodedLayer,
+    decode_layer,
+    encode_layer,
+    encode_layer_smallest,
+    lengths_table_size,
+)
+
+KS = (1, 2, 32, 256)
+WIDTHS = (1, 3, 5, 8, 12)
+
+
+# ---------------------------------------------------------------- independent references
+
+
+def ref_unpack(table: bytes, n: int) -> list[int]:
+    """n 4-bit lengths, high nibble first; an odd count leaves a zero low nibble."""
+    assert len(table) == (n + 1) // 2
+    nibbles = [x for byte in table for x in (byte >> 4, byte & 15)]
+    if n % 2:
+        assert nibbles[-1] == 0
+    return nibbles[:n]
+
+
+def ref_canonical(lengths: list[int]) -> dict[str, int]:
+    """{code word as a '0'/'1' string: symbol} by sorting used symbols by (length, symbol)."""
+    used = sorted((length, s) for s, length in enumerate(lengths) if length)
+    codes, code, prev = {}, 0, None
+    for length, symbol in used:
+        if prev is not None:
+            code = (code + 1) << (length - prev)
+        else:
+            code = 0
+        codes[format(code, f"0{length}b")] = symbol
+        prev = length
+    assert sum(2.0**-l for l in lengths if l) <= 1.0
+    return codes
+
+
+def ref_decode_stream(stream: bytes, lengths: list[int], count: int) -> list[int]:
+    """Decode `count` symbols; the stream must be exactly ceil(bits/8) bytes, zero padded."""
+    words = ref_canonical(lengths)
+    bits = "".join(format(b, "08b") for b in stream)
+    out, pos = [], 0
+    for _ in range(count):
+        end = pos + 1
+        while bits[pos:end] not in words:
+            end += 1
+            assert end <= len(bits), "stream ended inside a code"
+        out.append(words[bits[pos:end]])
+        pos = end
+    assert len(stream) == (pos + 7) // 8, "stream is not exactly ceil(bits / 8) bytes"
+    assert set(bits[pos:]) <= {"0"}, "nonzero padding"
+    return out
+
+
+def ref_decode_layer(enc: EncodedLayer, k: int):
+    """Spec decoder: (positions of real entries, their codes, all entry positions)."""
+    code_lengths = ref_unpack(enc.code_lengths, k + 1)
+    gap_lengths = ref_unpack(enc.gap_lengths, 1 << enc.index_bits)
+    codes = ref_decode_stream(enc.code_stream, code_lengths, enc.entry_count)
+    gaps = ref_decode_stream(enc.gap_stream, gap_lengths, enc.entry_count)
+    positions, kept, kept_codes, prev = [], [], [], -1
+    for g, c in zip(gaps, codes):
+        prev = prev + g + 1
+        positions.append(prev)
+        assert c <= k
+        if c != k:
+            kept.append(prev)
+            kept_codes.append(c)
+    return kept, kept_codes, positions, code_lengths, gap_lengths, codes, gaps
+
+
+def ref_entries(positions, index_bits):
+    """All entry positions, fillers included, by the paper's rule: step 2**b while too far."""
+    widest, prev, out = 1 << index_bits, -1, []
+    for p in positions:
+        while p - prev > widest:
+            prev += widest
+            out.append(prev)
+        out.append(int(p))
+        prev = int(p)
+    return out
+
+
+def huffman_cost(counts) -> int:
+    """Cost sum(count * length) of an optimal (unlimited) Huffman code via heapq."""
+    heap = [int(c) for c in counts if c > 0]
+    if len(heap) == 1:
+        return heap[0]  # a single used symbol gets a 1-bit code
+    heapq.heapify(heap)
+    cost = 0
+    while len(heap) > 1:
+        merged = heapq.heappop(heap) + heapq.heappop(heap)
+        cost += merged
+        heapq.heappush(heap, merged)
+    return cost
+
+
+def random_layer(rng, numel, density, k):
+    positions = np.flatnonzero(rng.random(numel) < density).astype(np.int64)
+    codes = rng.integers(0, k, positions.size).astype(np.uint16)
+    return positions, codes
+
+
+def check_layer(positions, codes, k, index_bits):
+    enc = encode_layer(positions, codes, k, index_bits)
+    assert enc.index_bits == index_bits
+    # Byte fields have exactly the sizes the spec gives.
+    assert len(enc.code_lengths) == math.ceil((k + 1) / 2)
+    assert len(enc.gap_lengths) == math.ceil((1 << index_bits) / 2)
+    # Independent decoder reproduces positions and codes and the paper's filler layout.
+    kept, kept_codes, all_pos, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k)
+    assert kept == positions.tolist()
+    assert kept_codes == codes.tolist()
+    assert all_pos == ref_entries(positions.tolist(), index_bits)
+    assert enc.entry_count == len(all_pos)
+    # The code lengths are those of an optimal Huffman code for the symbol counts.
+    for lengths, syms in ((code_lengths, code_syms), (gap_lengths, gap_syms)):
+        counts = np.bincount(np.asarray(syms, dtype=np.int64), minlength=len(lengths))
+        assert all((c > 0) == (length > 0) for c, length in zip(counts, lengths))
+        assert sum(int(c) * l for c, l in zip(counts, lengths)) == huffman_cost(counts)
+    # deepzip's own decoder agrees.
+    dec_pos, dec_codes = decode_layer(enc, k, numel=int(positions[-1]) + 1 if positions.size else 0)
+    assert dec_pos.tolist() == positions.tolist()
+    assert dec_codes.tolist() == codes.tolist()
+    assert dec_pos.dtype == np.int64 and dec_codes.dtype == np.uint16
+    return enc
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("index_bits", WIDTHS)
+def test_round_trip_random_patterns(k, index_bits):
+    rng = np.random.default_rng(1000 * k + index_bits)
+    for numel, density in ((3000, 0.02), (1500, 0.3), (700, 0.9)):
+        positions, codes = random_layer(rng, numel, density, k)
+        enc = check_layer(positions, codes, k, index_bits)
+        # Decoding with the true (larger) element count gives the same entries.
+        dec_pos, dec_codes = decode_layer(enc, k, numel)
+        assert np.array_equal(dec_pos, positions) and np.array_equal(dec_codes, codes)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("index_bits", WIDTHS)
+def test_empty_layer(k, index_bits):
+    enc = encode_layer(np.zeros(0, np.int64), np.zeros(0, np.uint16), k, index_bits)
+    assert enc.entry_count == 0
+    assert enc.code_stream == b"" and enc.gap_stream == b""
+    # No used symbol: every length is 0.
+    assert enc.code_lengths == bytes(math.ceil((k + 1) / 2))
+    assert enc.gap_lengths == bytes(math.ceil((1 << index_bits) / 2))
+    for numel in (0, 1, 100):
+        pos, codes = decode_layer(enc, k, numel)
+        assert pos.size == 0 and codes.size == 0
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("index_bits", WIDTHS)
+@pytest.mark.parametrize("position", [0, 1, 7, 4095, 10_000])
+def test_single_entry(k, index_bits, position):
+    code = k - 1
+    positions = np.array([position], np.int64)
+    codes = np.array([code], np.uint16)
+    enc = check_layer(positions, codes, k, index_bits)
+    fillers = (position) >> index_bits  # gap from -1 is position + 1
+    assert enc.entry_count == fillers + 1
+
+
+def test_single_entry_hand_computed_bytes():
+    # k=2, b=3, one entry at position 4 with code 1: gap symbol 4, no filler.
+    # Code alphabet 3 symbols, only symbol 1 used -> length 1, code '0'.
+    # Gap alphabet 8 symbols, only symbol 4 used -> length 1, code '0'.
+    enc = encode_layer(np.array([4]), np.array([1]), k=2, index_bits=3)
+    assert enc.entry_count == 1
+    assert enc.code_lengths == bytes([0x01, 0x00])
+    assert enc.gap_lengths == bytes([0x00, 0x00, 0x10, 0x00])
+    assert enc.code_stream == b"\x00" and enc.gap_stream == b"\x00"
+
+
+def test_paper_example_hand_computed_bytes():
+    # Paper example, b=3: kept at 4 and 15 -> entries 4, 12 (filler), 15; gap symbols [4, 7, 2].
+    # k=4, codes [2, 0]: code symbols [2, 4 (filler), 0]; each used once.
+    # Code counts [1,0,1,0,1] -> Huffman lengths: two of 2 bits and one of 1 bit. Ties make
+    # the assignment ambiguous, so only check what every optimal code shares.
+    enc = encode_layer(np.array([4, 15]), np.array([2, 0]), k=4, index_bits=3)
+    kept, kept_codes, all_pos, code_lengths, gap_lengths, *_ = ref_decode_layer(enc, 4)
+    assert all_pos == [4, 12, 15]
+    assert kept == [4, 15] and kept_codes == [2, 0]
+    assert sorted(l for l in code_lengths if l) == [1, 2, 2]
+    assert sorted(l for l in gap_lengths if l) == [1, 2, 2]
+    assert [i for i, l in enumerate(gap_lengths) if l] == [2, 4, 7]
+    # 5 bits per stream -> 1 byte each.
+    assert len(enc.code_stream) == len(enc.gap_stream) == 1
+
+
+def test_skewed_counts_hand_computed_bytes():
+    # k=2, b=2, kept at 1, 10, 11, 12 with codes [0, 0, 1, 0]:
+    # entries 1 (gap sym 1), 5 filler (3), 9 filler (3), 10 (0), 11 (0), 12 (0).
+    # Gap symbols [1,3,3,0,0,0], counts [3,1,0,2] -> the unique optimum is
+    # sym0=1, sym1=2, sym3=2 bits (cost 9); canonical: sym0 '0', sym1 '10', sym3 '11'.
+    # Stream '10' '11' '11' '0' '0' '0' = 10111100 0(0000000) -> BC 00.
+    # Code symbols [0,2,2,0,1,0] (2 = filler), counts [3,1,2] -> sym0=1, sym1=2, sym2=2;
+    # canonical sym0 '0', sym1 '10', sym2 '11': '0' '11' '11' '0' '10' '0' -> 7A 00.
+    enc = encode_layer(np.array([1, 10, 11, 12]), np.array([0, 0, 1, 0]), k=2, index_bits=2)
+    assert enc.entry_count == 6
+    assert enc.gap_lengths == bytes([0x12, 0x02])
+    assert enc.gap_stream == bytes([0xBC, 0x00])
+    assert enc.code_lengths == bytes([0x12, 0x20])
+    assert enc.code_stream == bytes([0x7A, 0x00])
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("index_bits", WIDTHS)
+def test_fully_dense(k, index_bits):
+    rng = np.random.default_rng(k * 31 + index_bits)
+    numel = 500
+    positions = np.arange(numel, dtype=np.int64)
+    codes = rng.integers(0, k, numel).astype(np.uint16)
+    enc = check_layer(positions, codes, k, index_bits)
+    assert enc.entry_count == numel  # no fillers
+    # Every gap symbol is 0, the only used gap symbol: 1 bit each -> ceil(numel/8) zero bytes.
+    assert enc.gap_stream == bytes(math.ceil(numel / 8))
+    assert ref_unpack(enc.gap_lengths, 1 << index_bits) == [1] + [0] * ((1 << index_bits) - 1)
+
+
+def test_fillers_only_code_symbol_k():
+    # Large gaps with b=1: almost everything is filler; codes must survive untouched.
+    positions = np.array([0, 100, 101, 5000], np.int64)
+    codes = np.array([0, 0, 0, 0], np.uint16)
+    enc = check_layer(positions, codes, k=1, index_bits=1)
+    assert enc.entry_count == len(ref_entries(positions.tolist(), 1))
+
+
+# ---------------------------------------------------------------- width choice and sizes
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_smallest_width_is_minimal(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.choice([1, 2, 16, 32, 256]))
+    density = float(rng.choice([0.005, 0.05, 0.2, 0.6, 0.95]))
+    positions, codes = random_layer(rng, 4000, density, k)
+    best = encode_layer_smallest(positions, codes, k, index_bits=None)
+    sizes = {}
+    for b in INDEX_BITS_CHOICES:
+        enc = encode_layer(positions, codes, k, b)
+        # nbytes is the sum of the four byte fields (computed here from the fields).
+        sizes[b] = len(enc.code_lengths) + len(enc.gap_lengths) + len(enc.code_stream) + len(enc.gap_stream)
+    assert set(INDEX_BITS_CHOICES) == set(range(1, 13))
+    assert best.nbytes == min(sizes.values())
+    assert sizes[best.index_bits] == best.nbytes
+    assert best == encode_layer(positions, codes, k, best.index_bits)
+    pos, dec = decode_layer(best, k, 4000)
+    assert np.array_equal(pos, positions) and np.array_equal(dec, codes)
+
+
+def test_smallest_width_fixed_width_passthrough():
+    rng = np.random.default_rng(7)
+    positions, codes = random_layer(rng, 1000, 0.1, 32)
+    for b in WIDTHS:
+        assert encode_layer_smallest(positions, codes, 32, index_bits=b) == encode_layer(positions, codes, 32, b)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("index_bits", WIDTHS)
+def test_nbytes_is_sum_of_fields(k, index_bits):
+    rng = np.random.default_rng(k + 100 * index_bits)
+    positions, codes = random_layer(rng, 2000, 0.1, k)
+    enc = encode_layer(positions, codes, k, index_bits)
+    fields = (enc.code_lengths, enc.gap_lengths, enc.code_stream, enc.gap_stream)
+    assert enc.nbytes == sum(len(f) for f in fields)
+    # Stream sizes equal ceil(total bits / 8) of the coded symbols.
+    _, _, _, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k)
+    assert len(enc.code_stream) == math.ceil(sum(code_lengths[s] for s in code_syms) / 8)
+    assert len(enc.gap_stream) == math.ceil(sum(gap_lengths[s] for s in gap_syms) / 8)
+
+
+def test_nbytes_handmade():
+    enc = EncodedLayer(3, 5, b"\x00" * 2, b"\x00" * 4, b"abc", b"defgh")
+    assert enc.nbytes == 2 + 4 + 3 + 5
+
+
+@pytest.mark.parametrize("n, size", [(1, 1), (2, 1), (3, 2), (4, 2), (257, 129), (4096, 2048), (4097, 2049)])
+def test_lengths_table_size(n, size):
+    assert lengths_table_size(n) == size

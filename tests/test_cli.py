@@ -1,0 +1,100 @@
+"""The command line: one clear line and a non-zero exit for every bad input, no traceback."""
+
+import pytest
+from click.testing import CliRunner
+
+import deepzip
+from deepzip.cli import main
+from deepzip.reproduce import RECIPES, Recipe
+from deepzip.train import TrainConfig
+
+
+def run(*args):
+    # catch_exceptions=False: an exception that escapes the CLI fails the test outright.
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def one_error_line(result):
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_unknown_model_is_a_usage_error():
+    result = run("reproduce", "resnet-50")
+    assert result.exit_code == 2
+    assert "resnet-50" in result.output
+
+
+def test_missing_data_directory_says_where_to_put_files(tmp_path):
+    result = run("reproduce", "lenet-300-100", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("deepzip: error:")
+
+
+def test_data_directory_without_mnist_files_names_them(tmp_path):
+    result = run("reproduce", "lenet-5", "--data", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert "train-images-idx3-ubyte" in one_error_line(result)
+
+
+def test_info_on_a_file_that_is_not_dzip(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04 not a dzip")
+    result = run("info", str(path))
+    assert result.exit_code == 1
+    assert "not a .dzip file" in one_error_line(result)
+
+
+def test_info_on_a_missing_file(tmp_path):
+    result = run("info", str(tmp_path / "missing.dzip"))
+    assert result.exit_code == 1
+    assert "no such file" in one_error_line(result)
+
+
+def test_info_on_a_truncated_file(tmp_path):
+    model = _small_compressed(tmp_path)
+    data = model.read_bytes()
+    model.write_bytes(data[: len(data) // 2])
+    result = run("info", str(model))
+    assert result.exit_code == 1
+    one_error_line(result)
+
+
+def test_info_prints_the_table_from_the_file_alone(tmp_path):
+    path = _small_compressed(tmp_path)
+    result = run("info", str(path))
+    assert result.exit_code == 0
+    rows = {line.split()[0] for line in result.output.splitlines() if line.strip()}
+    assert {"0.weight", "0.bias", "2.weight", "2.bias", "total"} <= rows
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = tmp_path / "bad.dzip"
+    path.write_bytes(b"nope")
+    with pytest.raises(deepzip.FormatError):
+        run("--debug", "info", str(path))
+
+
+def test_reproduce_runs_on_user_data(tiny_mnist, tmp_path, monkeypatch):
+    quick = TrainConfig(epochs=1, lr=0.05)
+    recipe = Recipe("lenet-300-100", quick, ({"*": 0.8},), quick, {"*": 4}, quick)
+    monkeypatch.setitem(RECIPES, "lenet-300-100", recipe)
+    result = run("reproduce", "lenet-300-100", "--data", str(tiny_mnist), "--out", str(tmp_path), "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "ratio:" in result.output
+    assert (tmp_path / "model.dzip").is_file() and (tmp_path / "results.json").is_file()
+
+
+def _small_compressed(tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 4))
+    deepzip.prune_(model, 0.6)
+    deepzip.quantize_(model, 3)
+    path = tmp_path / "small.dzip"
+    deepzip.save(model, path)
+    return path
