@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 import deepzip
 from deepzip.cli import main
-from deepzip.reproduce import RECIPES, Recipe
+from deepzip.reproduce import RECIPES, PruneStep, Recipe
 from deepzip.train import TrainConfig
 
 
@@ -79,7 +79,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_reproduce_runs_on_user_data(tiny_mnist, tmp_path, monkeypatch):
     quick = TrainConfig(epochs=1, lr=0.05)
-    recipe = Recipe("lenet-300-100", quick, ({"*": 0.8},), quick, {"*": 4}, quick)
+    recipe = Recipe("lenet-300-100", quick, (PruneStep({"*": 0.8}, quick),), {"*": 4}, quick)
     monkeypatch.setitem(RECIPES, "lenet-300-100", recipe)
     result = run("reproduce", "lenet-300-100", "--data", str(tiny_mnist), "--out", str(tmp_path), "--seed", "3")
     assert result.exit_code == 0, result.output

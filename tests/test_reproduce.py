@@ -7,7 +7,7 @@ import torch
 
 import deepzip
 from deepzip import models
-from deepzip.reproduce import RECIPES, Recipe, reproduce
+from deepzip.reproduce import RECIPES, PruneStep, Recipe, reproduce
 from deepzip.train import TrainConfig, error_rate
 from deepzip.data import load_mnist
 
@@ -17,7 +17,8 @@ QUICK = TrainConfig(epochs=1, lr=0.05)
 @pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
 def test_pipeline_writes_a_file_that_decodes_to_the_same_model(name, tiny_mnist, tmp_path):
     shipped = RECIPES[name]
-    recipe = Recipe(name, QUICK, shipped.prune_steps[-1:], QUICK, shipped.bits, TrainConfig(epochs=1, lr=1e-4))
+    last = shipped.prune_steps[-1].sparsity
+    recipe = Recipe(name, QUICK, (PruneStep(last, QUICK),), shipped.bits, TrainConfig(epochs=1, lr=1e-4))
     lines = []
     results = reproduce(name, tmp_path, tiny_mnist, seed=1, log=lines.append, recipe=recipe)
 
@@ -35,7 +36,7 @@ def test_pipeline_writes_a_file_that_decodes_to_the_same_model(name, tiny_mnist,
     decoded.load_state_dict(deepzip.load(tmp_path / "model.dzip"))
     assert results["compressed_error"] == error_rate(decoded, *load_mnist("test", tiny_mnist))
     # The last pruning step's sparsity holds in the decoded weights.
-    for layer, sparsity in recipe.prune_steps[-1].items():
+    for layer, sparsity in last.items():
         weight = getattr(decoded, layer).weight
         assert float((weight == 0).float().mean()) >= sparsity - 1e-3
     assert any(line.startswith("total") for line in "\n".join(lines).splitlines())
@@ -43,7 +44,7 @@ def test_pipeline_writes_a_file_that_decodes_to_the_same_model(name, tiny_mnist,
 
 
 def test_baseline_is_cached(tiny_mnist, tmp_path):
-    recipe = Recipe("lenet-300-100", QUICK, ({"*": 0.5},), QUICK, {"*": 4}, QUICK)
+    recipe = Recipe("lenet-300-100", QUICK, (PruneStep({"*": 0.5}, QUICK),), {"*": 4}, QUICK)
     reproduce("lenet-300-100", tmp_path, tiny_mnist, log=lambda s: None, recipe=recipe)
     lines = []
     reproduce("lenet-300-100", tmp_path, tiny_mnist, log=lines.append, recipe=recipe)

@@ -4,13 +4,22 @@ trained model -> prune_ -> retrain -> quantize_ -> retrain -> save (.dzip) -> lo
 """
 
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
-from deepzip.errors import ConfigError, DataNotFoundError, DeepzipError, FormatError
+from deepzip.errors import (
+    ChecksumError,
+    ConfigError,
+    DataNotFoundError,
+    DeepzipError,
+    FormatError,
+    TruncatedError,
+    VersionError,
+)
 from deepzip.parametrizations import load_state_dict, strip_
 from deepzip.prune import prune_
 from deepzip.quantize import quantize_
 from deepzip.storage import load, save
 
 __all__ = [
+    "ChecksumError",
     "CodebookTensor",
     "CompressedModel",
     "ConfigError",
@@ -24,4 +33,6 @@ __all__ = [
     "quantize_",
     "save",
     "strip_",
+    "TruncatedError",
+    "VersionError",
 ]

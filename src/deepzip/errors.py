@@ -15,3 +15,15 @@ class ConfigError(DeepzipError, ValueError):
 
 class DataNotFoundError(DeepzipError, FileNotFoundError):
     """The data set could not be found; the message says where to put the files."""
+
+
+class ChecksumError(FormatError):
+    """A CRC-32 of the header or of a section does not match: the bytes were altered."""
+
+
+class TruncatedError(FormatError):
+    """The file, or a field or section inside it, ends before its declared size."""
+
+
+class VersionError(FormatError):
+    """The file was written in a format version this deepzip does not read."""

@@ -20,7 +20,7 @@ import torch
 
 from deepzip.codec.layer import EncodedLayer, decode_layer, encode_layer_smallest, lengths_table_size
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
-from deepzip.errors import ConfigError, DeepzipError, FormatError
+from deepzip.errors import ChecksumError, ConfigError, DeepzipError, FormatError, TruncatedError, VersionError
 
 MAGIC = b"\x89DZIP\r\n\x1a"
 VERSION = 1
@@ -83,7 +83,7 @@ def _encode_record(name: str, record: CodebookTensor | RawTensor) -> tuple[bytes
             raise ConfigError(f"tensor {name!r}: codebook size {k} outside 1..{MAX_CODEBOOK}")
         if record.index_bits is not None and not 1 <= record.index_bits <= MAX_INDEX_BITS:
             raise ConfigError(f"tensor {name!r}: index bits {record.index_bits} outside 1..{MAX_INDEX_BITS}")
-        layer = encode_layer_smallest(record.positions, record.codes, k, record.index_bits)
+        layer = encode_layer_smallest(record.positions, record.codes, k, record.numel, record.index_bits)
         section = b"".join(
             [
                 record.codebook.astype("<f4").tobytes(),
@@ -156,7 +156,7 @@ class _Cursor:
 
     def take(self, n: int, what: str) -> memoryview:
         if n < 0 or n > self.end - self.pos:
-            raise FormatError(f"{self.where}: {what} needs {n} bytes but only {self.end - self.pos} remain")
+            raise TruncatedError(f"{self.where}: {what} needs {n} bytes but only {self.end - self.pos} remain")
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -184,27 +184,27 @@ def from_bytes(data: bytes | bytearray | memoryview) -> CompressedModel:
         raise FormatError("not a .dzip file (bad magic bytes)")
     _, version, flags, header_size = PREAMBLE.unpack(view[: PREAMBLE.size])
     if version > VERSION:
-        raise FormatError(f"file format version {version} was written by a newer deepzip (this one reads {VERSION})")
+        raise VersionError(f"file format version {version} was written by a newer deepzip (this one reads {VERSION})")
     if version != VERSION:
-        raise FormatError(f"unknown file format version {version}")
+        raise VersionError(f"unknown file format version {version}")
     if flags:
         raise FormatError(f"preamble: unknown flags {flags:#06x}")
     if header_size > MAX_HEADER_SIZE or PREAMBLE.size + header_size + 4 > len(view):
-        raise FormatError(f"header: size {header_size} runs past the end of the {len(view)}-byte file")
+        raise TruncatedError(f"header: size {header_size} runs past the end of the {len(view)}-byte file")
     header_end = PREAMBLE.size + header_size
     (crc,) = struct.unpack("<I", view[header_end : header_end + 4])
     if zlib.crc32(view[:header_end]) != crc:
-        raise FormatError("header: checksum mismatch")
+        raise ChecksumError("header: checksum mismatch")
     records = _parse_header(_Cursor(view, PREAMBLE.size, header_end, "header"))
     offset = header_end + 4
     tensors: dict[str, CodebookTensor | RawTensor] = {}
     for record in records:
         if record.size > len(view) - offset:
-            raise FormatError(f"tensor {record.name!r}, data section: runs past the end of the file")
+            raise TruncatedError(f"tensor {record.name!r}, data section: runs past the end of the file")
         section = view[offset : offset + record.size]
         offset += record.size
         if zlib.crc32(section) != record.crc:
-            raise FormatError(f"tensor {record.name!r}, data section: checksum mismatch")
+            raise ChecksumError(f"tensor {record.name!r}, data section: checksum mismatch")
         tensors[record.name] = _decode_section(record, section)
     if offset != len(view):
         raise FormatError(f"{len(view) - offset} trailing bytes after the last section")

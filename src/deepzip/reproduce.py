@@ -28,42 +28,51 @@ from deepzip.train import TrainConfig, error_rate, train
 
 
 @dataclass(frozen=True)
+class PruneStep:
+    """One round of iterative pruning: prune to `sparsity` per layer pattern, then retrain."""
+
+    sparsity: dict[str, float]
+    retrain: TrainConfig
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything `reproduce` does to one model, in order."""
 
     model: str
     baseline: TrainConfig
-    prune_steps: tuple[dict[str, float], ...]  # per-layer target sparsity after each step
-    retrain: TrainConfig  # after every pruning step
+    prune_steps: tuple[PruneStep, ...]
     bits: dict[str, int]
     finetune: TrainConfig  # centroids (and biases) after quantization
 
+
+_FC_RETRAIN = TrainConfig(epochs=10, lr=0.02, weight_decay=1e-4)
+_CONV_RETRAIN = TrainConfig(epochs=6, lr=0.005, weight_decay=5e-4)
 
 RECIPES = {
     "lenet-300-100": Recipe(
         model="lenet-300-100",
         baseline=TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4),
         prune_steps=(
-            {"fc1": 0.6, "fc2": 0.6, "fc3": 0.4},
-            {"fc1": 0.85, "fc2": 0.8, "fc3": 0.6},
-            {"fc1": 0.95, "fc2": 0.92, "fc3": 0.75},
+            PruneStep({"fc1": 0.5, "fc2": 0.5, "fc3": 0.3}, _FC_RETRAIN),
+            PruneStep({"fc1": 0.75, "fc2": 0.7, "fc3": 0.5}, _FC_RETRAIN),
+            PruneStep({"fc1": 0.87, "fc2": 0.83, "fc3": 0.65}, _FC_RETRAIN),
+            PruneStep({"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}, TrainConfig(epochs=20, lr=0.02, weight_decay=1e-4)),
         ),
-        retrain=TrainConfig(epochs=8, lr=0.01, weight_decay=1e-4),
-        bits={"*": 6},
-        finetune=TrainConfig(epochs=4, lr=1e-4, momentum=0.9),
+        bits={"*": 5},
+        finetune=TrainConfig(epochs=2, lr=1e-4),
     ),
     "lenet-5": Recipe(
         model="lenet-5",
         # Caffe's LeNet solver: lr 0.01, momentum 0.9, weight decay 5e-4 (0.05 diverges).
         baseline=TrainConfig(epochs=20, lr=0.01, weight_decay=5e-4),
         prune_steps=(
-            {"conv1": 0.2, "conv2": 0.6, "fc1": 0.6, "fc2": 0.5},
-            {"conv1": 0.3, "conv2": 0.8, "fc1": 0.85, "fc2": 0.7},
-            {"conv1": 0.34, "conv2": 0.88, "fc1": 0.95, "fc2": 0.81},
+            PruneStep({"conv1": 0.2, "conv2": 0.6, "fc1": 0.6, "fc2": 0.5}, _CONV_RETRAIN),
+            PruneStep({"conv1": 0.3, "conv2": 0.8, "fc1": 0.85, "fc2": 0.7}, _CONV_RETRAIN),
+            PruneStep({"conv1": 0.34, "conv2": 0.88, "fc1": 0.95, "fc2": 0.81}, _CONV_RETRAIN),
         ),
-        retrain=TrainConfig(epochs=6, lr=0.005, weight_decay=5e-4),
         bits={"conv*": 8, "fc*": 5},
-        finetune=TrainConfig(epochs=3, lr=1e-4, momentum=0.9),
+        finetune=TrainConfig(epochs=3, lr=1e-4),
     ),
 }
 
@@ -96,9 +105,10 @@ def reproduce(
     dense_error = error_rate(model, *test)
     log(f"baseline: valid error {100 * error_rate(model, *valid):.2f}%, test error {100 * dense_error:.2f}%")
 
-    for step, sparsity in enumerate(recipe.prune_steps, 1):
-        kept = prune_(model, sparsity)
-        train(model, train_x, train_y, _seeded(recipe.retrain, seed + step), desc=f"prune {step}/{len(recipe.prune_steps)}")
+    for step, prune_step in enumerate(recipe.prune_steps, 1):
+        kept = prune_(model, prune_step.sparsity)
+        config = _seeded(prune_step.retrain, seed + step)
+        train(model, train_x, train_y, config, desc=f"prune {step}/{len(recipe.prune_steps)}")
         shown = ", ".join(f"{layer} {100 * f:.1f}%" for layer, f in kept.items())
         log(f"prune step {step}: kept {shown}; valid error {100 * error_rate(model, *valid):.2f}%")
 

@@ -41,21 +41,21 @@ def _huffman(symbols: np.ndarray, alphabet_size: int) -> tuple[bytes, bytes]:
     return huffman.pack_lengths(lengths), huffman.encode(symbols, lengths)
 
 
-def encode_layer(positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int) -> EncodedLayer:
-    """Encode kept entries (flat positions, codes < k) with gaps of `index_bits` bits."""
-    gaps, code_symbols = sparse.to_relative(positions, codes, index_bits, filler_symbol=k)
+def encode_layer(positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int, numel: int) -> EncodedLayer:
+    """Encode kept entries (flat positions < numel, codes < k) with gaps of `index_bits` bits."""
+    gaps, code_symbols = sparse.to_relative(positions, codes, index_bits, filler_symbol=k, numel=numel)
     code_lengths, code_stream = _huffman(code_symbols, k + 1)
     gap_lengths, gap_stream = _huffman(gaps, 1 << index_bits)
     return EncodedLayer(index_bits, len(gaps), code_lengths, gap_lengths, code_stream, gap_stream)
 
 
 def encode_layer_smallest(
-    positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int | None = None
+    positions: np.ndarray, codes: np.ndarray, k: int, numel: int, index_bits: int | None = None
 ) -> EncodedLayer:
     """Encode with the given width, or with the width in INDEX_BITS_CHOICES that gives the fewest bytes."""
     if index_bits is not None:
-        return encode_layer(positions, codes, k, index_bits)
-    candidates = (encode_layer(positions, codes, k, b) for b in INDEX_BITS_CHOICES)
+        return encode_layer(positions, codes, k, index_bits, numel)
+    candidates = (encode_layer(positions, codes, k, b, numel) for b in INDEX_BITS_CHOICES)
     return min(candidates, key=lambda encoded: encoded.nbytes)
 
 
@@ -65,7 +65,7 @@ def decode_layer(encoded: EncodedLayer, k: int, numel: int) -> tuple[np.ndarray,
     gap_lengths = huffman.unpack_lengths(encoded.gap_lengths, 1 << encoded.index_bits)
     code_symbols = huffman.decode(encoded.code_stream, code_lengths, encoded.entry_count)
     gaps = huffman.decode(encoded.gap_stream, gap_lengths, encoded.entry_count)
-    return sparse.from_relative(gaps, code_symbols, encoded.index_bits, k, numel)
+    return sparse.from_relative(gaps, code_symbols, encoded.index_bits, k, numel, ends_covered=True)
 
 
 def lengths_table_size(alphabet_size: int) -> int:

@@ -44,7 +44,7 @@ def count_fillers(positions, index_bits):
     return int(np.sum((_gaps(positions) - 1) >> index_bits))
 
 
-def to_relative(positions, codes, index_bits, filler_symbol):
+def to_relative(positions, codes, index_bits, filler_symbol, numel=None):
     """Encode entries at flat `positions` with weight `codes` as (gap_symbols, code_symbols).
 
     Both results are uint16 arrays of equal length: one element per entry, fillers
@@ -52,6 +52,11 @@ def to_relative(positions, codes, index_bits, filler_symbol):
     ``2**index_bits - 1`` and code `filler_symbol`, then the entry itself with gap symbol
     ``g - 1 - fillers * 2**index_bits``. Raises ValueError if positions are negative or not
     strictly increasing, a code is outside 0..filler_symbol-1, or the lengths differ.
+
+    With `numel`, the end of the tensor counts as one more entry (at position numel) whose
+    gap is bridged by fillers too, so the entries reach within 2**index_bits of the end.
+    The .dzip format requires this: it bounds a tensor's size by its stream, so a damaged
+    shape cannot make a reader allocate more than the stream could describe.
     """
     _check_index_bits(index_bits)
     if not 1 <= filler_symbol <= 0xFFFF:
@@ -69,6 +74,11 @@ def to_relative(positions, codes, index_bits, filler_symbol):
     # Each real entry lands after its own fillers; everything else is a filler.
     entry_index = np.cumsum(fillers + 1) - 1
     total = int(entry_index[-1]) + 1 if entry_index.size else 0
+    if numel is not None:
+        last = int(np.asarray(positions)[-1]) if gaps.size else -1
+        if last >= numel:
+            raise ValueError(f"position {last} is outside a tensor of {numel} elements")
+        total += (numel - last - 1) >> index_bits  # fillers towards the end sentinel
     gap_symbols = np.full(total, (1 << index_bits) - 1, dtype=np.uint16)
     code_symbols = np.full(total, filler_symbol, dtype=np.uint16)
     gap_symbols[entry_index] = gaps - 1 - (fillers << index_bits)
@@ -76,13 +86,14 @@ def to_relative(positions, codes, index_bits, filler_symbol):
     return gap_symbols, code_symbols
 
 
-def from_relative(gap_symbols, code_symbols, index_bits, filler_symbol, numel):
+def from_relative(gap_symbols, code_symbols, index_bits, filler_symbol, numel, ends_covered=False):
     """Inverse of `to_relative`: (positions int64, codes uint16) with the fillers removed.
 
     `numel` is the number of elements of the tensor. Raises FormatError if the streams
     differ in length, a gap symbol is >= 2**index_bits, a code symbol is > filler_symbol,
-    or the last entry lies at or past `numel`. Fillers are accepted wherever they are:
-    they are explicit zero entries, harmless to decode.
+    or the last entry lies at or past `numel`; with `ends_covered`, also if the entries stop
+    more than 2**index_bits short of `numel` (see `to_relative`). Fillers are accepted
+    wherever they are: they are explicit zero entries, harmless to decode.
     """
     _check_index_bits(index_bits)
     gap_symbols = np.asarray(gap_symbols)
@@ -92,6 +103,8 @@ def from_relative(gap_symbols, code_symbols, index_bits, filler_symbol, numel):
     if gap_symbols.size != code_symbols.size:
         raise FormatError(f"{gap_symbols.size} gaps but {code_symbols.size} codes")
     if gap_symbols.size == 0:
+        if ends_covered and numel > 1 << index_bits:
+            raise FormatError(f"no entries, but a tensor of {numel} elements needs fillers up to its end")
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint16)
     if not all(np.issubdtype(a.dtype, np.integer) for a in (gap_symbols, code_symbols)):
         raise FormatError("gap and code symbols must be integers")
@@ -106,6 +119,10 @@ def from_relative(gap_symbols, code_symbols, index_bits, filler_symbol, numel):
     if all_positions[-1] >= numel:
         raise FormatError(
             f"sparse stream reaches position {all_positions[-1]} in a tensor of {numel} elements"
+        )
+    if ends_covered and numel - all_positions[-1] > 1 << index_bits:
+        raise FormatError(
+            f"entries stop at position {all_positions[-1]}, more than {1 << index_bits} before the end ({numel})"
         )
     real = code_symbols != filler_symbol
     return all_positions[real], code_symbols[real].astype(np.uint16)
