@@ -11,7 +11,7 @@ from deepzip.train import TrainConfig
 
 def run(*args):
     # catch_exceptions=False: an exception that escapes the CLI fails the test outright.
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return CliRunner().invoke(main, list(args), catch_exceptions=False, prog_name="deepzip")
 
 
 def one_error_line(result):
@@ -21,10 +21,28 @@ def one_error_line(result):
     return lines[0]
 
 
-def test_unknown_model_is_a_usage_error():
-    result = run("reproduce", "resnet-50")
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["reproduce", "resnet-50"], "resnet-50"),
+        (["reproduce"], "Missing argument"),
+        (["reproduce", "lenet-5", "--seed", "x"], "--seed"),
+        (["info"], "Missing argument"),
+        (["info", "a.dzip", "--nope"], "--nope"),
+        (["bogus"], "bogus"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, words):
+    result = run(*args)
     assert result.exit_code == 2
-    assert "resnet-50" in result.output
+    line = one_error_line(result)
+    assert line.startswith("deepzip: usage error:") and words in line
+
+
+def test_help_and_version_exit_0():
+    assert run("--help").exit_code == 0
+    assert run("reproduce", "--help").exit_code == 0
+    assert run("--version").exit_code == 0
 
 
 def test_missing_data_directory_says_where_to_put_files(tmp_path):

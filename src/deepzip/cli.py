@@ -15,7 +15,23 @@ from deepzip.errors import DeepzipError
 
 
 class _Group(click.Group):
-    """A click group that turns deepzip errors into one line and exit status 1."""
+    """A click group whose every error is one line on stderr: usage errors exit 2, others 1."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        """Run the CLI; click's multi-line usage errors are folded into one line."""
+        try:
+            return super().main(args, prog_name or "deepzip", standalone_mode=False, **extra)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx else "deepzip"
+            message = " ".join(error.format_message().split())  # click wraps some messages
+            click.echo(f"deepzip: usage error: {message} (see '{command} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as error:
+            click.echo(f"deepzip: error: {error.format_message()}", err=True)
+            sys.exit(1)
+        except click.Abort:
+            click.echo("deepzip: aborted", err=True)
+            sys.exit(1)
 
     def invoke(self, ctx: click.Context):
         try:

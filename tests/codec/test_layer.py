@@ -19,6 +19,7 @@ from deepzip.codec.layer import (
     encode_layer_smallest,
     lengths_table_size,
 )
+from deepzip.errors import FormatError
 
 KS = (1, 2, 32, 256)
 WIDTHS = (1, 3, 5, 8, 12)
@@ -68,8 +69,12 @@ def ref_decode_stream(stream: bytes, lengths: list[int], count: int) -> list[int
     return out
 
 
-def ref_decode_layer(enc: EncodedLayer, k: int):
-    """Spec decoder: (positions of real entries, their codes, all entry positions)."""
+def ref_decode_layer(enc: EncodedLayer, k: int, numel: int):
+    """Spec decoder: (positions of real entries, their codes, all entry positions).
+
+    Checks docs/FORMAT.md's rules on the positions: every entry lies before the end
+    (p_last < numel), and the end is within reach (numel - p_last <= 2**b, p_last = -1 if E = 0).
+    """
     code_lengths = ref_unpack(enc.code_lengths, k + 1)
     gap_lengths = ref_unpack(enc.gap_lengths, 1 << enc.index_bits)
     codes = ref_decode_stream(enc.code_stream, code_lengths, enc.entry_count)
@@ -82,18 +87,24 @@ def ref_decode_layer(enc: EncodedLayer, k: int):
         if c != k:
             kept.append(prev)
             kept_codes.append(c)
+    assert prev < numel, "an entry lies at or past the element count"
+    assert numel - prev <= 1 << enc.index_bits, "the entries stop more than 2**b before the end"
     return kept, kept_codes, positions, code_lengths, gap_lengths, codes, gaps
 
 
-def ref_entries(positions, index_bits):
-    """All entry positions, fillers included, by the paper's rule: step 2**b while too far."""
+def ref_entries(positions, index_bits, numel):
+    """All entry positions, fillers included, by the paper's rule: step 2**b while too far.
+
+    The end of the tensor, position numel, is one more (unstored) target to step towards.
+    """
     widest, prev, out = 1 << index_bits, -1, []
-    for p in positions:
+    for p in [*positions, numel]:
         while p - prev > widest:
             prev += widest
             out.append(prev)
         out.append(int(p))
         prev = int(p)
+    assert out.pop() == numel  # the end itself is not an entry
     return out
 
 
@@ -117,25 +128,27 @@ def random_layer(rng, numel, density, k):
     return positions, codes
 
 
-def check_layer(positions, codes, k, index_bits):
-    enc = encode_layer(positions, codes, k, index_bits)
+def check_layer(positions, codes, k, index_bits, numel):
+    enc = encode_layer(positions, codes, k, index_bits, numel)
     assert enc.index_bits == index_bits
     # Byte fields have exactly the sizes the spec gives.
     assert len(enc.code_lengths) == math.ceil((k + 1) / 2)
     assert len(enc.gap_lengths) == math.ceil((1 << index_bits) / 2)
     # Independent decoder reproduces positions and codes and the paper's filler layout.
-    kept, kept_codes, all_pos, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k)
+    kept, kept_codes, all_pos, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k, numel)
     assert kept == positions.tolist()
     assert kept_codes == codes.tolist()
-    assert all_pos == ref_entries(positions.tolist(), index_bits)
+    assert all_pos == ref_entries(positions.tolist(), index_bits, numel)
     assert enc.entry_count == len(all_pos)
+    # The stream bounds the tensor's size: n <= (E + 1) * 2**b.
+    assert numel <= (enc.entry_count + 1) << index_bits
     # The code lengths are those of an optimal Huffman code for the symbol counts.
     for lengths, syms in ((code_lengths, code_syms), (gap_lengths, gap_syms)):
         counts = np.bincount(np.asarray(syms, dtype=np.int64), minlength=len(lengths))
         assert all((c > 0) == (length > 0) for c, length in zip(counts, lengths))
         assert sum(int(c) * l for c, l in zip(counts, lengths)) == huffman_cost(counts)
     # deepzip's own decoder agrees.
-    dec_pos, dec_codes = decode_layer(enc, k, numel=int(positions[-1]) + 1 if positions.size else 0)
+    dec_pos, dec_codes = decode_layer(enc, k, numel)
     assert dec_pos.tolist() == positions.tolist()
     assert dec_codes.tolist() == codes.tolist()
     assert dec_pos.dtype == np.int64 and dec_codes.dtype == np.uint16
@@ -151,43 +164,69 @@ def test_round_trip_random_patterns(k, index_bits):
     rng = np.random.default_rng(1000 * k + index_bits)
     for numel, density in ((3000, 0.02), (1500, 0.3), (700, 0.9)):
         positions, codes = random_layer(rng, numel, density, k)
-        enc = check_layer(positions, codes, k, index_bits)
-        # Decoding with the true (larger) element count gives the same entries.
-        dec_pos, dec_codes = decode_layer(enc, k, numel)
+        enc = check_layer(positions, codes, k, index_bits, numel)
+        last = ref_entries(positions.tolist(), index_bits, numel)[-1]
+        # Any element count the entries still reach decodes the same; one beyond does not.
+        dec_pos, dec_codes = decode_layer(enc, k, last + (1 << index_bits))
         assert np.array_equal(dec_pos, positions) and np.array_equal(dec_codes, codes)
+        with pytest.raises(FormatError):
+            decode_layer(enc, k, last + (1 << index_bits) + 1)
+        with pytest.raises(FormatError):
+            decode_layer(enc, k, last)  # the last entry would lie past the end
 
 
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("index_bits", WIDTHS)
 def test_empty_layer(k, index_bits):
-    enc = encode_layer(np.zeros(0, np.int64), np.zeros(0, np.uint16), k, index_bits)
-    assert enc.entry_count == 0
-    assert enc.code_stream == b"" and enc.gap_stream == b""
-    # No used symbol: every length is 0.
-    assert enc.code_lengths == bytes(math.ceil((k + 1) / 2))
-    assert enc.gap_lengths == bytes(math.ceil((1 << index_bits) / 2))
-    for numel in (0, 1, 100):
+    widest = 1 << index_bits
+    nothing = (np.zeros(0, np.int64), np.zeros(0, np.uint16))
+    # Up to 2**b - 1 elements an empty stream reaches the end (n - (-1) <= 2**b).
+    for numel in (0, 1, widest - 1):
+        enc = encode_layer(*nothing, k, index_bits, numel)
+        assert enc.entry_count == 0
+        assert enc.code_stream == b"" and enc.gap_stream == b""
+        # No used symbol: every length is 0.
+        assert enc.code_lengths == bytes(math.ceil((k + 1) / 2))
+        assert enc.gap_lengths == bytes(math.ceil((widest) / 2))
         pos, codes = decode_layer(enc, k, numel)
         assert pos.size == 0 and codes.size == 0
+    # A larger all-zero tensor is fillers only: n >> b of them, every code symbol k.
+    for numel in (widest, 3 * widest + 2, 5000):
+        enc = check_layer(*nothing, k, index_bits, numel)
+        assert enc.entry_count == numel >> index_bits
+        _, _, _, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k, numel)
+        assert code_syms == [k] * enc.entry_count and gap_syms == [widest - 1] * enc.entry_count
+        assert [i for i, l in enumerate(code_lengths) if l] == [k]
+        assert [i for i, l in enumerate(gap_lengths) if l] == [widest - 1]
+    # An empty stream cannot describe a tensor far beyond its reach.
+    enc = encode_layer(*nothing, k, index_bits, 0)
+    with pytest.raises(FormatError):
+        decode_layer(enc, k, widest + 1)
+    with pytest.raises(FormatError):
+        decode_layer(enc, k, 1 << 40)
 
 
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("index_bits", WIDTHS)
 @pytest.mark.parametrize("position", [0, 1, 7, 4095, 10_000])
-def test_single_entry(k, index_bits, position):
+@pytest.mark.parametrize("after", [0, 1, 4095, 10_000])
+def test_single_entry(k, index_bits, position, after):
+    # `after` zeros follow the entry: numel = position + 1 + after.
     code = k - 1
     positions = np.array([position], np.int64)
     codes = np.array([code], np.uint16)
-    enc = check_layer(positions, codes, k, index_bits)
+    enc = check_layer(positions, codes, k, index_bits, position + 1 + after)
     fillers = (position) >> index_bits  # gap from -1 is position + 1
-    assert enc.entry_count == fillers + 1
+    trailing = after >> index_bits  # gap to the end sentinel is after + 1
+    assert enc.entry_count == fillers + 1 + trailing
 
 
 def test_single_entry_hand_computed_bytes():
     # k=2, b=3, one entry at position 4 with code 1: gap symbol 4, no filler.
     # Code alphabet 3 symbols, only symbol 1 used -> length 1, code '0'.
     # Gap alphabet 8 symbols, only symbol 4 used -> length 1, code '0'.
-    enc = encode_layer(np.array([4]), np.array([1]), k=2, index_bits=3)
+    # n = 12: 12 - 4 = 8 <= 2**3, so no trailing filler either.
+    enc = encode_layer(np.array([4]), np.array([1]), k=2, index_bits=3, numel=12)
     assert enc.entry_count == 1
     assert enc.code_lengths == bytes([0x01, 0x00])
     assert enc.gap_lengths == bytes([0x00, 0x00, 0x10, 0x00])
@@ -196,11 +235,12 @@ def test_single_entry_hand_computed_bytes():
 
 def test_paper_example_hand_computed_bytes():
     # Paper example, b=3: kept at 4 and 15 -> entries 4, 12 (filler), 15; gap symbols [4, 7, 2].
+    # n = 16: 16 - 15 = 1, no trailing filler.
     # k=4, codes [2, 0]: code symbols [2, 4 (filler), 0]; each used once.
     # Code counts [1,0,1,0,1] -> Huffman lengths: two of 2 bits and one of 1 bit. Ties make
     # the assignment ambiguous, so only check what every optimal code shares.
-    enc = encode_layer(np.array([4, 15]), np.array([2, 0]), k=4, index_bits=3)
-    kept, kept_codes, all_pos, code_lengths, gap_lengths, *_ = ref_decode_layer(enc, 4)
+    enc = encode_layer(np.array([4, 15]), np.array([2, 0]), k=4, index_bits=3, numel=16)
+    kept, kept_codes, all_pos, code_lengths, gap_lengths, *_ = ref_decode_layer(enc, 4, 16)
     assert all_pos == [4, 12, 15]
     assert kept == [4, 15] and kept_codes == [2, 0]
     assert sorted(l for l in code_lengths if l) == [1, 2, 2]
@@ -208,6 +248,29 @@ def test_paper_example_hand_computed_bytes():
     assert [i for i, l in enumerate(gap_lengths) if l] == [2, 4, 7]
     # 5 bits per stream -> 1 byte each.
     assert len(enc.code_stream) == len(enc.gap_stream) == 1
+
+
+def test_spec_example_with_end_hand_computed_bytes():
+    # FORMAT.md, b=3, kept at 4 and 15, n=30 -> entries 4, 12 (filler), 15, 23 (filler);
+    # 30 - 23 = 7 <= 8 ends it. Gap symbols [4, 7, 2, 7].
+    # k=4, codes [2, 0] -> code symbols [2, 4, 0, 4] (4 = filler).
+    # Code counts sym0 1, sym2 1, sym4 2 -> the unique optimum: sym4 1 bit, sym0 and sym2
+    # 2 bits; 5 nibbles 2 0 2 0 1 (+ pad 0) -> 20 20 10. Canonical: sym4 '0', sym0 '10',
+    # sym2 '11'; stream '11' '0' '10' '0' -> 110100(00) -> D0.
+    # Gap counts sym2 1, sym4 1, sym7 2 -> sym7 1 bit, sym2 and sym4 2 bits; 8 nibbles
+    # 0 0 2 0 2 0 0 1 -> 00 20 20 01. Canonical: sym7 '0', sym2 '10', sym4 '11';
+    # stream '11' '0' '10' '0' -> D0.
+    enc = encode_layer(np.array([4, 15]), np.array([2, 0]), k=4, index_bits=3, numel=30)
+    assert enc == EncodedLayer(3, 4, bytes([0x20, 0x20, 0x10]), bytes([0x00, 0x20, 0x20, 0x01]), b"\xd0", b"\xd0")
+    pos, codes = decode_layer(enc, 4, 30)
+    assert pos.tolist() == [4, 15] and codes.tolist() == [2, 0]
+    # The same bytes describe no tensor of more than 23 + 8 = 31 elements.
+    decode_layer(enc, 4, 31)
+    with pytest.raises(FormatError):
+        decode_layer(enc, 4, 32)
+    # Without the trailing filler (written for n = 16) they cannot describe n = 30.
+    with pytest.raises(FormatError):
+        decode_layer(encode_layer(np.array([4, 15]), np.array([2, 0]), 4, 3, 16), 4, 30)
 
 
 def test_skewed_counts_hand_computed_bytes():
@@ -218,7 +281,8 @@ def test_skewed_counts_hand_computed_bytes():
     # Stream '10' '11' '11' '0' '0' '0' = 10111100 0(0000000) -> BC 00.
     # Code symbols [0,2,2,0,1,0] (2 = filler), counts [3,1,2] -> sym0=1, sym1=2, sym2=2;
     # canonical sym0 '0', sym1 '10', sym2 '11': '0' '11' '11' '0' '10' '0' -> 7A 00.
-    enc = encode_layer(np.array([1, 10, 11, 12]), np.array([0, 0, 1, 0]), k=2, index_bits=2)
+    # n = 16: 16 - 12 = 4 <= 2**2, no trailing filler.
+    enc = encode_layer(np.array([1, 10, 11, 12]), np.array([0, 0, 1, 0]), k=2, index_bits=2, numel=16)
     assert enc.entry_count == 6
     assert enc.gap_lengths == bytes([0x12, 0x02])
     assert enc.gap_stream == bytes([0xBC, 0x00])
@@ -233,7 +297,7 @@ def test_fully_dense(k, index_bits):
     numel = 500
     positions = np.arange(numel, dtype=np.int64)
     codes = rng.integers(0, k, numel).astype(np.uint16)
-    enc = check_layer(positions, codes, k, index_bits)
+    enc = check_layer(positions, codes, k, index_bits, numel)
     assert enc.entry_count == numel  # no fillers
     # Every gap symbol is 0, the only used gap symbol: 1 bit each -> ceil(numel/8) zero bytes.
     assert enc.gap_stream == bytes(math.ceil(numel / 8))
@@ -244,8 +308,10 @@ def test_fillers_only_code_symbol_k():
     # Large gaps with b=1: almost everything is filler; codes must survive untouched.
     positions = np.array([0, 100, 101, 5000], np.int64)
     codes = np.array([0, 0, 0, 0], np.uint16)
-    enc = check_layer(positions, codes, k=1, index_bits=1)
-    assert enc.entry_count == len(ref_entries(positions.tolist(), 1))
+    # 5010 elements. Gaps 1, 100, 1, 4899 and 10 (5000 -> the end) need (g - 1) >> 1 fillers.
+    enc = check_layer(positions, codes, k=1, index_bits=1, numel=5010)
+    assert enc.entry_count == len(ref_entries(positions.tolist(), 1, 5010))
+    assert enc.entry_count == 4 + (0 >> 1) + (99 >> 1) + (0 >> 1) + (4898 >> 1) + (9 >> 1)
 
 
 # ---------------------------------------------------------------- width choice and sizes
@@ -257,16 +323,16 @@ def test_smallest_width_is_minimal(seed):
     k = int(rng.choice([1, 2, 16, 32, 256]))
     density = float(rng.choice([0.005, 0.05, 0.2, 0.6, 0.95]))
     positions, codes = random_layer(rng, 4000, density, k)
-    best = encode_layer_smallest(positions, codes, k, index_bits=None)
+    best = encode_layer_smallest(positions, codes, k, 4000, index_bits=None)
     sizes = {}
     for b in INDEX_BITS_CHOICES:
-        enc = encode_layer(positions, codes, k, b)
+        enc = encode_layer(positions, codes, k, b, 4000)
         # nbytes is the sum of the four byte fields (computed here from the fields).
         sizes[b] = len(enc.code_lengths) + len(enc.gap_lengths) + len(enc.code_stream) + len(enc.gap_stream)
     assert set(INDEX_BITS_CHOICES) == set(range(1, 13))
     assert best.nbytes == min(sizes.values())
     assert sizes[best.index_bits] == best.nbytes
-    assert best == encode_layer(positions, codes, k, best.index_bits)
+    assert best == encode_layer(positions, codes, k, best.index_bits, 4000)
     pos, dec = decode_layer(best, k, 4000)
     assert np.array_equal(pos, positions) and np.array_equal(dec, codes)
 
@@ -275,7 +341,11 @@ def test_smallest_width_fixed_width_passthrough():
     rng = np.random.default_rng(7)
     positions, codes = random_layer(rng, 1000, 0.1, 32)
     for b in WIDTHS:
-        assert encode_layer_smallest(positions, codes, 32, index_bits=b) == encode_layer(positions, codes, 32, b)
+        assert encode_layer_smallest(positions, codes, 32, 1000, index_bits=b) == encode_layer(positions, codes, 32, b, 1000)
+        # numel reaches the encoding: a longer tail means more trailing fillers.
+        longer = encode_layer_smallest(positions, codes, 32, 1000 + (4 << b), index_bits=b)
+        assert longer == encode_layer(positions, codes, 32, b, 1000 + (4 << b))
+        assert longer.entry_count > encode_layer(positions, codes, 32, b, 1000).entry_count
 
 
 @pytest.mark.parametrize("k", KS)
@@ -283,11 +353,11 @@ def test_smallest_width_fixed_width_passthrough():
 def test_nbytes_is_sum_of_fields(k, index_bits):
     rng = np.random.default_rng(k + 100 * index_bits)
     positions, codes = random_layer(rng, 2000, 0.1, k)
-    enc = encode_layer(positions, codes, k, index_bits)
+    enc = encode_layer(positions, codes, k, index_bits, 2000)
     fields = (enc.code_lengths, enc.gap_lengths, enc.code_stream, enc.gap_stream)
     assert enc.nbytes == sum(len(f) for f in fields)
     # Stream sizes equal ceil(total bits / 8) of the coded symbols.
-    _, _, _, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k)
+    _, _, _, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k, 2000)
     assert len(enc.code_stream) == math.ceil(sum(code_lengths[s] for s in code_syms) / 8)
     assert len(enc.gap_stream) == math.ceil(sum(gap_lengths[s] for s in gap_syms) / 8)
 
