@@ -16,7 +16,7 @@ import torch
 import deepzip
 from deepzip import fileformat
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
-from deepzip.errors import DeepzipError, FormatError
+from deepzip.errors import ChecksumError, DeepzipError, FormatError, TruncatedError, VersionError
 
 MAGIC = bytes([0x89, 0x44, 0x5A, 0x49, 0x50, 0x0D, 0x0A, 0x1A])
 
@@ -79,6 +79,20 @@ def build_layout(layout: dict, fix_section_crcs: bool = True) -> bytes:
     return head + struct.pack("<I", zlib.crc32(head)) + b"".join(layout["sections"])
 
 
+def spec_entries(positions, numel: int, index_bits: int) -> list[int]:
+    """All entry positions (fillers included) per docs/FORMAT.md, "The entries": from
+    p_{-1} = -1, step 2**b while the next kept weight, or finally the end n, is too far."""
+    widest, prev, out = 1 << index_bits, -1, []
+    for target in [*[int(p) for p in positions], numel]:
+        while target - prev > widest:
+            prev += widest
+            out.append(prev)
+        out.append(target)
+        prev = target
+    out.pop()  # the end itself is not stored
+    return out
+
+
 def small_model() -> CompressedModel:
     """The hand-made model of the golden test: a 2x3 codebook weight and a float32 bias."""
     return CompressedModel(
@@ -101,7 +115,8 @@ def expected_small_bytes() -> bytes:
     # fc.bias, raw float32 [1.5, -2.0]: 00 00 C0 3F | 00 00 00 C0
     bias_section = bytes.fromhex("0000c03f" "000000c0")
     # fc.weight, codebook [-1.0, 0.5], entries at 0 (code 1) and 4 (code 0), b = 2:
-    #   gaps 1 and 4 -> gap symbols [0, 3] (4 <= 2**2, no filler), E = 2
+    #   gaps 1 and 4 -> gap symbols [0, 3] (4 <= 2**2, no filler); the end, n = 6, is
+    #   6 - 4 = 2 <= 2**2 past the last entry, so no trailing filler either: E = 2
     #   code alphabet k+1 = 3: counts [1,1,0] -> lengths [1,1,0] -> nibbles 1 1 | 0 (pad 0)
     #     canonical: sym0 '0', sym1 '1'; symbols [1, 0] -> '10' + pad -> 0x80
     #   gap alphabet 4: counts [1,0,0,1] -> lengths [1,0,0,1] -> 0x10 0x01
@@ -164,21 +179,25 @@ def test_golden_bytes_decode_to_hand_computed_tensors():
 
 def test_golden_bytes_with_fillers_float16():
     # "w", float16, shape (20,), codebook [0.25], kept at 1 and 10 (codes 0, 0), b = 2:
-    #   gap 2 -> sym 1; gap 9 -> fillers at 5 and 9 (sym 3 each), then 10 (sym 0): E = 4
-    #   code symbols [0, 1, 1, 0] (1 = filler): lengths [1, 1] -> 0x11; '0110' -> 0x60
-    #   gap symbols [1, 3, 3, 0]: counts [1,1,0,2] -> the unique optimum gives sym3 1 bit,
-    #   sym0 and sym1 2 bits: nibbles 2 2 0 1 -> 0x22 0x01; canonical sym3 '0',
-    #   sym0 '10', sym1 '11': '11' '0' '0' '10' -> 110010(00) -> 0xC8
+    #   gap 2 -> sym 1; gap 9 -> fillers at 5 and 9 (sym 3 each), then 10 (sym 0);
+    #   the end n = 20 is 10 past 10 > 4 -> fillers at 14 and 18 (sym 3 each), and
+    #   20 - 18 = 2 <= 4 ends it: (20 - 10 - 1) >> 2 = 2 trailing fillers, E = 6
+    #   code symbols [0, 1, 1, 0, 1, 1] (1 = filler): lengths [1, 1] -> 0x11;
+    #   canonical sym0 '0', sym1 '1': '011011' -> 011011(00) -> 0x6C
+    #   gap symbols [1, 3, 3, 0, 3, 3]: counts [1,1,0,4] -> the unique optimum gives sym3
+    #   1 bit, sym0 and sym1 2 bits: nibbles 2 2 0 1 -> 0x22 0x01; canonical sym3 '0',
+    #   sym0 '10', sym1 '11': '11' '0' '0' '10' '0' '0' -> 11001000 -> 0xC8
     record = CodebookTensor(
         (20,), torch.float16, np.array([0.25], np.float32), np.array([1, 10]), np.array([0, 0], np.uint16), 2
     )
-    section = struct.pack("<f", 0.25) + bytes([0x11]) + bytes([0x22, 0x01]) + bytes([0x60]) + bytes([0xC8])
+    assert spec_entries([1, 10], 20, 2) == [1, 5, 9, 10, 14, 18]
+    section = struct.pack("<f", 0.25) + bytes([0x11]) + bytes([0x22, 0x01]) + bytes([0x6C]) + bytes([0xC8])
     body = (
         struct.pack("<I", 1)
         + struct.pack("<H", 1) + b"w"
         + bytes([2, 1]) + struct.pack("<I", 20)
         + bytes([1]) + struct.pack("<II", len(section), zlib.crc32(section))
-        + struct.pack("<HBIII", 1, 2, 4, 1, 1)
+        + struct.pack("<HBIII", 1, 2, 6, 1, 1)
     )  # fmt: skip
     head = MAGIC + struct.pack("<HHI", 1, 0, len(body)) + body
     expected = head + struct.pack("<I", zlib.crc32(head)) + section
@@ -310,6 +329,10 @@ def test_round_trip_codebook(k, index_bits, density):
     codebook = rng.standard_normal(k).astype(np.float32)
     record = CodebookTensor(shape, torch.float32, codebook, positions, codes, index_bits)
     data = fileformat.to_bytes(CompressedModel({"conv.weight": record}))
+    # E counts the kept weights plus the spec's fillers, trailing ones included.
+    params = parse_layout(data)["records"][0]["params"]
+    assert params[2] == len(spec_entries(positions, numel, params[1]))
+    assert numel <= (params[2] + 1) << params[1]
     back = fileformat.from_bytes(data).tensors["conv.weight"]
     assert isinstance(back, CodebookTensor)
     assert back.shape == shape and back.dtype == torch.float32
@@ -452,17 +475,17 @@ def test_bad_magic():
 def test_newer_version(version):
     layout = parse_layout(small_bytes())
     layout["version"] = version
-    with pytest.raises(FormatError, match="newer"):
+    with pytest.raises(VersionError, match="newer"):
         fileformat.from_bytes(build_layout(layout))
-    # Rejected before anything past the preamble is looked at.
-    with pytest.raises(FormatError, match="newer"):
+    # Rejected before anything past the preamble is looked at (not as a truncation).
+    with pytest.raises(VersionError, match="newer"):
         fileformat.from_bytes(MAGIC + struct.pack("<HHI", version, 0, 0xFFFFFFFF))
 
 
 def test_version_zero():
     layout = parse_layout(small_bytes())
     layout["version"] = 0
-    with pytest.raises(FormatError):
+    with pytest.raises(VersionError):
         fileformat.from_bytes(build_layout(layout))
 
 
@@ -479,19 +502,35 @@ def test_every_proper_prefix_is_rejected():
     for cut in range(len(data)):
         with pytest.raises(FormatError):
             fileformat.from_bytes(data[:cut])
+    # Once the 16-byte preamble is whole, a cut is reported as a truncation.
+    for cut in range(16, len(data)):
+        with pytest.raises(TruncatedError):
+            fileformat.from_bytes(data[:cut])
+
+
+def test_prefix_cut_inside_preamble_is_a_truncation():
+    data = small_bytes()
+    for cut in range(8, 16):
+        with pytest.raises(TruncatedError):
+            fileformat.from_bytes(data[:cut])
 
 
 def test_every_proper_prefix_with_empty_sections_is_rejected():
     model = CompressedModel(
         {
             "e": RawTensor(torch.zeros(0)),
-            "z": CodebookTensor((5,), torch.float32, np.ones(1, np.float32), np.zeros(0, np.int64), np.zeros(0, np.uint16), 1),
+            # 5 < 2**3 elements: no kept weight and no filler, so both streams are empty.
+            "z": CodebookTensor((5,), torch.float32, np.ones(1, np.float32), np.zeros(0, np.int64), np.zeros(0, np.uint16), 3),
         }
     )
     data = fileformat.to_bytes(model)
+    assert parse_layout(data)["records"][1]["params"][2:] == [0, 0, 0]  # E, C, G
     fileformat.from_bytes(data)
     for cut in range(len(data)):
         with pytest.raises(FormatError):
+            fileformat.from_bytes(data[:cut])
+    for cut in range(16, len(data)):
+        with pytest.raises(TruncatedError):
             fileformat.from_bytes(data[:cut])
 
 
@@ -517,11 +556,11 @@ def test_header_crc_mismatch():
     (header_size,) = struct.unpack_from("<I", data, 12)
     damaged = bytearray(data)
     damaged[16 + 5] ^= 0x01  # inside the first record's name
-    with pytest.raises(FormatError, match="(?i)checksum|crc"):
+    with pytest.raises(ChecksumError, match="(?i)checksum|crc"):
         fileformat.from_bytes(bytes(damaged))
     damaged = bytearray(data)
     damaged[16 + header_size] ^= 0x01  # the stored crc itself
-    with pytest.raises(FormatError, match="(?i)checksum|crc"):
+    with pytest.raises(ChecksumError, match="(?i)checksum|crc"):
         fileformat.from_bytes(bytes(damaged))
 
 
@@ -532,7 +571,7 @@ def test_section_crc_mismatch(which):
     section = bytearray(layout["sections"][which])
     section[-1] ^= 0x04
     layout["sections"][which] = bytes(section)
-    with pytest.raises(FormatError, match="(?i)checksum|crc") as err:
+    with pytest.raises(ChecksumError, match="(?i)checksum|crc") as err:
         fileformat.from_bytes(build_layout(layout, fix_section_crcs=False))
     assert name in str(err.value)
 
@@ -540,7 +579,7 @@ def test_section_crc_mismatch(which):
 def test_header_size_past_end():
     data = bytearray(small_bytes())
     struct.pack_into("<I", data, 12, 0xFFFFFFFF)
-    with pytest.raises(FormatError):
+    with pytest.raises(TruncatedError):
         fileformat.from_bytes(bytes(data))
 
 
@@ -580,6 +619,7 @@ def assert_rejected(data: bytes, name: str | None):
         fileformat.from_bytes(data)
     message = str(err.value)
     assert "checksum" not in message  # the crafted file's crcs are valid
+    assert not isinstance(err.value, ChecksumError)
     if name is not None:
         assert name in message, message
 
@@ -818,9 +858,58 @@ def test_last_entry_at_last_element_is_fine():
     assert out.tolist() == [0.5, 0.0, 0.0, 0.0, -1.0]
 
 
+def test_shape_beyond_the_streams_reach():
+    # fc.weight's entries are 0 and 4 at b = 2, so they reach a tensor of at most
+    # 4 + 2**2 = 8 elements. Enlarging the shape behind valid crcs must be caught.
+    def with_dims(*dims):
+        def edit(records, sections):
+            records[WEIGHT]["ndim"] = len(dims)
+            records[WEIGHT]["dims"] = list(dims)
+
+        return crafted(edit)
+
+    out = fileformat.from_bytes(with_dims(8)).state_dict()["fc.weight"]  # 8 - 4 == 2**2
+    assert out.tolist() == [0.5, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0]
+    for dims in [(9,), (3, 3), (2, 3, 4), (1 << 20, 1 << 19)]:
+        with pytest.raises(FormatError) as err:
+            fileformat.from_bytes(with_dims(*dims))
+        assert "fc.weight" in str(err.value)
+        assert not isinstance(err.value, (ChecksumError, TruncatedError, VersionError))
+
+
+def test_empty_stream_beyond_its_reach():
+    # A codebook record with no entries at b = 2 covers up to 2**2 - 1 = 3 elements.
+    def model(n):
+        nothing = (np.zeros(0, np.int64), np.zeros(0, np.uint16))
+        return CompressedModel({"w": CodebookTensor((n,), torch.float32, np.ones(1, np.float32), *nothing, 2)})
+
+    data = fileformat.to_bytes(model(3))
+    assert parse_layout(data)["records"][0]["params"][2] == 0
+    assert fileformat.from_bytes(data).state_dict()["w"].tolist() == [0.0] * 3
+    layout = parse_layout(data)
+    layout["records"][0]["dims"] = [1 << 30]
+    with pytest.raises(FormatError, match="'w'"):
+        fileformat.from_bytes(build_layout(layout))
+    # And the writer bridges the end with n >> b fillers: 40 >> 2 = 10.
+    assert parse_layout(fileformat.to_bytes(model(40)))["records"][0]["params"][2] == 10
+
+
+def test_empty_stream_for_exactly_2_pow_b_elements_is_rejected():
+    nothing = (np.zeros(0, np.int64), np.zeros(0, np.uint16))
+    layout = parse_layout(
+        fileformat.to_bytes(CompressedModel({"w": CodebookTensor((3,), torch.float32, np.ones(1, np.float32), *nothing, 2)}))
+    )
+    layout["records"][0]["dims"] = [4]
+    with pytest.raises(FormatError, match="'w'"):
+        fileformat.from_bytes(build_layout(layout))
+
+
 def test_rejections_are_format_errors_and_deepzip_errors():
     assert issubclass(FormatError, DeepzipError)
     assert deepzip.FormatError is FormatError
+    for cls in (ChecksumError, TruncatedError, VersionError):
+        assert issubclass(cls, FormatError)
+        assert getattr(deepzip, cls.__name__) is cls
 
 
 # ---------------------------------------------------------------- writer consistency

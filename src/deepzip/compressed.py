@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepzip.kmeans import drop_empty_clusters
 from deepzip.parametrizations import SharedWeights, current_transform
 
 
@@ -102,14 +103,8 @@ def _codebook_tensor(transform: SharedWeights, dtype: torch.dtype, index_bits: i
     mask = transform.mask.flatten()
     positions = torch.nonzero(mask).flatten().numpy().astype(np.int64)
     codes = transform.codes.flatten()[mask].numpy().astype(np.uint16)
-    centroids = transform.centroids.detach().float().numpy()
-    # Store only the centroids some weight uses: k-means on a small layer leaves many
-    # clusters empty (conv1 of LeNet-5: 330 weights, 256 clusters), and each costs 4 bytes.
-    used, codes = np.unique(codes, return_inverse=True)
-    if used.size == 0:
-        used = np.zeros(1, dtype=np.int64)
-    codebook = centroids[used].copy()
-    return CodebookTensor(tuple(transform.mask.shape), dtype, codebook, positions, codes.astype(np.uint16), index_bits)
+    codebook, codes = drop_empty_clusters(transform.centroids.detach().float().numpy(), codes)
+    return CodebookTensor(tuple(transform.mask.shape), dtype, codebook, positions, codes, index_bits)
 
 
 def _plain_modules(module: nn.Module, name: str = ""):

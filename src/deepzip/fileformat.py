@@ -180,8 +180,10 @@ class _Record:
 def from_bytes(data: bytes | bytearray | memoryview) -> CompressedModel:
     """Parse a whole .dzip file; raises FormatError for anything that is not a valid file."""
     view = memoryview(data).cast("B")
-    if len(view) < PREAMBLE.size or bytes(view[:8]) != MAGIC:
+    if bytes(view[:8]) != MAGIC:
         raise FormatError("not a .dzip file (bad magic bytes)")
+    if len(view) < PREAMBLE.size:
+        raise TruncatedError(f"preamble: the file ends after {len(view)} bytes")
     _, version, flags, header_size = PREAMBLE.unpack(view[: PREAMBLE.size])
     if version > VERSION:
         raise VersionError(f"file format version {version} was written by a newer deepzip (this one reads {VERSION})")

@@ -289,3 +289,20 @@ def kmeans_1d(values, k, init="linear", seed=0, max_iter=100_000):
     c32 = c.astype(np.float32)
     # Casting is monotone, so the float32 centroids are still sorted (maybe with new ties).
     return c32, _assign_nearest(v, c32)
+
+
+def drop_empty_clusters(centroids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep only the centroids some value uses, and renumber the codes to match (order kept).
+
+    k-means on a small or pruned layer leaves clusters empty (LeNet-5's conv1: 330 weights
+    for 256 clusters; pruned layers: the centroids initialized in the pruned gap around 0),
+    and a stored codebook entry costs 4 bytes each.
+    """
+    codes = np.asarray(codes)
+    counts = np.bincount(codes, minlength=len(centroids)) if codes.size else np.zeros(len(centroids), np.int64)
+    used = np.flatnonzero(counts)
+    if used.size == 0:  # nothing kept: one centroid keeps the codebook non-empty
+        return np.asarray(centroids[:1], dtype=np.float32), codes.astype(np.uint16)
+    renumber = np.zeros(len(centroids), dtype=np.uint16)
+    renumber[used] = np.arange(used.size, dtype=np.uint16)
+    return np.asarray(centroids[used], dtype=np.float32), renumber[codes]

@@ -327,12 +327,6 @@ def test_from_relative_ends_covered_rejects_empty_stream_for_large_tensor(index_
         assert sparse.from_relative(nothing, nothing, index_bits, FILLER, numel=numel)[0].size == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deepzip bug: from_relative accepts an empty stream for n == 2**b, but FORMAT.md's "
-    "n - p_last <= 2**b with p_last = -1 allows at most n = 2**b - 1 (to_relative itself "
-    "writes n >> b = 1 filler there); sparse.py checks `numel > 1 << index_bits`",
-)
 @pytest.mark.parametrize("index_bits", [1, 3, 8])
 def test_from_relative_ends_covered_rejects_empty_stream_at_exactly_2_pow_b(index_bits):
     widest = 1 << index_bits

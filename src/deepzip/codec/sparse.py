@@ -103,7 +103,7 @@ def from_relative(gap_symbols, code_symbols, index_bits, filler_symbol, numel, e
     if gap_symbols.size != code_symbols.size:
         raise FormatError(f"{gap_symbols.size} gaps but {code_symbols.size} codes")
     if gap_symbols.size == 0:
-        if ends_covered and numel > 1 << index_bits:
+        if ends_covered and numel + 1 > 1 << index_bits:  # the gap from p = -1 to the end
             raise FormatError(f"no entries, but a tensor of {numel} elements needs fillers up to its end")
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint16)
     if not all(np.issubdtype(a.dtype, np.integer) for a in (gap_symbols, code_symbols)):
