@@ -1,0 +1,1 @@
+"""Shipped compression recipes (YAML): see deepzip.recipe for the schema and the loader."""
