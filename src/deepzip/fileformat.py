@@ -245,11 +245,12 @@ def _parse_record(cur: _Cursor, name: str) -> _Record:
     if ndim > MAX_NDIM:
         raise FormatError(f"{cur.where}: {ndim} dimensions exceed {MAX_NDIM}")
     shape = cur.unpack(f"{ndim}I", "shape")
-    numel = 1
+    numel, extent = 1, 1
     for dim in shape:
         numel *= dim  # Python ints: no overflow, checked against the limit below
-    if numel > MAX_NUMEL:
-        raise FormatError(f"{cur.where}: element count {numel} exceeds {MAX_NUMEL}")
+        extent *= max(dim, 1)  # an empty tensor's other dims still size its strides
+    if extent > MAX_NUMEL:
+        raise FormatError(f"{cur.where}: shape {list(shape)} exceeds {MAX_NUMEL} elements")
     encoding, size, crc = cur.unpack("BII", "encoding and section size")
     params = None
     if encoding == ENCODING_CODEBOOK:
