@@ -18,8 +18,8 @@ Memory: the worker reports its peak RSS (VmHWM) after every input; the baseline 
 peak RSS of a fresh process with the same imports that only decodes the largest undamaged
 seed file. The worker also runs under an address-space limit (--memory-limit-mb above its
 size after start-up), so that a decoding bomb shows up as an exception instead of taking
-the machine down. Exit status 1 if any exception, hang or crash occurred, or if the peak
-RSS exceeds --max-rss-ratio times the baseline. Everything runs on one core.
+the machine down. Exit status 1 if any exception, hang or crash occurred, if the peak
+RSS exceeds --max-rss-ratio times the baseline, or if a mutator itself failed. Everything runs on one core.
 
 `--reproduce INDEX` regenerates one input and decodes it in this process, showing the
 traceback; `--save-failures DIR` writes every failing input (and a .json describing it).
@@ -257,7 +257,7 @@ def main(count, seed, start, timeout_per_input, confirm_hangs, mutators, memory_
 
     outcomes, per_mutator, per_length = Counter(), defaultdict(Counter), defaultdict(Counter)
     examples: dict[str, list] = {kind: [] for kind in FAILURES}
-    slow, memory_events, timings = [], [], []
+    slow, memory_events, timings, harness_errors = [], [], [], []
     saved = 0
     generate_s = 0.0
     t0 = time.perf_counter()
@@ -267,7 +267,14 @@ def main(count, seed, start, timeout_per_input, confirm_hangs, mutators, memory_
         with tqdm(total=count, unit="input", mininterval=1.0, smoothing=0.05, file=sys.stderr) as bar:
             for index in range(start, start + count):
                 g0 = time.perf_counter()
-                data, chain, seed_name = fuzz.generate(seeds, seed, index, pool)
+                try:
+                    data, chain, seed_name = fuzz.generate(seeds, seed, index, pool)
+                except Exception as error:  # noqa: BLE001 - a mutator bug must not end a long run
+                    harness_errors.append({"index": index, "type": type(error).__name__, "message": str(error),
+                                           "traceback": traceback.format_exc()[-2000:]})
+                    tqdm.write(f"mutator error at input {index}: {error!r}", file=sys.stderr)
+                    bar.update()
+                    continue
                 r0 = time.perf_counter()
                 generate_s += r0 - g0
                 peak_before = worker.peak_kb
@@ -349,6 +356,8 @@ def main(count, seed, start, timeout_per_input, confirm_hangs, mutators, memory_
                        f"{record.get('type')}: {record.get('message')}")
             if record.get("traceback"):
                 click.echo(record["traceback"])
+    for error in harness_errors[:5]:
+        click.echo(f"\nmutator error (not a reader bug) at input {error['index']}:\n{error['traceback']}")
     if memory_failed:
         click.echo(f"\npeak RSS ratio {ratio:.2f} exceeds --max-rss-ratio {max_rss_ratio}")
 
@@ -370,8 +379,9 @@ def main(count, seed, start, timeout_per_input, confirm_hangs, mutators, memory_
             "slowest": [{"index": i, "mutators": c, "seed_file": s, "seconds": round(t, 4)} for t, i, c, s in timings],
             "slow_but_finished": slow[:20],
             "failures": examples,
+            "mutator_errors": harness_errors[:20],
         }, indent=2) + "\n")
-    failed = any(outcomes.get(kind) for kind in FAILURES) or memory_failed
+    failed = any(outcomes.get(kind) for kind in FAILURES) or memory_failed or bool(harness_errors)
     sys.exit(1 if failed or interrupted else 0)
 
 

@@ -16,6 +16,7 @@ import torch
 import deepzip
 from deepzip import fileformat
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.fuzz import recompute_crcs
 from deepzip.errors import ChecksumError, DeepzipError, FormatError, TruncatedError, VersionError
 
 MAGIC = bytes([0x89, 0x44, 0x5A, 0x49, 0x50, 0x0D, 0x0A, 0x1A])
@@ -931,3 +932,11 @@ def test_writer_refuses_records_its_reader_would_reject(record):
     except DeepzipError:
         return  # refusing to write is the correct behaviour
     fileformat.from_bytes(data)  # otherwise the file must at least be readable
+
+
+def test_bool_bytes_other_than_0_or_1_are_rejected():
+    data = bytearray(fileformat.to_bytes(CompressedModel({"flags": RawTensor(torch.tensor([True, False, True]))})))
+    data[-2] = 2  # the middle element of the 3-byte section at the end of the file
+    # Re-seal the section's CRC so that the semantic check, not the checksum, fires.
+    with pytest.raises(FormatError, match="bool"):
+        fileformat.from_bytes(recompute_crcs(bytes(data)))

@@ -280,6 +280,8 @@ def _decode_section(record: _Record, section: memoryview) -> CodebookTensor | Ra
     where = f"tensor {record.name!r}"
     if record.encoding == ENCODING_RAW:
         buffer = bytearray(section)  # a private, writable copy that the tensor owns
+        if record.dtype == torch.bool and buffer.translate(None, b"\x00\x01"):
+            raise FormatError(f"{where}, raw section: bool bytes must be 0 or 1")
         flat = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.zeros(0, dtype=torch.uint8)
         return RawTensor(flat.view(record.dtype).reshape(record.shape))
     k, index_bits, entries, code_bytes, gap_bytes = record.params

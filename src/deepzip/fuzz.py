@@ -108,7 +108,7 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
                     "tiny": RawTensor(torch.arange(-2, 2, dtype=torch.int8)),
                     "bytes": RawTensor(torch.arange(250, 256, dtype=torch.uint8)),
                     "mask": RawTensor(torch.tensor([True, False, True])),
-                    "empty": RawTensor(torch.zeros(0, 3)),
+                    "empty": RawTensor(torch.zeros(0, 3, 2)),
                     "emb.weight": sparse((40, 16), 0.1, 16, torch.float16),
                     "proj.weight": sparse((3, 4, 5, 6), 0.3, 8, torch.bfloat16, index_bits=1),
                     "wide.weight": sparse((2, 3000), 0.02, 3, torch.float64, index_bits=12),
@@ -563,6 +563,66 @@ def section_splice(data: bytes, rng: np.random.Generator) -> bytes:
     return recompute_crcs(out)
 
 
+_DIM_VALUES = (0, 1, 2, 3, 7, 1 << 16, (1 << 20), (1 << 20) + 1, 1 << 31, (1 << 32) - 2, (1 << 32) - 1)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, min(n, 4096) + 1) if n % d == 0]
+
+
+def shape_edit(data: bytes, rng: np.random.Generator) -> bytes:
+    """Give a record a new shape, then fix its ndim, the header size and the checksums.
+
+    A third of the time with the same element count (a reshape, so a raw section still
+    matches; a zero-size shape gets huge other dims), a third of the time one or two dims
+    set to boundary values, else a new ndim (0..9) with boundary dims.
+    """
+    layout = parse_layout(data)
+    records = [r for r in layout.records if "ndim" in r.fields and len(r.dims) == r.fields["ndim"].value]
+    if not records or not layout.fields or layout.fields[0].name != "version":
+        return field_edit(data, rng)
+    record = records[rng.integers(len(records))]
+    old = [d.value for d in record.dims]
+    numel = record.numel
+    mode = rng.integers(3)
+
+    def pick() -> int:
+        return int(_DIM_VALUES[rng.integers(len(_DIM_VALUES))]) if rng.random() < 0.8 else int(rng.integers(1 << 32))
+
+    if mode == 0 and numel == 0:
+        dims = [pick() for _ in range(int(rng.integers(1, 9)))]
+        dims[rng.integers(len(dims))] = 0
+    elif mode == 0:
+        dims = []
+        rest = numel
+        while rest > 1 and len(dims) < 7 and rng.random() < 0.7:
+            divisors = _divisors(rest)
+            d = int(divisors[rng.integers(len(divisors))])
+            dims.append(d)
+            rest //= d
+        dims.append(rest)
+        while len(dims) < 8 and rng.random() < 0.3:
+            dims.insert(int(rng.integers(len(dims) + 1)), 1)
+        dims = [int(d) for d in rng.permutation(dims)]
+    elif mode == 1 and old:
+        dims = list(old)
+        for _ in range(int(rng.integers(1, 3))):
+            dims[rng.integers(len(dims))] = pick()
+    else:
+        dims = [pick() for _ in range(int(rng.integers(0, 10)))]
+    dims = [d & 0xFFFFFFFF for d in dims]  # a damaged shape's element count can pass 2**32
+    if dims == old:
+        dims = dims + [1] if len(dims) < 8 else dims[:-1]
+    ndim = record.fields["ndim"]
+    start = ndim.offset + 1
+    data = data[:start] + struct.pack(f"<{len(dims)}I", *dims) + data[start + 4 * len(old) :]
+    # ndim and the header size precede the dims: their offsets stay valid.
+    data = _put(data, ndim, len(dims))
+    header_size = layout.fields[2]
+    data = _put(data, header_size, header_size.value + 4 * (len(dims) - len(old)))
+    return recompute_crcs(data)
+
+
 def name_edit(data: bytes, rng: np.random.Generator) -> bytes:
     """Replace a tensor name by another record's name (a duplicate), an empty, 1025-byte,
     non-UTF-8 or random name; fix the name length, the header size and the checksums."""
@@ -613,9 +673,10 @@ MUTATORS: dict[str, Callable[[bytes, np.random.Generator], bytes]] = {
     "stream_resize": stream_resize,
     "section_splice": section_splice,
     "name_edit": name_edit,
+    "shape_edit": shape_edit,
 }
 """Every mutator by name. The ``*_crc`` ones and the structure-aware ones (field_edit,
-table_flip, stream_flip, stream_resize, section_splice, name_edit) leave valid checksums."""
+table_flip, stream_flip, stream_resize, section_splice, name_edit, shape_edit) leave valid checksums."""
 
 CRC_FIXING = frozenset(name for name in MUTATORS if name.endswith("_crc")) | {
     "field_edit",
@@ -624,6 +685,7 @@ CRC_FIXING = frozenset(name for name in MUTATORS if name.endswith("_crc")) | {
     "stream_resize",
     "section_splice",
     "name_edit",
+    "shape_edit",
 }
 
 
