@@ -940,3 +940,50 @@ def test_bool_bytes_other_than_0_or_1_are_rejected():
     # Re-seal the section's CRC so that the semantic check, not the checksum, fires.
     with pytest.raises(FormatError, match="bool"):
         fileformat.from_bytes(recompute_crcs(bytes(data)))
+
+
+def test_tied_tensors_are_stored_once_and_decode_shared():
+    shared = RawTensor(torch.arange(1000, dtype=torch.float32))
+    tied = fileformat.to_bytes(CompressedModel({"encoder.embed": shared, "decoder.out": shared}))
+    untied = fileformat.to_bytes(CompressedModel({"encoder.embed": shared, "decoder.out": RawTensor(shared.tensor.clone())}))
+    assert len(untied) - len(tied) > 4000 - len("encoder.embed") - 1
+    state = fileformat.from_bytes(tied).state_dict()
+    assert state["encoder.embed"] is state["decoder.out"]
+    assert torch.equal(state["decoder.out"], shared.tensor)
+    # Stored under the first name in sorted order; the alias's section names it.
+    layout = parse_layout(tied)
+    names = [r["name"].decode() for r in layout["records"]]
+    assert names == ["decoder.out", "encoder.embed"]
+    assert tied.endswith(b"decoder.out")
+
+
+def test_files_travel_with_the_model():
+    model = CompressedModel({"w": RawTensor(torch.ones(2))}, {"config.json": b'{"a": 1}', "sub/vocab.txt": b"x\ny"})
+    back = fileformat.from_bytes(fileformat.to_bytes(model))
+    assert back.files == model.files
+    assert set(back.state_dict()) == {"w"}
+
+
+@pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a//b", "a/./b", "c:\\x", "C:x", "a\\b", "x\x00"])
+def test_unsafe_file_names_are_refused_by_writer_and_reader(name):
+    with pytest.raises(DeepzipError):
+        fileformat.to_bytes(CompressedModel({}, {name: b"1"}))
+    # A crafted file with that name, valid CRCs: the reader refuses it too.
+    data = fileformat.to_bytes(CompressedModel({}, {"n" * len(name.encode()): b"1"}))
+    crafted = recompute_crcs(data.replace(b"n" * len(name.encode()), name.encode(), 1))
+    with pytest.raises(FormatError, match="relative path"):
+        fileformat.from_bytes(crafted)
+
+
+@pytest.mark.parametrize("target, words", [(b"zzzz", "not a stored tensor"), (b"bbbb", "not a stored tensor"), (b"ffff", "not a stored tensor"), (b"oooo", "differs")])
+def test_bad_alias_targets_are_rejected(target, words):
+    stored = RawTensor(torch.ones(3))
+    model = CompressedModel({"aaaa": stored, "bbbb": stored, "cccc": stored, "oooo": RawTensor(torch.ones(4))}, {"ffff": b"123"})
+    data = fileformat.to_bytes(model)
+    # Sections in record order: aaaa (12 bytes), bbbb -> "aaaa", cccc -> "aaaa", oooo (16), ffff (3).
+    end = len(data) - 3 - 16
+    assert data[end - 4 : end] == b"aaaa"
+    crafted = recompute_crcs(data[: end - 4] + target + data[end:])
+    with pytest.raises(FormatError, match=words) as error:
+        fileformat.from_bytes(crafted)
+    assert "cccc" in str(error.value)

@@ -62,9 +62,15 @@ class RawTensor:
 
 @dataclass
 class CompressedModel:
-    """An ordered mapping of state-dict names to CodebookTensor or RawTensor records."""
+    """State-dict names mapped to CodebookTensor or RawTensor records, plus attached files.
+
+    One record object under several names is a tied tensor: it is stored once and decodes
+    to one shared tensor. `files` holds small files that travel with the model (a
+    transformers config.json, say), by relative path.
+    """
 
     tensors: dict[str, CodebookTensor | RawTensor] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
     def from_module(cls, model: nn.Module, index_bits: dict[str, int] | None = None) -> CompressedModel:
@@ -76,23 +82,36 @@ class CompressedModel:
         """
         index_bits = index_bits or {}
         tensors: dict[str, CodebookTensor | RawTensor] = {}
+        # Records by id() of their source, so that tied tensors stay tied. Each entry keeps
+        # its source alive: a freed temporary's id could be reused by the next tensor.
+        records: dict[int, tuple[object, CodebookTensor | RawTensor]] = {}
         for module_name, module in _plain_modules(model):
             prefix = f"{module_name}." if module_name else ""
             transform = current_transform(module)
             if isinstance(transform, SharedWeights):
-                tensors[prefix + "weight"] = _codebook_tensor(transform, module.weight.dtype, index_bits.get(module_name))
+                if id(transform) not in records:
+                    record = _codebook_tensor(transform, module.weight.dtype, index_bits.get(module_name))
+                    records[id(transform)] = (transform, record)
+                tensors[prefix + "weight"] = records[id(transform)][1]
             for name, tensor in _plain_tensors(module):
                 if prefix + name not in tensors:
-                    tensors[prefix + name] = RawTensor(tensor.detach().clone().contiguous())
+                    if id(tensor) not in records:
+                        records[id(tensor)] = (tensor, RawTensor(tensor.detach().clone().contiguous()))
+                    tensors[prefix + name] = records[id(tensor)][1]
         return cls(tensors)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Dense tensors under the model's own keys, ready for `load_state_dict`."""
-        return {name: record.to_dense() for name, record in self.tensors.items()}
+        """Dense tensors under the model's own keys, ready for `load_state_dict`; tied ones shared."""
+        decoded: dict[int, torch.Tensor] = {}
+        for record in self.tensors.values():
+            if id(record) not in decoded:
+                decoded[id(record)] = record.to_dense()
+        return {name: decoded[id(record)] for name, record in self.tensors.items()}
 
     def parameter_bytes(self) -> int:
-        """fp32 bytes of all tensors: the size the compression ratio is measured against."""
-        return sum(4 * int(np.prod(_shape(r), dtype=np.int64)) for r in self.tensors.values())
+        """fp32 bytes of all distinct tensors: the size the compression ratio is measured against."""
+        distinct = {id(r): r for r in self.tensors.values()}.values()
+        return sum(4 * int(np.prod(_shape(r), dtype=np.int64)) for r in distinct)
 
 
 def _shape(record: CodebookTensor | RawTensor) -> tuple[int, ...]:

@@ -35,6 +35,9 @@ MAX_INDEX_BITS = 12
 
 ENCODING_RAW = 0
 ENCODING_CODEBOOK = 1
+ENCODING_ALIAS = 2  # a tied tensor: the section names the record it shares
+ENCODING_FILE = 3  # an attached file (a model's config.json...): raw bytes, not a tensor
+MAX_FILE_NAME_PARTS = 16
 
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float32: 1,
@@ -56,10 +59,27 @@ FLOAT_CODES = {1, 2, 3, 4}
 
 
 def to_bytes(model: CompressedModel) -> bytes:
-    """Serialize `model`. Records are sorted by name, so equal models give equal bytes."""
+    """Serialize `model`. Records are sorted by name, so equal models give equal bytes.
+
+    A record object that appears under several names (tied weights) is stored once, under
+    the first name in sorted order; the other names become aliases of it.
+    """
+    overlap = set(model.tensors) & set(model.files)
+    if overlap:
+        raise ConfigError(f"name {sorted(overlap)[0]!r} is both a tensor and a file")
     records, sections = [], []
+    stored: dict[int, str] = {}
     for name in sorted(model.tensors):
-        record, section = _encode_record(name, model.tensors[name])
+        tensor = model.tensors[name]
+        if id(tensor) in stored:
+            record, section = _encode_alias(name, tensor, stored[id(tensor)])
+        else:
+            stored[id(tensor)] = name
+            record, section = _encode_record(name, tensor)
+        records.append(record)
+        sections.append(section)
+    for name in sorted(model.files):
+        record, section = _encode_file(name, model.files[name])
         records.append(record)
         sections.append(section)
     body = struct.pack("<I", len(records)) + b"".join(records)
@@ -69,16 +89,58 @@ def to_bytes(model: CompressedModel) -> bytes:
     return head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
 
 
-def _encode_record(name: str, record: CodebookTensor | RawTensor) -> tuple[bytes, bytes]:
+def _record_head(name: str, dtype: torch.dtype, shape: tuple[int, ...], encoding: int, section: bytes) -> bytes:
     encoded_name = name.encode("utf-8")
     if not 1 <= len(encoded_name) <= MAX_NAME_BYTES:
-        raise DeepzipError(f"tensor name {name!r} must be 1..{MAX_NAME_BYTES} bytes of UTF-8")
+        raise ConfigError(f"tensor name {name!r} must be 1..{MAX_NAME_BYTES} bytes of UTF-8")
+    if dtype not in DTYPE_CODES:
+        raise ConfigError(f"tensor {name!r}: dtype {dtype} cannot be stored in a .dzip file")
+    if len(shape) > MAX_NDIM:
+        raise ConfigError(f"tensor {name!r}: {len(shape)} dimensions exceed the format's {MAX_NDIM}")
+    head = struct.pack("<H", len(encoded_name)) + encoded_name
+    head += struct.pack(f"<BB{len(shape)}I", DTYPE_CODES[dtype], len(shape), *shape)
+    return head + struct.pack("<BII", encoding, len(section), zlib.crc32(section))
+
+
+def _encode_alias(name: str, tensor: CodebookTensor | RawTensor, target: str) -> tuple[bytes, bytes]:
+    shape, dtype = _shape_and_dtype(tensor)
+    section = target.encode("utf-8")
+    return _record_head(name, dtype, shape, ENCODING_ALIAS, section), section
+
+
+def _encode_file(name: str, content: bytes) -> tuple[bytes, bytes]:
+    check_file_name(name, ConfigError)
+    return _record_head(name, torch.uint8, (len(content),), ENCODING_FILE, bytes(content)), bytes(content)
+
+
+def check_file_name(name: str, error: type[Exception] = FormatError) -> None:
+    """An attached file's name must be a plain relative path: it becomes a path on disk.
+
+    Parts are separated by '/', none empty, '.' or '..', no backslash or NUL, at most 16.
+    """
+    parts = name.split("/")
+    if (
+        len(parts) > MAX_FILE_NAME_PARTS
+        or any(part in ("", ".", "..") for part in parts)
+        or "\\" in name
+        or "\0" in name
+        or ":" in parts[0]
+    ):
+        raise error(f"file {name!r}: not a plain relative path")
+
+
+def _shape_and_dtype(tensor: CodebookTensor | RawTensor) -> tuple[tuple[int, ...], torch.dtype]:
+    if isinstance(tensor, CodebookTensor):
+        return tuple(tensor.shape), tensor.dtype
+    return tuple(tensor.tensor.shape), tensor.tensor.dtype
+
+
+def _encode_record(name: str, record: CodebookTensor | RawTensor) -> tuple[bytes, bytes]:
     if isinstance(record, CodebookTensor):
-        shape, dtype = record.shape, record.dtype
         k = len(record.codebook)
         # The writer enforces the reader's limits, so it never writes a file it cannot read.
-        if DTYPE_CODES.get(dtype) not in FLOAT_CODES:
-            raise ConfigError(f"tensor {name!r}: codebook encoding needs a floating dtype, got {dtype}")
+        if DTYPE_CODES.get(record.dtype) not in FLOAT_CODES:
+            raise ConfigError(f"tensor {name!r}: codebook encoding needs a floating dtype, got {record.dtype}")
         if not 1 <= k <= MAX_CODEBOOK:
             raise ConfigError(f"tensor {name!r}: codebook size {k} outside 1..{MAX_CODEBOOK}")
         if record.index_bits is not None and not 1 <= record.index_bits <= MAX_INDEX_BITS:
@@ -96,21 +158,11 @@ def _encode_record(name: str, record: CodebookTensor | RawTensor) -> tuple[bytes
         params = struct.pack(
             "<HBIII", k, layer.index_bits, layer.entry_count, len(layer.code_stream), len(layer.gap_stream)
         )
-        encoding = ENCODING_CODEBOOK
-    else:
-        tensor = record.tensor.detach().cpu().contiguous()
-        shape, dtype = tuple(tensor.shape), tensor.dtype
-        section = _tensor_bytes(tensor)
-        params = b""
-        encoding = ENCODING_RAW
-    if dtype not in DTYPE_CODES:
-        raise DeepzipError(f"tensor {name!r}: dtype {dtype} cannot be stored in a .dzip file")
-    if len(shape) > MAX_NDIM:
-        raise DeepzipError(f"tensor {name!r}: {len(shape)} dimensions exceed the format's {MAX_NDIM}")
-    head = struct.pack("<H", len(encoded_name)) + encoded_name
-    head += struct.pack(f"<BB{len(shape)}I", DTYPE_CODES[dtype], len(shape), *shape)
-    head += struct.pack("<BII", encoding, len(section), zlib.crc32(section))
-    return head + params, section
+        head = _record_head(name, record.dtype, tuple(record.shape), ENCODING_CODEBOOK, section)
+        return head + params, section
+    tensor = record.tensor.detach().cpu().contiguous()
+    section = _tensor_bytes(tensor)
+    return _record_head(name, tensor.dtype, tuple(tensor.shape), ENCODING_RAW, section), section
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -200,6 +252,8 @@ def from_bytes(data: bytes | bytearray | memoryview) -> CompressedModel:
     records = _parse_header(_Cursor(view, PREAMBLE.size, header_end, "header"))
     offset = header_end + 4
     tensors: dict[str, CodebookTensor | RawTensor] = {}
+    files: dict[str, bytes] = {}
+    aliases: dict[str, tuple[_Record, str]] = {}
     for record in records:
         if record.size > len(view) - offset:
             raise TruncatedError(f"tensor {record.name!r}, data section: runs past the end of the file")
@@ -207,10 +261,25 @@ def from_bytes(data: bytes | bytearray | memoryview) -> CompressedModel:
         offset += record.size
         if zlib.crc32(section) != record.crc:
             raise ChecksumError(f"tensor {record.name!r}, data section: checksum mismatch")
-        tensors[record.name] = _decode_section(record, section)
+        if record.encoding == ENCODING_FILE:
+            files[record.name] = bytes(section)
+        elif record.encoding == ENCODING_ALIAS:
+            try:
+                aliases[record.name] = (record, bytes(section).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise FormatError(f"tensor {record.name!r}, alias section: target name is not UTF-8") from None
+        else:
+            tensors[record.name] = _decode_section(record, section)
     if offset != len(view):
         raise FormatError(f"{len(view) - offset} trailing bytes after the last section")
-    return CompressedModel(tensors)
+    for name, (record, target) in aliases.items():
+        # Only a stored tensor can be a target: no chains, no cycles, no files.
+        if target not in tensors or target in aliases:
+            raise FormatError(f"tensor {name!r}, alias section: target {target!r} is not a stored tensor")
+        if _shape_and_dtype(tensors[target]) != (record.shape, record.dtype):
+            raise FormatError(f"tensor {name!r}, alias section: shape or dtype differs from its target {target!r}")
+        tensors[name] = tensors[target]
+    return CompressedModel(tensors, files)
 
 
 def _parse_header(cur: _Cursor) -> list[_Record]:
@@ -271,6 +340,13 @@ def _parse_record(cur: _Cursor, name: str) -> _Record:
         expected = numel * DTYPES[dtype_code].itemsize
         if size != expected:
             raise FormatError(f"{cur.where}: raw section size {size} != {expected} for shape {list(shape)}")
+    elif encoding == ENCODING_ALIAS:
+        if not 1 <= size <= MAX_NAME_BYTES:
+            raise FormatError(f"{cur.where}: alias target name of {size} bytes outside 1..{MAX_NAME_BYTES}")
+    elif encoding == ENCODING_FILE:
+        if DTYPES[dtype_code] != torch.uint8 or len(shape) != 1 or shape[0] != size:
+            raise FormatError(f"{cur.where}: a file record must be uint8 of shape [section size]")
+        check_file_name(name)
     else:
         raise FormatError(f"{cur.where}: unknown encoding {encoding}")
     return _Record(name, DTYPES[dtype_code], tuple(shape), encoding, size, crc, params)

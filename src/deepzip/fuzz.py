@@ -115,7 +115,11 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
                     "zero.weight": sparse((4, 2), 0.0, 1, torch.float32, index_bits=3),
                     "scalar.weight": sparse((), 1.0, 2, torch.float32),
                     "nil.weight": sparse((0, 7), 0.0, 1, torch.float32),
-                }
+                    # Tied tensors (alias records) and attached files.
+                    **dict.fromkeys(["decoder.weight", "encoder.weight"], sparse((12, 9), 0.5, 4, torch.float32)),
+                    **dict.fromkeys(["head.bias", "tail.bias"], RawTensor(torch.randn(5))),
+                },
+                {"config.json": b'{"model_type": "bert", "hidden_size": 32}', "tok/vocab.txt": b"[PAD]\n[UNK]\n"},
             )
         )
     return tuple(files.items())
