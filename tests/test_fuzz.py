@@ -31,7 +31,8 @@ def test_seed_files_decode_and_parse(seeds):
         assert fuzz.check_one(data) == "ok", name
         layout = fuzz.parse_layout(data)
         assert layout.complete, name
-        assert len(layout.sections()) == len(layout.records) == len(fileformat.from_bytes(data).tensors)
+        parsed = fileformat.from_bytes(data)
+        assert len(layout.sections()) == len(layout.records) == len(parsed.tensors) + len(parsed.files)
         assert layout.header_end + 4 + sum(size for _, _, size in layout.sections()) == len(data)
         assert fuzz.recompute_crcs(data) == data, name
 
