@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from deepzip.errors import ConfigError
-from deepzip.models import MODEL_NAMES, LeNet5, LeNet300100, build
+from deepzip.models import MNIST_MODELS, MODEL_NAMES, LeNet5, LeNet300100, build
 
 EXPECTED = {
     "lenet-300-100": (
@@ -21,18 +21,19 @@ EXPECTED = {
 
 
 def test_model_names():
-    assert MODEL_NAMES == ("lenet-300-100", "lenet-5")
+    assert MODEL_NAMES == ("lenet-300-100", "lenet-5", "alexnet", "vgg16")
+    assert MNIST_MODELS == ("lenet-300-100", "lenet-5")
     assert isinstance(build("lenet-300-100"), LeNet300100)
     assert isinstance(build("lenet-5"), LeNet5)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MNIST_MODELS)
 def test_parameter_count(name):
     model = build(name)
     assert sum(p.numel() for p in model.parameters()) == EXPECTED[name][0]
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MNIST_MODELS)
 def test_state_dict_holds_only_weights_and_biases(name):
     model = build(name)
     assert list(model.state_dict()) == EXPECTED[name][1]
@@ -40,7 +41,7 @@ def test_state_dict_holds_only_weights_and_biases(name):
     assert list(model.buffers()) == []
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MNIST_MODELS)
 def test_forward_shape(name):
     torch.manual_seed(0)
     model = build(name).eval()
@@ -82,3 +83,26 @@ def test_lenet5_matches_caffe_reference_forward():
 def test_unknown_name(bad):
     with pytest.raises(ConfigError, match="lenet-300-100"):
         build(bad)
+
+
+# torchvision's key lists and parameter counts (torchvision.models.alexnet / vgg16), written
+# out here because torchvision cannot be imported beside this torch.
+ALEXNET_KEYS = [f"features.{i}.{p}" for i in (0, 3, 6, 8, 10) for p in ("weight", "bias")] + [
+    f"classifier.{i}.{p}" for i in (1, 4, 6) for p in ("weight", "bias")
+]
+VGG16_KEYS = [f"features.{i}.{p}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28) for p in ("weight", "bias")] + [
+    f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")
+]
+
+
+@pytest.mark.parametrize(
+    "name, keys, params, fc6",
+    [("alexnet", ALEXNET_KEYS, 61_100_840, ("classifier.1.weight", (4096, 9216))),
+     ("vgg16", VGG16_KEYS, 138_357_544, ("classifier.0.weight", (4096, 25088)))],
+)  # fmt: skip
+def test_imagenet_models_have_torchvision_keys(name, keys, params, fc6):
+    model = build(name)
+    state = model.state_dict()
+    assert list(state) == keys
+    assert sum(t.numel() for t in state.values()) == params
+    assert tuple(state[fc6[0]].shape) == fc6[1]

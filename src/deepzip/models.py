@@ -1,8 +1,12 @@
-"""The two MNIST networks of the Deep Compression paper: LeNet-300-100 and (Caffe) LeNet-5.
+"""The networks of the Deep Compression paper, in plain torch.
 
-Both take N x 1 x 28 x 28 images in [0, 1] and return logits. Input normalization is done
-with Python constants inside ``forward`` rather than buffers, so the state dict holds only the
-weights and biases that the compression pipeline prunes, quantizes and encodes.
+- LeNet-300-100 and (Caffe) LeNet-5 take N x 1 x 28 x 28 images in [0, 1] and return
+  logits. Input normalization is done with Python constants inside ``forward`` rather than
+  buffers, so the state dict holds only the weights and biases that the compression
+  pipeline prunes, quantizes and encodes.
+- AlexNet and VGG-16 have torchvision's layer layout and state-dict keys
+  (``features.0.weight`` ... ``classifier.6.bias``), so checkpoints saved from torchvision
+  models load unchanged; like torchvision's, they expect normalized 224 x 224 images.
 """
 
 from __future__ import annotations
@@ -61,8 +65,63 @@ class LeNet5(nn.Module):
         return self.fc2(x)
 
 
-_MODELS = {"lenet-300-100": LeNet300100, "lenet-5": LeNet5}
+class AlexNet(nn.Module):
+    """torchvision's AlexNet (61.1 M parameters): 5 conv and 3 fc layers, same keys."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        )  # fmt: skip
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for N x 3 x H x W normalized images."""
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+# VGG-16 ("configuration D"): conv widths, "M" for a 2x2 max-pool.
+_VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG16(nn.Module):
+    """torchvision's VGG-16 without batch norm (138.4 M parameters), same keys."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in _VGG16_LAYOUT:
+            if width == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(4096, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for N x 3 x H x W normalized images."""
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+_MODELS = {"lenet-300-100": LeNet300100, "lenet-5": LeNet5, "alexnet": AlexNet, "vgg16": VGG16}
 MODEL_NAMES = tuple(_MODELS)
+MNIST_MODELS = ("lenet-300-100", "lenet-5")  # the ones `deepzip reproduce` trains
 
 
 def build(name: str) -> nn.Module:
