@@ -41,6 +41,8 @@ def test_pipeline_writes_a_file_that_decodes_to_the_same_model(name, tiny_mnist,
         assert float((weight == 0).float().mean()) >= sparsity - 1e-3
     assert any(line.startswith("total") for line in "\n".join(lines).splitlines())
     assert (tmp_path / "baseline-seed1.pt").exists()
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert (tmp_path / "report" / "weight_histograms.png").is_file()
 
 
 def test_baseline_is_cached(tiny_mnist, tmp_path):

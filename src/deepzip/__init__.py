@@ -16,6 +16,7 @@ from deepzip.errors import (
 from deepzip.parametrizations import load_state_dict, strip_
 from deepzip.prune import prune_
 from deepzip.quantize import quantize_
+from deepzip.runtime import SparseLinear, load_into
 from deepzip.storage import load, save
 
 __all__ = [
@@ -27,7 +28,9 @@ __all__ = [
     "DeepzipError",
     "FormatError",
     "RawTensor",
+    "SparseLinear",
     "load",
+    "load_into",
     "load_state_dict",
     "prune_",
     "quantize_",

@@ -103,6 +103,7 @@ def reproduce(
         train(model, train_x, train_y, _seeded(recipe.baseline, seed), desc="baseline")
         torch.save(model.state_dict(), baseline_path)
     dense_error = error_rate(model, *test)
+    dense_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     log(f"baseline: valid error {100 * error_rate(model, *valid):.2f}%, test error {100 * dense_error:.2f}%")
 
     for step, prune_step in enumerate(recipe.prune_steps, 1):
@@ -145,6 +146,8 @@ def reproduce(
     log(f"deepzip: {results['file_bytes']:,} bytes ({path}), test error {100 * compressed_error:.2f}% (decoded from the file)")
     log(f"ratio:   {results['ratio']:.1f}x")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    summary = report.write_report(path, out / "report", dense_state_dict=dense_weights)
+    log(f"report:  {summary}")
     return results
 
 
