@@ -46,33 +46,45 @@ class Recipe:
     finetune: TrainConfig  # centroids (and biases) after quantization
 
 
-_FC_RETRAIN = TrainConfig(epochs=10, lr=0.02, weight_decay=1e-4)
-_CONV_RETRAIN = TrainConfig(epochs=6, lr=0.005, weight_decay=5e-4)
+# Retraining after each pruning step runs at the baseline's learning rate with a cosine
+# decay and more weight decay than the baseline: chosen on the validation split (with
+# 1e-4 instead of 5e-4, LeNet-300-100 ended 0.06 points worse on valid, 0.09 on test).
+_LENET_300_RETRAIN = TrainConfig(epochs=15, lr=0.05, weight_decay=5e-4)
+_LENET_5_RETRAIN = TrainConfig(epochs=6, lr=0.01, weight_decay=5e-4)
 
 RECIPES = {
     "lenet-300-100": Recipe(
         model="lenet-300-100",
         baseline=TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4),
-        prune_steps=(
-            PruneStep({"fc1": 0.5, "fc2": 0.5, "fc3": 0.3}, _FC_RETRAIN),
-            PruneStep({"fc1": 0.75, "fc2": 0.7, "fc3": 0.5}, _FC_RETRAIN),
-            PruneStep({"fc1": 0.87, "fc2": 0.83, "fc3": 0.65}, _FC_RETRAIN),
-            PruneStep({"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}, TrainConfig(epochs=20, lr=0.02, weight_decay=1e-4)),
+        prune_steps=tuple(
+            PruneStep(sparsity, _LENET_300_RETRAIN)
+            for sparsity in (
+                {"fc1": 0.5, "fc2": 0.5, "fc3": 0.3},
+                {"fc1": 0.7, "fc2": 0.7, "fc3": 0.45},
+                {"fc1": 0.82, "fc2": 0.8, "fc3": 0.6},
+                {"fc1": 0.89, "fc2": 0.87, "fc3": 0.7},
+                {"fc1": 0.92, "fc2": 0.91, "fc3": 0.74},  # the paper's 8% / 9% / 26% kept
+            )
         ),
-        bits={"*": 5},
+        bits={"*": 5},  # the paper uses 6; 5 costs nothing here and saves ~1 bit per weight
         finetune=TrainConfig(epochs=2, lr=1e-4),
     ),
     "lenet-5": Recipe(
         model="lenet-5",
         # Caffe's LeNet solver: lr 0.01, momentum 0.9, weight decay 5e-4 (0.05 diverges).
         baseline=TrainConfig(epochs=20, lr=0.01, weight_decay=5e-4),
-        prune_steps=(
-            PruneStep({"conv1": 0.2, "conv2": 0.6, "fc1": 0.6, "fc2": 0.5}, _CONV_RETRAIN),
-            PruneStep({"conv1": 0.3, "conv2": 0.8, "fc1": 0.85, "fc2": 0.7}, _CONV_RETRAIN),
-            PruneStep({"conv1": 0.34, "conv2": 0.88, "fc1": 0.95, "fc2": 0.81}, _CONV_RETRAIN),
+        prune_steps=tuple(
+            PruneStep(sparsity, _LENET_5_RETRAIN)
+            for sparsity in (
+                {"conv1": 0.15, "conv2": 0.5, "fc1": 0.5, "fc2": 0.4},
+                {"conv1": 0.25, "conv2": 0.75, "fc1": 0.8, "fc2": 0.65},
+                {"conv1": 0.3, "conv2": 0.84, "fc1": 0.9, "fc2": 0.75},
+                # Kept 66% / 12% / 6% / 19%: the paper's, except fc1 (8% there).
+                {"conv1": 0.34, "conv2": 0.88, "fc1": 0.94, "fc2": 0.81},
+            )
         ),
         bits={"conv*": 8, "fc*": 5},
-        finetune=TrainConfig(epochs=3, lr=1e-4),
+        finetune=TrainConfig(epochs=2, lr=1e-4),
     ),
 }
 
