@@ -47,9 +47,9 @@ class Recipe:
 
 
 # Retraining after each pruning step runs at the baseline's learning rate with a cosine
-# decay and more weight decay than the baseline: chosen on the validation split (with
-# 1e-4 instead of 5e-4, LeNet-300-100 ended 0.06 points worse on valid, 0.09 on test).
-_LENET_300_RETRAIN = TrainConfig(epochs=15, lr=0.05, weight_decay=5e-4)
+# decay. Weight decay was chosen on the validation split: 1e-4, 2e-4 and 5e-4 ended at
+# 1.45%, 1.54% and 1.53% valid error; shorter retraining (10 epochs at lr 0.02) at 1.69%.
+_LENET_300_RETRAIN = TrainConfig(epochs=15, lr=0.05, weight_decay=1e-4)
 _LENET_5_RETRAIN = TrainConfig(epochs=6, lr=0.01, weight_decay=5e-4)
 
 RECIPES = {
