@@ -147,7 +147,7 @@ def test_format_table(saved):
     assert total[0].split()[-2] == f"{len(data):,}"
     # The header+crc row carries the overhead computed from the spec.
     header_size, _ = spec_sections(data)
-    overhead = [line for line in lines if line.split()[0] == "header+crc"]
+    overhead = [line for line in lines if line.split()[0] == "header+crc+aliases+files"]
     assert len(overhead) == 1 and overhead[0].split()[-1] == f"{16 + header_size + 4:,}"
 
 
@@ -199,3 +199,18 @@ def test_report_edge_tensors():
     assert summary(data)["dense_bytes"] == 0 + 4 + 36
     table = format_table(data)
     assert [line.split()[0] for line in table.splitlines() if line and line[0] != "-"][1:4] == ["empty", "scalar", "w"]
+
+
+def test_tied_tensors_count_once_and_files_are_overhead():
+    import torch
+
+    from deepzip import fileformat
+    from deepzip.compressed import CompressedModel, RawTensor
+
+    shared = RawTensor(torch.ones(64, 32))
+    data = fileformat.to_bytes(CompressedModel({"emb.weight": shared, "head.weight": shared}, {"config.json": b"{}" * 100}))
+    stats = layer_stats(data)
+    assert [s.name for s in stats] == ["emb.weight"]
+    assert summary(data)["dense_bytes"] == 4 * 64 * 32
+    total = [line for line in format_table(data).splitlines() if line.startswith("total")][0]
+    assert total.split()[-1] == f"{4 * 64 * 32 / len(data):.1f}x"

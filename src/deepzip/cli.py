@@ -83,5 +83,156 @@ def info(file: Path) -> None:
     click.echo(report.format_table(data))
 
 
+def _settings(convert, form: str):
+    """A click callback for a repeatable `[PATTERN=]VALUE` option.
+
+    Returns None (not given), one value (a bare VALUE: every tensor) or {pattern: value}
+    in the order given; a bare VALUE among patterns becomes the last pattern, '*', so it
+    applies to the tensors no pattern matches.
+    """
+
+    def parse(ctx: click.Context, param: click.Parameter, texts: tuple[str, ...]):
+        if not texts:
+            return None
+        mapping, single = {}, None
+        for text in texts:
+            # rpartition: the value never holds '=', a pattern could.
+            pattern, equals, raw = text.rpartition("=")
+            try:
+                value = convert(raw.strip())
+            except ValueError as error:
+                raise click.BadParameter(f"{text!r}: {error}, given as {form}") from None
+            if not equals:
+                if single is not None:
+                    raise click.BadParameter(f"{text!r}: give at most one value without a PATTERN=")
+                single = value
+            elif not pattern.strip():
+                raise click.BadParameter(f"{text!r}: empty pattern before '='")
+            elif pattern in mapping:
+                raise click.BadParameter(f"{text!r}: pattern {pattern!r} given twice")
+            else:
+                mapping[pattern] = value
+        if not mapping:
+            return single
+        if single is not None:
+            if "*" in mapping:
+                raise click.BadParameter(f"a value without a pattern means '*=...', and '*' is given too")
+            mapping["*"] = single
+        return mapping
+
+    return parse
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:  # the comparison also rejects nan
+        raise ValueError("sparsity must be a number in [0, 1]")
+    return value
+
+
+def _bits(text: str) -> int:
+    from deepzip.quantize import MAX_BITS
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= MAX_BITS:
+        raise ValueError(f"bits must be an integer in 1..{MAX_BITS}")
+    return value
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The .dzip file to write.")
+@click.option("--recipe", default=None, metavar="NAME_OR_FILE", help="A shipped recipe's name or a recipe YAML file.")
+@click.option(
+    "--sparsity",
+    multiple=True,
+    metavar="[PATTERN=]X",
+    callback=_settings(_sparsity, "X or PATTERN=X"),
+    help="Fraction of weights to prune, for every tensor or for those PATTERN matches (repeatable; default 0).",
+)
+@click.option(
+    "--bits",
+    multiple=True,
+    metavar="[PATTERN=]N",
+    callback=_settings(_bits, "N or PATTERN=N"),
+    help="Shared-weight codebook of 2**N values, for every tensor or for those PATTERN matches (repeatable; default 8).",
+)
+@click.option("--include", multiple=True, metavar="PATTERN", help="Compress only tensors matching a PATTERN (repeatable).")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Store tensors matching a PATTERN raw (repeatable).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits, include, exclude, force: bool) -> None:
+    """Compress a trained model post-training (prune + share weights, no retraining) to a .dzip file.
+
+    INPUT is a .safetensors file, a torch state dict (.pt, .pth, .bin, .ckpt) or a
+    transformers model directory, whose config and tokenizer files travel in the .dzip.
+    Patterns are fnmatch-style tensor or layer names (`encoder.*.dense`); explicit
+    --sparsity/--bits win over the recipe. Prints the per-tensor table of the written file.
+    """
+    from tqdm import tqdm
+
+    from deepzip import fileformat, report
+    from deepzip.checkpoints import compress_checkpoint, group_tied, read_checkpoint
+
+    # Checked before the work, not after minutes of compression.
+    if output.exists() and not force:
+        raise DeepzipError(f"{output} exists; pass --force to replace it")
+    checkpoint = read_checkpoint(input_path)
+    if checkpoint.skipped:
+        click.echo(f"deepzip: note: not carried into {output}: {', '.join(checkpoint.skipped)}", err=True)
+    distinct = [checkpoint.state_dict[name] for name in set(group_tied(checkpoint.state_dict).values())]
+    started = False
+    # disable=None: the bar shows on a terminal only, never in logs or pipes.
+    with tqdm(total=len(distinct), unit="tensor", file=sys.stderr, leave=False, disable=None) as bar:
+
+        def progress(name: str) -> None:
+            nonlocal started
+            if started:  # called before each tensor: the previous one is done
+                bar.update(1)
+            started = True
+            bar.set_postfix_str(name)
+
+        compressed = compress_checkpoint(
+            checkpoint, recipe, sparsity, bits, include=list(include) or None, exclude=exclude, progress=progress
+        )
+        bar.update(1)
+    size = fileformat.write(compressed, output, overwrite=force)
+    click.echo(report.format_table(output.read_bytes()))
+    dense = compressed.parameter_bytes()
+    line = f"{input_path}: {dense:,} bytes fp32 -> {size:,} bytes ({dense / size:.1f}x)"
+    stored = sum(t.numel() * t.element_size() for t in distinct)
+    if stored != dense:  # fp16/bf16 input: also give the ratio to what it really took
+        line += f"; {stored:,} bytes in the input's dtypes ({stored / size:.1f}x)"
+    click.echo(line)
+
+
+@main.command()
+@click.argument("input_path", metavar="IN.dzip", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="A .safetensors file or a directory.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT's files if they exist.")
+def decompress(input_path: Path, output: Path, force: bool) -> None:
+    """Decode a .dzip file to dense tensors: a .safetensors file or a transformers directory.
+
+    A model with attached files (config.json, tokenizer...) becomes a directory that
+    `from_pretrained` loads, unless OUTPUT ends in .safetensors. Tensors keep their dtypes.
+    """
+    from deepzip import fileformat
+    from deepzip.checkpoints import target_kind, write_checkpoint
+
+    compressed = fileformat.read(input_path)
+    kind = target_kind(compressed, output)
+    written = write_checkpoint(compressed, output, kind, overwrite=force)
+    for path in written:
+        click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    if kind == "safetensors" and compressed.files:
+        names = ", ".join(sorted(compressed.files))
+        click.echo(f"deepzip: note: attached files not written ({names}); give a directory to restore them", err=True)
+
+
 if __name__ == "__main__":
     main()

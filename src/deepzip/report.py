@@ -50,11 +50,19 @@ class LayerStats:
 
 
 def layer_stats(data: bytes) -> list[LayerStats]:
-    """Stats for every tensor of the .dzip file whose bytes are `data` (validated first)."""
+    """Stats for every stored tensor of the .dzip file whose bytes are `data` (validated first).
+
+    A tied tensor counts once, under the name it is stored as; its aliases and any attached
+    files count as overhead (see `format_table`).
+    """
     model = fileformat.from_bytes(data)
     sizes = fileformat.section_sizes(data)
     stats = []
-    for name, record in model.tensors.items():
+    seen: set[int] = set()
+    for name, record in sorted(model.tensors.items()):
+        if id(record) in seen:
+            continue  # an alias: the stored tensor was counted under its first name
+        seen.add(id(record))
         if isinstance(record, CodebookTensor):
             numel, kept = record.numel, len(record.positions)
             fillers = count_fillers(record.positions, record.index_bits)
@@ -111,7 +119,7 @@ def format_table(data: bytes) -> str:
     weights = sum(s.weights for s in stats)
     sections = sum(s.file_bytes for s in stats)
     overhead = len(data) - sections
-    rows.append(("header+crc", "", "", "", "", "", "", "", f"{overhead:,}", ""))
+    rows.append(("header+crc+aliases+files", "", "", "", "", "", "", "", f"{overhead:,}", ""))
     rows.append(
         (
             "total",
