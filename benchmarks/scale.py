@@ -45,7 +45,7 @@ def random_vgg16_state_dict():
         fan_in = 1
         for d in shape[1:]:
             fan_in *= d
-        state[f"{layer}.weight"] = torch.randn(shape, generator=generator) * (2.0 / fan_in) ** 0.5
+        state[f"{layer}.weight"] = torch.randn(shape, generator=generator).mul_((2.0 / fan_in) ** 0.5)
         state[f"{layer}.bias"] = torch.randn(shape[0], generator=generator) * 0.01
     return state
 
