@@ -63,10 +63,11 @@ def encode_layer_smallest(
     bounds = sorted((int(np.sum((gaps - 1) >> b)) + len(positions), b) for b in INDEX_BITS_CHOICES)
     best = None
     for entries, b in bounds:
-        if best is not None and entries / 4 >= best.nbytes:
+        if best is not None and entries / 4 > best.nbytes:
             break
         encoded = encode_layer(positions, codes, k, b, numel)
-        if best is None or encoded.nbytes < best.nbytes:
+        # Ties go to the narrower width, so the choice does not depend on the search order.
+        if best is None or (encoded.nbytes, b) < (best.nbytes, best.index_bits):
             best = encoded
     return best
 
