@@ -178,27 +178,22 @@ def prune_sensitivity(
     names = _layers(model, layers)
     modules = dict(model.named_modules())
     targets = {name: _prune_target(name, modules[name]) for name in names}  # validate all first
-    baseline = _evaluate(evaluate, model, progress, "baseline (nothing pruned)")
-    curves = {}
-    for name in names:
-        module = modules[name]
+
+    def variants(name: str):
         target, current_mask = targets[name]
         # Masks are computed on the CPU (sparsity_mask builds CPU tensors), then moved.
-        weight = module.weight.detach().cpu()
+        weight = modules[name].weight.detach().cpu()
         mask = None if current_mask is None else current_mask.cpu()
-        pairs = []
         for sparsity in grid:
             keep = sparsity_mask(weight, sparsity, mask).to(target.device)
             if target is current_mask:
                 # A quantized layer: its weight is rebuilt from codes, so shrink the mask instead.
-                replacement = keep
+                yield sparsity, f"sparsity {sparsity:g}", target, keep
             else:
-                replacement = torch.where(keep, target, torch.zeros((), dtype=target.dtype, device=target.device))
-            with _replaced(target, replacement):
-                metric = _evaluate(evaluate, model, progress, f"{name} sparsity {sparsity:g}")
-            pairs.append((sparsity, metric))
-        curves[name] = tuple(pairs)
-    return SensitivityTable("sparsity", baseline, curves)
+                zero = torch.zeros((), dtype=target.dtype, device=target.device)
+                yield sparsity, f"sparsity {sparsity:g}", target, torch.where(keep, target, zero)
+
+    return _scan("sparsity", model, evaluate, names, variants, progress, "baseline (nothing pruned)")
 
 
 def quantize_sensitivity(
@@ -225,22 +220,32 @@ def quantize_sensitivity(
     names = _layers(model, layers)
     modules = dict(model.named_modules())
     targets = {name: _quantize_target(name, modules[name]) for name in names}  # validate all first
-    baseline = _evaluate(evaluate, model, progress, "baseline (nothing quantized)")
-    curves = {}
-    for name in names:
+
+    def variants(name: str):
         target, alive = targets[name]
         # k-means runs in numpy: cluster a CPU copy, move the result to the layer's device.
         weight, alive_cpu = modules[name].weight.detach().cpu(), alive.cpu()
-        pairs = []
+        zero = torch.zeros((), dtype=target.dtype, device=target.device)
         for b in grid:
             centroids, codes = share_weights(weight, alive_cpu, b, init, seed)
             shared = centroids[codes.long()].to(device=target.device, dtype=target.dtype)
-            replacement = torch.where(alive, shared, torch.zeros((), dtype=target.dtype, device=target.device))
+            yield b, f"{b} bits", target, torch.where(alive, shared, zero)
+
+    return _scan("bits", model, evaluate, names, variants, progress, "baseline (nothing quantized)")
+
+
+def _scan(kind, model, evaluate, names, variants, progress, baseline_label) -> SensitivityTable:
+    """Evaluate the baseline, then every (setting, replacement) that `variants(layer)` yields,
+    each with only that one tensor replaced, restoring it after each evaluation."""
+    baseline = _evaluate(evaluate, model, progress, baseline_label)
+    curves = {}
+    for name in names:
+        pairs = []
+        for setting, label, target, replacement in variants(name):
             with _replaced(target, replacement):
-                metric = _evaluate(evaluate, model, progress, f"{name} {b} bits")
-            pairs.append((b, metric))
+                pairs.append((setting, _evaluate(evaluate, model, progress, f"{name} {label}")))
         curves[name] = tuple(pairs)
-    return SensitivityTable("bits", baseline, curves)
+    return SensitivityTable(kind, baseline, curves)
 
 
 def _layers(model: nn.Module, layers: list[str] | None) -> list[str]:
