@@ -147,6 +147,7 @@ def write_report(
     sensitivity: SensitivityTable | Sequence[SensitivityTable] | None = None,
     *,
     tolerance: float | None = None,
+    clustered_state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `report.md` and its PNG figures for the .dzip file at `dzip_path` into `out_dir`.
 
@@ -155,7 +156,9 @@ def write_report(
     `fc1.weight`; other keys are ignored) adds the "before"
     side of the weight histograms and the clustered values to the centroid plots;
     `sensitivity` (one table or several, e.g. a pruning and a bits scan) adds their
-    curves, with the `tolerance` band if given. Existing files of the same names are
+    curves, with the `tolerance` band if given. `clustered_state_dict` (the weights just
+    before quantization, when retraining changed them since `dense_state_dict`) replaces
+    it in the centroid plots. Existing files of the same names are
     replaced. Returns the path of report.md. Needs matplotlib.
     """
     # Imported here: `info` and `format_table` need neither matplotlib nor the scans.
@@ -176,6 +179,8 @@ def write_report(
         if name in dense and tuple(dense[name].shape) != record.shape:
             raise ConfigError(f"dense_state_dict[{name!r}] has shape {tuple(dense[name].shape)}, the file's tensor {record.shape}")
     dense = {name: dense[name] for name in records if name in dense}
+    clustered = {n: t for n, t in (clustered_state_dict or {}).items() if n in records and tuple(t.shape) == records[n].shape}
+    clustered = clustered or dense
     tables = [] if sensitivity is None else [sensitivity] if isinstance(sensitivity, SensitivityTable) else list(sensitivity)
 
     figures: list[tuple[str, Path]] = []  # (caption, file), in the order the report shows them
@@ -187,8 +192,8 @@ def write_report(
                    if dense else "Weight distribution per layer after compression (nonzero decoded weights only).")  # fmt: skip
         figures.append((caption, plots.weight_histograms(dense or None, after, out_dir / "weight_histograms.png")))
         figures.append(("Shared weights per layer: each centroid and how many kept weights use it"
-                        + (", beside the original values that were clustered." if dense else "."),
-                        plots.quantized_distribution(records, out_dir / "centroids.png", dense=dense or None)))  # fmt: skip
+                        + (", beside the values that were clustered." if clustered else "."),
+                        plots.quantized_distribution(records, out_dir / "centroids.png", dense=clustered or None)))  # fmt: skip
         stems: set[str] = set()
         for name, record in records.items():
             stem = base = _file_stem(name)

@@ -120,6 +120,8 @@ def reproduce(
         shown = ", ".join(f"{layer} {100 * f:.1f}%" for layer, f in kept.items())
         log(f"prune step {step}: kept {shown}; valid error {100 * error_rate(model, *valid):.2f}%")
 
+    clustered = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    clustered |= {f"{n}.weight": m.weight.detach().clone() for n, m in model.named_modules() if current_transform(m) is not None}
     quantize_(model, recipe.bits)
     log(f"quantized: valid error before fine-tuning {100 * error_rate(model, *valid):.2f}%")
     trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
@@ -153,7 +155,7 @@ def reproduce(
     log(f"deepzip: {results['file_bytes']:,} bytes ({path}), test error {100 * compressed_error:.2f}% (decoded from the file)")
     log(f"ratio:   {results['ratio']:.1f}x")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    summary = report.write_report(path, out / "report", dense_state_dict=dense_weights)
+    summary = report.write_report(path, out / "report", dense_state_dict=dense_weights, clustered_state_dict=clustered)
     log(f"report:  {summary}")
     return results
 
