@@ -118,7 +118,7 @@ def _settings(convert, form: str):
             return single
         if single is not None:
             if "*" in mapping:
-                raise click.BadParameter(f"a value without a pattern means '*=...', and '*' is given too")
+                raise click.BadParameter("a value without a pattern means '*=...', and '*' is given too")
             mapping["*"] = single
         return mapping
 
