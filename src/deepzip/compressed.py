@@ -55,6 +55,16 @@ class RawTensor:
 
     tensor: torch.Tensor
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The tensor's shape, as CodebookTensor.shape."""
+        return tuple(self.tensor.shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The tensor's dtype, as CodebookTensor.dtype."""
+        return self.tensor.dtype
+
     def to_dense(self) -> torch.Tensor:
         """The tensor itself."""
         return self.tensor
@@ -111,11 +121,8 @@ class CompressedModel:
     def parameter_bytes(self) -> int:
         """fp32 bytes of all distinct tensors: the size the compression ratio is measured against."""
         distinct = {id(r): r for r in self.tensors.values()}.values()
-        return sum(4 * int(np.prod(_shape(r), dtype=np.int64)) for r in distinct)
+        return sum(4 * int(np.prod(r.shape, dtype=np.int64)) for r in distinct)
 
-
-def _shape(record: CodebookTensor | RawTensor) -> tuple[int, ...]:
-    return record.shape if isinstance(record, CodebookTensor) else tuple(record.tensor.shape)
 
 
 def _codebook_tensor(transform: SharedWeights, dtype: torch.dtype, index_bits: int | None) -> CodebookTensor:

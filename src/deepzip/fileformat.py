@@ -103,9 +103,8 @@ def _record_head(name: str, dtype: torch.dtype, shape: tuple[int, ...], encoding
 
 
 def _encode_alias(name: str, tensor: CodebookTensor | RawTensor, target: str) -> tuple[bytes, bytes]:
-    shape, dtype = _shape_and_dtype(tensor)
     section = target.encode("utf-8")
-    return _record_head(name, dtype, shape, ENCODING_ALIAS, section), section
+    return _record_head(name, tensor.dtype, tuple(tensor.shape), ENCODING_ALIAS, section), section
 
 
 def _encode_file(name: str, content: bytes) -> tuple[bytes, bytes]:
@@ -127,12 +126,6 @@ def check_file_name(name: str, error: type[Exception] = FormatError) -> None:
         or ":" in parts[0]
     ):
         raise error(f"file {name!r}: not a plain relative path")
-
-
-def _shape_and_dtype(tensor: CodebookTensor | RawTensor) -> tuple[tuple[int, ...], torch.dtype]:
-    if isinstance(tensor, CodebookTensor):
-        return tuple(tensor.shape), tensor.dtype
-    return tuple(tensor.tensor.shape), tensor.tensor.dtype
 
 
 def _encode_record(name: str, record: CodebookTensor | RawTensor) -> tuple[bytes, bytes]:
@@ -280,7 +273,7 @@ def from_bytes(data: bytes | bytearray | memoryview) -> CompressedModel:
         # Only a stored tensor can be a target: no chains, no cycles, no files.
         if target not in tensors or target in aliases:
             raise FormatError(f"tensor {name!r}, alias section: target {target!r} is not a stored tensor")
-        if _shape_and_dtype(tensors[target]) != (record.shape, record.dtype):
+        if (tensors[target].shape, tensors[target].dtype) != (record.shape, record.dtype):
             raise FormatError(f"tensor {name!r}, alias section: shape or dtype differs from its target {target!r}")
         tensors[name] = tensors[target]
     return CompressedModel(tensors, files)

@@ -86,11 +86,6 @@ def current_mask(module: nn.Module) -> torch.Tensor | None:
     return None if transform is None else transform.mask
 
 
-def effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight the layer computes with now (masked and/or shared), detached."""
-    return module.weight.detach()
-
-
 def set_transform(module: nn.Module, transform: nn.Module) -> None:
     """Make `transform` the only parametrization of `module.weight`.
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from deepzip.errors import ConfigError
-
-MAX_BITS = 12
+from deepzip.fileformat import MAX_INDEX_BITS
+from deepzip.quantize import MAX_BITS
 SHIPPED = ("lenet-300-100", "lenet-5", "alexnet", "vgg16")
 
 
@@ -83,10 +83,10 @@ def _validated(rule: LayerRule, where: str) -> LayerRule:
         raise ConfigError(f"{where}.quality: must be a number >= 0, got {rule.quality!r}")
     if rule.sparsity is not None and rule.quality is not None:
         raise ConfigError(f"{where}: give sparsity or quality, not both")
-    for name in ("bits", "index_bits"):
+    for name, top in (("bits", MAX_BITS), ("index_bits", MAX_INDEX_BITS)):
         value = getattr(rule, name)
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BITS):
-            raise ConfigError(f"{where}.{name}: must be an integer in 1..{MAX_BITS}, got {value!r}")
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top):
+            raise ConfigError(f"{where}.{name}: must be an integer in 1..{top}, got {value!r}")
     return rule
 
 

@@ -79,7 +79,7 @@ def layer_stats(data: bytes) -> list[LayerStats]:
         else:
             numel = record.tensor.numel()
             stored = sizes[name]
-            stats.append(LayerStats(name, tuple(record.tensor.shape), numel, numel, None, None, 0, 4 * numel, stored, stored, stored))
+            stats.append(LayerStats(name, record.shape, numel, numel, None, None, 0, 4 * numel, stored, stored, stored))
     return stats
 
 
@@ -87,16 +87,19 @@ def _bytes(bits: int) -> int:
     return (bits + 7) // 8
 
 
-def summary(data: bytes) -> dict:
-    """Whole-file figures: dense fp32 bytes of all tensors, file bytes and their ratio."""
-    stats = layer_stats(data)
+def summary(data: bytes, stats: list[LayerStats] | None = None) -> dict:
+    """Whole-file figures: dense fp32 bytes of all tensors, file bytes and their ratio.
+
+    `stats` is `layer_stats(data)` when the caller has it already (it decodes the file).
+    """
+    stats = layer_stats(data) if stats is None else stats
     dense = sum(s.dense_bytes for s in stats)
     return {"dense_bytes": dense, "file_bytes": len(data), "ratio": dense / len(data), "layers": [asdict(s) for s in stats]}
 
 
-def format_table(data: bytes) -> str:
+def format_table(data: bytes, stats: list[LayerStats] | None = None) -> str:
     """The paper-style table: one row per tensor, then the totals measured on the file."""
-    stats = layer_stats(data)
+    stats = layer_stats(data) if stats is None else stats
     header = ("tensor", "weights", "kept", "w bits", "idx bits", "dense B", "pruned B", "quant B", "file B", "ratio")
     rows = []
     for s in stats:
@@ -171,7 +174,7 @@ def write_report(
     data = dzip_path.read_bytes()
     model = fileformat.from_bytes(data)
     stats = layer_stats(data)
-    totals = summary(data)
+    totals = summary(data, stats)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {name: r for name, r in model.tensors.items() if isinstance(r, CodebookTensor)}
     dense = dict(dense_state_dict or {})

@@ -102,7 +102,6 @@ def reproduce(
         raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(RECIPES)}")
     recipe = recipe or RECIPES[name]
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
     train_x, train_y = load_mnist("train", data_root)
     valid = load_mnist("valid", data_root)
     test = load_mnist("test", data_root)
@@ -137,8 +136,9 @@ def reproduce(
 
     data = path.read_bytes()
     log("")
-    log(report.format_table(data))
-    totals = report.summary(data)
+    stats = report.layer_stats(data)
+    log(report.format_table(data, stats))
+    totals = report.summary(data, stats)
     results = {
         "model": name,
         "seed": seed,
@@ -162,14 +162,13 @@ def reproduce(
 
 def trained_baseline(name: str, out: Path, train_set, config: TrainConfig, seed: int, log=print) -> torch.nn.Module:
     """The dense model trained on `train_set`, cached as OUT/baseline-seedN.pt for re-runs."""
+    torch.manual_seed(seed)
     model = models.build(name)
     path = out / f"baseline-seed{seed}.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         log(f"baseline: loaded from {path}")
     else:
-        torch.manual_seed(seed)
-        model = models.build(name)
         train(model, *train_set, _seeded(config, seed), desc="baseline")
         torch.save(model.state_dict(), path)
     return model

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from deepzip import fileformat, kernels
-from deepzip.compressed import CodebookTensor, RawTensor
+from deepzip.compressed import CodebookTensor
 from deepzip.errors import ConfigError
 
 __all__ = ["LAYOUTS", "SparseLinear", "load_into"]
@@ -140,9 +140,9 @@ def _check_keys(model: nn.Module, records: dict, current: dict[str, torch.Tensor
     if strict and missing:
         problems.append(f"the file has no {_names(missing)}")
     mismatched = [
-        f"{name} (file {tuple(_shape(record))}, model {tuple(current[name].shape)})"
+        f"{name} (file {tuple(record.shape)}, model {tuple(current[name].shape)})"
         for name, record in records.items()
-        if name in current and tuple(_shape(record)) != tuple(current[name].shape)
+        if name in current and tuple(record.shape) != tuple(current[name].shape)
     ]
     if mismatched:
         problems.append(f"shapes differ for {', '.join(mismatched)}")
@@ -163,10 +163,6 @@ def _sparse_layers(model: nn.Module, records: dict) -> list[str]:
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def _shape(record: CodebookTensor | RawTensor) -> tuple[int, ...]:
-    return tuple(record.shape) if isinstance(record, CodebookTensor) else tuple(record.tensor.shape)
 
 
 def _names(keys: list[str], limit: int = 8) -> str:
