@@ -68,7 +68,8 @@ def test_8_bit_bert_loads_cleanly_and_matches_its_decoded_weights(bert, tmp_path
         hidden = loaded(input_ids()).last_hidden_state
         assert torch.equal(hidden, reference(input_ids()).last_hidden_state)
         before = original(input_ids()).last_hidden_state
-    similarity = cosine_similarity(hidden, before, dim=-1)  # per token; measured min 0.99997
+    similarity = cosine_similarity(hidden, before, dim=-1)  # per token
+    print(f"8-bit, sparsity 0: worst-token cosine similarity to the original {similarity.min():.5f}")
     assert similarity.min() >= 0.999
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
