@@ -48,7 +48,7 @@ def main(repeats: int, json_path: str | None) -> None:
 
     from deepzip.codec import huffman, sparse
     from deepzip.codec.layer import encode_layer_smallest
-    from deepzip.compress import compress_tensor
+    from deepzip.train.post_training import compress_tensor
 
     torch.set_num_threads(1)
     try:

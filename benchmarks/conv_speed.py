@@ -45,8 +45,8 @@ def main(repeats: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from deepzip import kernels
-    from deepzip.compress import compress_tensor
+    from deepzip.runtime import kernels
+    from deepzip.train.post_training import compress_tensor
 
     torch.manual_seed(0)
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepzip import fileformat, kernels
+from deepzip.container import fileformat
+from deepzip.runtime import kernels
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
-from deepzip.runtime import SparseLinear
+from deepzip.runtime.load import SparseLinear
 
 # name: (out, in, kept fraction), from the paper's Table (CPU speed, batch 1).
 LAYERS = {

@@ -2,8 +2,8 @@
 
     python benchmarks/fuzz_reader.py --inputs 100000 --seed 0 --json fuzz.json
 
-Each input is a seed file from `deepzip.fuzz.seed_files()` changed by one mutator (or a
-chain of 2-3) from `deepzip.fuzz.MUTATORS`, drawn deterministically from (--seed, index).
+Each input is a seed file from `fuzzing.seed_files()` changed by one mutator (or a
+chain of 2-3) from `fuzzing.MUTATORS`, drawn deterministically from (--seed, index).
 The parent process generates the inputs and sends them one at a time to a worker process
 that runs `fileformat.from_bytes(data).state_dict()` and reports the outcome:
 
@@ -48,7 +48,7 @@ import click
 import torch
 from tqdm import tqdm
 
-from deepzip import fuzz
+import fuzzing as fuzz
 
 FAILURES = ("exception", "hang", "crash")
 OUTCOMES = ("ok", "format_error", *FAILURES)

@@ -24,9 +24,10 @@ def main(models: str) -> None:
     """Apply shipped recipes to random models; compare kept fractions; report file sizes."""
     import torch
 
-    from deepzip import fileformat, models as zoo
-    from deepzip.compress import compress_state_dict
-    from deepzip.recipe import load_recipe
+    from deepzip.container import fileformat
+    from deepzip.paper import models as zoo
+    from deepzip.train.post_training import compress_state_dict
+    from deepzip.train.recipe import load_recipe
 
     torch.manual_seed(0)
     for name in models.split(","):

@@ -54,9 +54,9 @@ def phase_compress(path: str) -> dict:
     """Generate, compress with the vgg16 recipe, write; returns timings."""
     import torch
 
-    from deepzip import fileformat
-    from deepzip.compress import compress_state_dict
-    from deepzip.recipe import load_recipe
+    from deepzip.container import fileformat
+    from deepzip.train.post_training import compress_state_dict
+    from deepzip.train.recipe import load_recipe
 
     torch.set_num_threads(2)
     state = random_vgg16_state_dict()
@@ -80,7 +80,7 @@ def phase_compress(path: str) -> dict:
 
 def phase_load_dense(path: str) -> dict:
     """Read the file and decode every tensor to a dense state dict."""
-    from deepzip.storage import load
+    from deepzip.train.export import load
 
     started = time.perf_counter()
     state = load(path)
@@ -89,11 +89,11 @@ def phase_load_dense(path: str) -> dict:
 
 def phase_load_sparse(path: str) -> dict:
     """Read the file into inference modules: fc layers sparse, the rest dense."""
-    from deepzip import fileformat
+    from deepzip.container import fileformat
     from deepzip.compressed import CodebookTensor
 
     try:
-        from deepzip.runtime import SparseLinear
+        from deepzip.runtime.load import SparseLinear
     except ImportError:
         return {"load_sparse_s": None}
     started = time.perf_counter()

@@ -2,9 +2,14 @@
 
 import gzip
 import struct
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The fuzz harness lives beside the benchmark that drives it, outside the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def _idx(array: np.ndarray, magic: int) -> bytes:

@@ -5,9 +5,9 @@ from click.testing import CliRunner
 
 import deepzip
 from deepzip.cli import main
-from deepzip.reproduce import RECIPES, PruneStep, Recipe
-from deepzip.recipe import load_recipe
-from deepzip.train import TrainConfig
+from deepzip.paper.reproduce import RECIPES, PruneStep, Recipe
+from deepzip.train.recipe import load_recipe
+from deepzip.paper.training import TrainConfig
 
 
 def run(*args):
@@ -152,8 +152,8 @@ def test_sensitivity_writes_a_recipe_that_reproduce_runs(tiny_mnist, tmp_path, m
 
 
 def test_recipe_schedule_reaches_the_final_sparsity_geometrically():
-    from deepzip.recipe import parse_recipe
-    from deepzip.reproduce import RECIPES as SHIPPED, recipe_schedule
+    from deepzip.train.recipe import parse_recipe
+    from deepzip.paper.reproduce import RECIPES as SHIPPED, recipe_schedule
 
     schedule = recipe_schedule("lenet-300-100", parse_recipe("layers:\n  fc1: {sparsity: 0.91, bits: 4}\n"))
     steps = len(SHIPPED["lenet-300-100"].prune_steps)

@@ -13,11 +13,11 @@ from deepzip.errors import (
     TruncatedError,
     VersionError,
 )
-from deepzip.parametrizations import load_state_dict, strip_
-from deepzip.prune import prune_
-from deepzip.quantize import quantize_
-from deepzip.runtime import SparseLinear, load_into
-from deepzip.storage import load, save
+from deepzip.train.parametrizations import load_state_dict, strip_
+from deepzip.train.prune import prune_
+from deepzip.train.quantize import quantize_
+from deepzip.runtime.load import SparseLinear, load_into
+from deepzip.train.export import load, save
 
 __all__ = [
     "ChecksumError",

@@ -64,10 +64,10 @@ def reproduce(model: str, data: Path | None, out: Path | None, seed: int, recipe
     quantizes and fine-tunes, writes OUT/model.dzip, decodes it into a fresh model and
     reports its test error. Writes OUT/results.json.
     """
-    from deepzip.reproduce import reproduce as run
+    from deepzip.paper.reproduce import reproduce as run
 
-    from deepzip.recipe import load_recipe
-    from deepzip.reproduce import recipe_schedule
+    from deepzip.train.recipe import load_recipe
+    from deepzip.paper.reproduce import recipe_schedule
 
     schedule = None if recipe_file is None else recipe_schedule(model, load_recipe(recipe_file))
     run(model, out or Path("runs") / model, data, seed, log=click.echo, recipe=schedule)
@@ -136,7 +136,7 @@ def _sparsity(text: str) -> float:
 
 
 def _bits(text: str) -> int:
-    from deepzip.quantize import MAX_BITS
+    from deepzip.train.quantize import MAX_BITS
 
     try:
         value = int(text)
@@ -178,8 +178,9 @@ def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits,
     """
     from tqdm import tqdm
 
-    from deepzip import fileformat, report
-    from deepzip.checkpoints import compress_checkpoint, group_tied, read_checkpoint
+    from deepzip.container import fileformat
+    from deepzip import report
+    from deepzip.checkpoints.io import compress_checkpoint, group_tied, read_checkpoint
 
     # Checked before the work, not after minutes of compression.
     if output.exists() and not force:
@@ -223,8 +224,8 @@ def decompress(input_path: Path, output: Path, force: bool) -> None:
     A model with attached files (config.json, tokenizer...) becomes a directory that
     `from_pretrained` loads, unless OUTPUT ends in .safetensors. Tensors keep their dtypes.
     """
-    from deepzip import fileformat
-    from deepzip.checkpoints import target_kind, write_checkpoint
+    from deepzip.container import fileformat
+    from deepzip.checkpoints.io import target_kind, write_checkpoint
 
     compressed = fileformat.read(input_path)
     kind = target_kind(compressed, output)
@@ -248,7 +249,7 @@ def sensitivity(model: str, data: Path | None, out: Path | None, seed: int, tole
     Writes OUT/sensitivity/: tables, curves (PNG) and recipe.yaml; run it with
     `deepzip reproduce MODEL --recipe OUT/sensitivity/recipe.yaml`.
     """
-    from deepzip.reproduce import sensitivity as scan
+    from deepzip.paper.reproduce import sensitivity as scan
 
     scan(model, out or Path("runs") / model, data, seed, tolerance, log=click.echo)
 
@@ -258,7 +259,7 @@ def sensitivity(model: str, data: Path | None, out: Path | None, seed: int, tole
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Directory for report.md and its PNG figures.")
 def report(file: Path, output: Path) -> None:
     """Write plots and a Markdown summary of a .dzip FILE (from the file alone)."""
-    from deepzip.report import write_report
+    from deepzip.report.tables import write_report
 
     if not file.is_file():
         raise DeepzipError(f"{file}: no such file")

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepzip.kmeans import drop_empty_clusters
-from deepzip.parametrizations import SharedWeights, current_transform
+from deepzip.train.kmeans import drop_empty_clusters
+from deepzip.train.parametrizations import SharedWeights, current_transform
 
 
 @dataclass(frozen=True)

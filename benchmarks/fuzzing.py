@@ -1,0 +1,714 @@
+"""Mutation fuzzing of the .dzip reader: seed files, a spec-level layout parser, mutators.
+
+The reader's contract (docs/FORMAT.md, "What a reader must reject"): for ANY bytes,
+``fileformat.from_bytes(data).state_dict()`` either succeeds or raises `FormatError`
+(or a subclass); it never raises anything else, never crashes the process (the numba
+kernels do no bounds checks), never hangs and never allocates far more memory than
+decoding an undamaged file. This module provides the pieces to test that; it is quality
+tooling, used by ``tests/test_fuzz.py`` (a quick in-process run) and
+``benchmarks/fuzz_reader.py`` (long runs in a watched subprocess).
+
+- `seed_files()` builds a few real files in memory with deepzip's own API.
+- `parse_layout()` finds the offset of every field of a file, written from
+  docs/FORMAT.md alone (not from the reader), leniently: it describes as much of a
+  damaged file as it can. `recompute_crcs()` rewrites the header and section checksums
+  from the record sizes, so that mutations get past the crc32 checks and reach the
+  semantic checks behind them.
+- `MUTATORS` maps a name to a pure function ``f(data, rng) -> bytes``; everything random
+  comes from the numpy Generator, so an input is reproducible from its seed.
+- `generate()` derives one mutated input deterministically from (seed, index);
+  `check_one()` runs the reader on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deepzip.errors import FormatError
+
+MAGIC = b"\x89DZIP\r\n\x1a"
+PREAMBLE_SIZE = 16
+
+# ---------------------------------------------------------------- the reader under test
+
+
+def check_one(data: bytes) -> str:
+    """Decode `data` to dense tensors: "ok", or "format_error" if the reader raised FormatError.
+
+    Any other exception propagates: that is a bug in the reader.
+    """
+    from deepzip.container import fileformat
+
+    try:
+        fileformat.from_bytes(data).state_dict()
+    except FormatError:
+        return "format_error"
+    return "ok"
+
+
+# ---------------------------------------------------------------- seed files
+
+
+@functools.lru_cache(maxsize=1)
+def _seed_files() -> tuple[tuple[str, bytes], ...]:
+    import torch
+    from torch import nn
+
+    import deepzip
+    from deepzip.container import fileformat
+    from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+
+    files = {}
+    with torch.random.fork_rng():
+        # (a) small MLP, 80% pruned, 4-bit shared weights.
+        torch.manual_seed(0)
+        small = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        deepzip.prune_(small, 0.8)
+        deepzip.quantize_(small, 4)
+        files["mlp_small"] = fileformat.to_bytes(CompressedModel.from_module(small))
+
+        # (b) LeNet-300-100 sized fc layers, ~92% pruned, 5-6 bits, plus an 8-bit conv.
+        torch.manual_seed(1)
+        mid = nn.Module()
+        mid.conv = nn.Conv2d(1, 8, 5)
+        mid.fc1 = nn.Linear(784, 300)
+        mid.fc2 = nn.Linear(300, 100)
+        mid.fc3 = nn.Linear(100, 10)
+        deepzip.prune_(mid, {"fc*": 0.92, "conv": 0.5})
+        deepzip.quantize_(mid, {"fc1": 5, "fc*": 6, "conv": 8})
+        files["lenet_conv"] = fileformat.to_bytes(CompressedModel.from_module(mid, index_bits={"fc3": 3}))
+
+        # (c) raw tensors of every dtype and codebook tensors of the other float dtypes,
+        # with edge cases: a 0-d tensor, an empty tensor, all-zero codebook tensors.
+        torch.manual_seed(2)
+        gen = np.random.default_rng(2)
+
+        def sparse(shape, density, k, dtype, index_bits=None):
+            numel = int(np.prod(shape))
+            positions = np.flatnonzero(gen.random(numel) < density).astype(np.int64)
+            codes = gen.integers(0, k, positions.size).astype(np.uint16)
+            codebook = np.sort(gen.normal(size=k)).astype(np.float32)
+            return CodebookTensor(tuple(shape), dtype, codebook, positions, codes, index_bits)
+
+        files["dtypes"] = fileformat.to_bytes(
+            CompressedModel(
+                {
+                    "half.weight": RawTensor(torch.randn(6, 5).half()),
+                    "bf16.weight": RawTensor(torch.randn(7).bfloat16()),
+                    "double.bias": RawTensor(torch.randn(3, 2).double()),
+                    "bn.num_batches_tracked": RawTensor(torch.tensor(12345, dtype=torch.int64)),
+                    "ids": RawTensor(torch.arange(-4, 4, dtype=torch.int32)),
+                    "short": RawTensor(torch.arange(-3, 3, dtype=torch.int16)),
+                    "tiny": RawTensor(torch.arange(-2, 2, dtype=torch.int8)),
+                    "bytes": RawTensor(torch.arange(250, 256, dtype=torch.uint8)),
+                    "mask": RawTensor(torch.tensor([True, False, True])),
+                    "empty": RawTensor(torch.zeros(0, 3, 2)),
+                    "emb.weight": sparse((40, 16), 0.1, 16, torch.float16),
+                    "proj.weight": sparse((3, 4, 5, 6), 0.3, 8, torch.bfloat16, index_bits=1),
+                    "wide.weight": sparse((2, 3000), 0.02, 3, torch.float64, index_bits=12),
+                    "zero.weight": sparse((4, 2), 0.0, 1, torch.float32, index_bits=3),
+                    "scalar.weight": sparse((), 1.0, 2, torch.float32),
+                    "nil.weight": sparse((0, 7), 0.0, 1, torch.float32),
+                    # Tied tensors (alias records) and attached files.
+                    **dict.fromkeys(["decoder.weight", "encoder.weight"], sparse((12, 9), 0.5, 4, torch.float32)),
+                    **dict.fromkeys(["head.bias", "tail.bias"], RawTensor(torch.randn(5))),
+                },
+                {"config.json": b'{"model_type": "bert", "hidden_size": 32}', "tok/vocab.txt": b"[PAD]\n[UNK]\n"},
+            )
+        )
+    return tuple(files.items())
+
+
+def seed_files() -> dict[str, bytes]:
+    """A few real .dzip files, built in memory (and cached): {name: bytes}.
+
+    "mlp_small": Linear 64-32-10, 80% pruned, 4 bits. "lenet_conv": a conv layer (8 bits)
+    and Linear 784-300-100-10 (~92% pruned, 5-6 bits). "dtypes": raw tensors of all ten
+    dtypes and codebook tensors in float16/bfloat16/float64, index widths 1 to 12, a 0-d,
+    an empty and two all-zero tensors. Deterministic; the global torch RNG is left alone.
+    """
+    return dict(_seed_files())
+
+
+# ---------------------------------------------------------------- layout (docs/FORMAT.md)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One unsigned little-endian field: `name` (spec name), byte `offset`, `width` in bytes."""
+
+    name: str
+    offset: int
+    width: int
+    value: int
+    record: int | None = None  # record index; None for preamble and tensor count
+
+    @property
+    def max(self) -> int:
+        """Largest value the field can hold."""
+        return (1 << (8 * self.width)) - 1
+
+
+@dataclass
+class RecordLayout:
+    """A tensor record as far as it could be parsed, and where its section lies."""
+
+    index: int
+    fields: dict[str, Field] = field(default_factory=dict)  # name_len, dtype, ndim, encoding, size, crc, k, b, E, C, G
+    dims: list[Field] = field(default_factory=list)
+    name_offset: int | None = None
+    name_size: int = 0
+    section_offset: int | None = None  # None if the header ends before the section size
+
+    def value(self, name: str) -> int | None:
+        """The value of field `name`, None if it was not parsed."""
+        f = self.fields.get(name)
+        return None if f is None else f.value
+
+    @property
+    def section_size(self) -> int | None:
+        return self.value("size")
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod([d.value for d in self.dims], dtype=object)) if self.dims else 1
+
+    def parts(self) -> dict[str, tuple[int, int]]:
+        """{part: (offset, size)} of a codebook section: codebook, code_lengths, gap_lengths,
+        code_stream, gap_stream; only for parts that lie inside the declared section."""
+        k, b, c, g = (self.value(n) for n in ("k", "b", "C", "G"))
+        if self.value("encoding") != 1 or None in (k, b, c, g) or self.section_offset is None or b > 16:
+            return {}
+        sizes = [("codebook", 4 * k), ("code_lengths", (k + 2) // 2), ("gap_lengths", ((1 << b) + 1) // 2)]
+        sizes += [("code_stream", c), ("gap_stream", g)]
+        parts, pos, end = {}, self.section_offset, self.section_offset + (self.section_size or 0)
+        for name, size in sizes:
+            if pos + size > end:
+                break
+            parts[name] = (pos, size)
+            pos += size
+        return parts
+
+
+@dataclass
+class Layout:
+    """Where everything is in a (possibly damaged) .dzip file; see `parse_layout`."""
+
+    size: int  # file size
+    fields: list[Field]  # every numeric field, in file order (preamble, count, records)
+    records: list[RecordLayout]
+    header_end: int | None  # 16 + H, where the header crc32 starts; None if no preamble
+    complete: bool  # the header parsed exactly: all N records, ending at 16 + H
+
+    def sections(self) -> list[tuple[RecordLayout, int, int]]:
+        """(record, offset, size) of each section that lies wholly inside the file."""
+        return [
+            (r, r.section_offset, r.section_size)
+            for r in self.records
+            if r.section_offset is not None and r.section_offset + r.section_size <= self.size
+        ]
+
+    def boundaries(self) -> list[int]:
+        """Offsets where a field, record, section or section part starts, and the file end."""
+        points = {f.offset for f in self.fields} | {self.size}
+        if self.header_end is not None:
+            points |= {self.header_end, self.header_end + 4}
+        for r in self.records:
+            if r.name_offset is not None:
+                points.add(r.name_offset)
+            if r.section_offset is not None:
+                points.add(r.section_offset)
+            points |= {offset for offset, _ in r.parts().values()}
+        return sorted(p for p in points if 0 <= p <= self.size)
+
+
+def parse_layout(data: bytes) -> Layout:
+    """Parse the layout of `data` following docs/FORMAT.md, as far as the bytes allow.
+
+    Never raises: fields that do not fit in the header (16 + H, clipped to the file) are
+    left out, and records stop there. Section offsets follow the record sizes from the
+    end of the header crc32 on; `Layout.sections()` keeps those inside the file.
+    """
+    data = bytes(data)
+    n = len(data)
+    fields: list[Field] = []
+    records: list[RecordLayout] = []
+    if n < PREAMBLE_SIZE:
+        return Layout(n, fields, records, None, False)
+    for name, offset, width in (("version", 8, 2), ("flags", 10, 2), ("header_size", 12, 4)):
+        fields.append(Field(name, offset, width, int.from_bytes(data[offset : offset + width], "little")))
+    header_end = PREAMBLE_SIZE + fields[-1].value
+    limit = min(header_end, n)
+    pos = PREAMBLE_SIZE
+
+    def take(name: str, width: int, record: RecordLayout | None) -> Field | None:
+        nonlocal pos
+        if pos + width > limit:
+            return None
+        f = Field(name, pos, width, int.from_bytes(data[pos : pos + width], "little"), None if record is None else record.index)
+        pos += width
+        fields.append(f)
+        if record is not None:
+            if name == "dim":
+                record.dims.append(f)
+            else:
+                record.fields[name] = f
+        return f
+
+    count = take("count", 4, None)
+    complete = False
+    if count is not None:
+        complete = True
+        for index in range(count.value):
+            record = RecordLayout(index)
+            records.append(record)
+            name_len = take("name_len", 2, record)
+            if name_len is None or pos + name_len.value > limit:
+                complete = False
+                break
+            record.name_offset, record.name_size = pos, name_len.value
+            pos += name_len.value
+            if take("dtype", 1, record) is None or (ndim := take("ndim", 1, record)) is None:
+                complete = False
+                break
+            if any(take("dim", 4, record) is None for _ in range(ndim.value)):
+                complete = False
+                break
+            if None in (take("encoding", 1, record), take("size", 4, record), take("crc", 4, record)):
+                complete = False
+                break
+            if record.value("encoding") == 1:
+                widths = (("k", 2), ("b", 1), ("E", 4), ("C", 4), ("G", 4))
+                if any(take(name, width, record) is None for name, width in widths):
+                    complete = False
+                    break
+        complete = complete and pos == header_end
+    offset = header_end + 4
+    for record in records:
+        if record.section_size is None:
+            break
+        record.section_offset = offset
+        offset += record.section_size
+    return Layout(n, fields, records, header_end, complete)
+
+
+def recompute_crcs(data: bytes) -> bytes:
+    """`data` with every section crc32 and then the header crc32 rewritten to match.
+
+    Section positions come from the record sizes (see `parse_layout`); a section that runs
+    past the end of the file, or a header crc32 that does not fit, is left as it is.
+    """
+    layout = parse_layout(data)
+    out = bytearray(data)
+    for record, offset, size in layout.sections():
+        crc = record.fields.get("crc")
+        if crc is not None:
+            out[crc.offset : crc.offset + 4] = struct.pack("<I", zlib.crc32(out[offset : offset + size]))
+    end = layout.header_end
+    if end is not None and end + 4 <= len(out):
+        out[end : end + 4] = struct.pack("<I", zlib.crc32(out[:end]))
+    return bytes(out)
+
+
+def _put(data: bytes, f: Field, value: int) -> bytes:
+    return data[: f.offset] + (value & f.max).to_bytes(f.width, "little") + data[f.offset + f.width :]
+
+
+# ---------------------------------------------------------------- byte-level mutators
+
+
+def _position(data: bytes, rng: np.random.Generator, end_inclusive: bool = False) -> int:
+    """A random offset; a third of the time a structural boundary (field, section, part)."""
+    top = len(data) + (1 if end_inclusive else 0)
+    if top <= 0:
+        return 0
+    if rng.random() < 1 / 3:
+        points = [p for p in parse_layout(data).boundaries() if p < top]
+        if points:
+            return int(points[rng.integers(len(points))])
+    return int(rng.integers(top))
+
+
+def _length(rng: np.random.Generator, most: int) -> int:
+    """A run length in 1..most, biased towards short runs."""
+    return int(min(most, 1 + rng.geometric(0.15))) if most >= 1 else 0
+
+
+def bit_flip(data: bytes, rng: np.random.Generator) -> bytes:
+    """Flip 1 to 8 random bits."""
+    if not data:
+        return data
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, 9))):
+        i = _position(data, rng)
+        out[i] ^= 1 << int(rng.integers(8))
+    return bytes(out)
+
+
+_INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF)
+
+
+def byte_overwrite(data: bytes, rng: np.random.Generator) -> bytes:
+    """Overwrite 1 to 4 bytes, or a run of up to ~16, with random or boundary bytes."""
+    if not data:
+        return data
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, 5))):
+        i = _position(data, rng)
+        run = 1 if rng.random() < 0.7 else _length(rng, len(data) - i)
+        for j in range(i, i + run):
+            if rng.random() < 0.5:
+                out[j] = _INTERESTING_BYTES[rng.integers(len(_INTERESTING_BYTES))]
+            else:
+                out[j] = int(rng.integers(256))
+    return bytes(out)
+
+
+def truncate(data: bytes, rng: np.random.Generator) -> bytes:
+    """Cut the file at a random offset (often a field or section boundary)."""
+    if not data:
+        return data
+    return data[: _position(data, rng)]
+
+
+def insert(data: bytes, rng: np.random.Generator) -> bytes:
+    """Insert 1..~16 random (or zero) bytes at a random offset, the end included."""
+    i = _position(data, rng, end_inclusive=True)
+    n = _length(rng, 64)
+    chunk = bytes(n) if rng.random() < 0.25 else rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    return data[:i] + chunk + data[i:]
+
+
+def delete(data: bytes, rng: np.random.Generator) -> bytes:
+    """Delete a run of bytes starting at a random offset."""
+    if not data:
+        return data
+    i = _position(data, rng)
+    return data[:i] + data[i + _length(rng, len(data) - i) :]
+
+
+def duplicate(data: bytes, rng: np.random.Generator) -> bytes:
+    """Copy a run of bytes and insert it at another random offset (often right after itself)."""
+    if not data:
+        return data
+    i = _position(data, rng)
+    chunk = data[i : i + _length(rng, len(data) - i)]
+    j = i + len(chunk) if rng.random() < 0.5 else _position(data, rng, end_inclusive=True)
+    return data[:j] + chunk + data[j:]
+
+
+def _donor_range(rng: np.random.Generator) -> bytes:
+    """A whole section, or a random run, of a random seed file."""
+    seeds = _seed_files()
+    donor = seeds[rng.integers(len(seeds))][1]
+    sections = parse_layout(donor).sections()
+    if sections and rng.random() < 0.5:
+        _, offset, size = sections[rng.integers(len(sections))]
+        return donor[offset : offset + size]
+    i = int(rng.integers(len(donor)))
+    return donor[i : i + _length(rng, min(4096, len(donor) - i))]
+
+
+def splice(data: bytes, rng: np.random.Generator) -> bytes:
+    """Overwrite (or insert) a section or a run of bytes taken from a seed file."""
+    chunk = _donor_range(rng)
+    i = _position(data, rng, end_inclusive=True)
+    if rng.random() < 0.5:
+        return data[:i] + chunk + data[i + len(chunk) :]
+    return data[:i] + chunk + data[i:]
+
+
+def _with_crcs(mutator: Callable[[bytes, np.random.Generator], bytes]):
+    def mutate(data: bytes, rng: np.random.Generator) -> bytes:
+        return recompute_crcs(mutator(data, rng))
+
+    mutate.__name__ = f"{mutator.__name__}_crc"
+    mutate.__doc__ = f"{mutator.__doc__.rstrip('.')}, then recompute the checksums."
+    return mutate
+
+
+# ---------------------------------------------------------------- structure-aware mutators
+
+
+_LIMITS = {
+    "version": (0, 1, 2),
+    "flags": (1,),
+    "name_len": (1024, 1025),
+    "dtype": (0, 1, 2, 3, 4, 5, 8, 9, 10, 11),
+    "ndim": (0, 8, 9),
+    "encoding": (0, 1, 2),
+    "k": (4095, 4096, 4097),
+    "b": (1, 8, 12, 13, 16),
+}
+
+
+def _candidates(f: Field, layout: Layout, rng: np.random.Generator) -> list[int]:
+    """Boundary values for field `f`: 0, 1, max, max-1, old+-1, 2**31, 2**32-1, random, limits."""
+    values = [0, 1, f.max, f.max - 1, f.value + 1, f.value - 1, 1 << 31, (1 << 32) - 1, int(rng.integers(f.max + 1))]
+    values += [1 << 16, (1 << 16) - 1, f.value * 2, f.value // 2, f.value + 8, f.value - 8]
+    values += list(_LIMITS.get(f.name, ()))
+    if f.record is not None:
+        record = layout.records[f.record]
+        if f.name == "E":
+            values += [record.numel, record.numel + 1, 8 * (record.value("C") or 0), 8 * (record.value("G") or 0) + 1]
+        if f.name == "dim":
+            values += [1 << 20, 1 << 30, f.value + (1 << (record.value("b") or 0))]
+    return [v for v in values if 0 <= v <= f.max and v != f.value]
+
+
+def field_edit(data: bytes, rng: np.random.Generator) -> bytes:
+    """Set one numeric field (header size, tensor count, name length, dtype, ndim, a dim,
+    encoding, section size, k, b, E, C, G, version, flags) to a boundary value, then
+    recompute the checksums."""
+    layout = parse_layout(data)
+    fields = [f for f in layout.fields if f.name not in ("crc", "version", "flags")]
+    if not fields or rng.random() < 0.02:
+        fields = [f for f in layout.fields if f.name != "crc"] or fields
+    if not fields:
+        return byte_overwrite(data, rng)
+    f = fields[rng.integers(len(fields))]
+    values = _candidates(f, layout, rng)
+    return recompute_crcs(_put(data, f, values[rng.integers(len(values))]))
+
+
+def _codebook_records(layout: Layout) -> list[RecordLayout]:
+    """Codebook records whose five section parts all lie inside the file."""
+    return [r for r in layout.records if len(r.parts()) == 5 and r.section_offset + r.section_size <= layout.size]
+
+
+def table_flip(data: bytes, rng: np.random.Generator) -> bytes:
+    """Change a Huffman code-length table: flip bits or set a length nibble to 0, 1, 15 or
+    old+-1, then recompute the checksums."""
+    records = _codebook_records(parse_layout(data))
+    if not records:
+        return field_edit(data, rng)
+    record = records[rng.integers(len(records))]
+    parts = record.parts()
+    offset, size = parts["code_lengths" if rng.random() < 0.5 or "gap_lengths" not in parts else "gap_lengths"]
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, 4))):
+        i = offset + int(rng.integers(size))
+        if rng.random() < 0.5:
+            out[i] ^= 1 << int(rng.integers(8))
+        else:
+            high = rng.random() < 0.5
+            old = out[i] >> 4 if high else out[i] & 15
+            new = int((0, 1, 15, old + 1, old - 1)[rng.integers(5)]) & 15
+            out[i] = (new << 4 | out[i] & 15) if high else (out[i] & 0xF0 | new)
+    return recompute_crcs(bytes(out))
+
+
+def stream_flip(data: bytes, rng: np.random.Generator) -> bytes:
+    """Flip 1 to 8 bits of a code or gap stream (the padding bits included), then recompute
+    the checksums."""
+    records = _codebook_records(parse_layout(data))
+    streams = [r.parts()[p] for r in records for p in ("code_stream", "gap_stream") if r.parts().get(p, (0, 0))[1]]
+    if not streams:
+        return field_edit(data, rng)
+    offset, size = streams[rng.integers(len(streams))]
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, 9))):
+        # Half the flips hit the last byte, where the padding and the final codes are.
+        i = offset + size - 1 if rng.random() < 0.5 else offset + int(rng.integers(size))
+        out[i] ^= 1 << int(rng.integers(8))
+    return recompute_crcs(bytes(out))
+
+
+def stream_resize(data: bytes, rng: np.random.Generator) -> bytes:
+    """Grow or shrink a code or gap stream by a few bytes and fix C or G, the section size
+    and the checksums, so that the file stays consistent up to the Huffman decoder."""
+    layout = parse_layout(data)
+    records = _codebook_records(layout)
+    if not records:
+        return field_edit(data, rng)
+    record = records[rng.integers(len(records))]
+    part, size_field = ("code_stream", "C") if rng.random() < 0.5 else ("gap_stream", "G")
+    offset, size = record.parts()[part]
+    delta = int((1, 2, 3, -1, -2, -3)[rng.integers(6)]) if rng.random() < 0.8 else int(rng.integers(-size, 64))
+    delta = max(delta, -size) or 1
+    i = offset + int(rng.integers(size + 1))
+    if delta > 0:
+        chunk = bytes(delta) if rng.random() < 0.5 else rng.integers(0, 256, delta, dtype=np.uint8).tobytes()
+        data = data[:i] + chunk + data[i:]
+    else:
+        i = min(i, offset + size + delta)
+        data = data[:i] + data[i - delta :]
+    # Both fields precede the section, so their offsets are unchanged.
+    data = _put(data, record.fields[size_field], size + delta)
+    data = _put(data, record.fields["size"], record.section_size + delta)
+    return recompute_crcs(data)
+
+
+def section_splice(data: bytes, rng: np.random.Generator) -> bytes:
+    """Replace a codebook section by one from another record or seed file, carrying over
+    its k, b, E, C, G and size but keeping this record's shape; recompute the checksums."""
+    layout = parse_layout(data)
+    records = _codebook_records(layout)
+    donors = []
+    for _, donor in _seed_files():
+        donor_layout = parse_layout(donor)
+        donors += [(donor, r) for r in _codebook_records(donor_layout)]
+    if not records or not donors:
+        return field_edit(data, rng)
+    target = records[rng.integers(len(records))]
+    current = data[target.section_offset : target.section_offset + target.section_size]
+    sections = [(donor[r.section_offset : r.section_offset + r.section_size], r) for donor, r in donors]
+    sections = [(section, r) for section, r in sections if section != current] or sections
+    section, source = sections[rng.integers(len(sections))]
+    out = data[: target.section_offset] + section + data[target.section_offset + target.section_size :]
+    for name in ("size", "k", "b", "E", "C", "G"):
+        out = _put(out, target.fields[name], source.value(name))
+    return recompute_crcs(out)
+
+
+_DIM_VALUES = (0, 1, 2, 3, 7, 1 << 16, (1 << 20), (1 << 20) + 1, 1 << 31, (1 << 32) - 2, (1 << 32) - 1)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, min(n, 4096) + 1) if n % d == 0]
+
+
+def shape_edit(data: bytes, rng: np.random.Generator) -> bytes:
+    """Give a record a new shape, then fix its ndim, the header size and the checksums.
+
+    A third of the time with the same element count (a reshape, so a raw section still
+    matches; a zero-size shape gets huge other dims), a third of the time one or two dims
+    set to boundary values, else a new ndim (0..9) with boundary dims.
+    """
+    layout = parse_layout(data)
+    records = [r for r in layout.records if "ndim" in r.fields and len(r.dims) == r.fields["ndim"].value]
+    if not records or not layout.fields or layout.fields[0].name != "version":
+        return field_edit(data, rng)
+    record = records[rng.integers(len(records))]
+    old = [d.value for d in record.dims]
+    numel = record.numel
+    mode = rng.integers(3)
+
+    def pick() -> int:
+        return int(_DIM_VALUES[rng.integers(len(_DIM_VALUES))]) if rng.random() < 0.8 else int(rng.integers(1 << 32))
+
+    if mode == 0 and numel == 0:
+        dims = [pick() for _ in range(int(rng.integers(1, 9)))]
+        dims[rng.integers(len(dims))] = 0
+    elif mode == 0:
+        dims = []
+        rest = numel
+        while rest > 1 and len(dims) < 7 and rng.random() < 0.7:
+            divisors = _divisors(rest)
+            d = int(divisors[rng.integers(len(divisors))])
+            dims.append(d)
+            rest //= d
+        dims.append(rest)
+        while len(dims) < 8 and rng.random() < 0.3:
+            dims.insert(int(rng.integers(len(dims) + 1)), 1)
+        dims = [int(d) for d in rng.permutation(dims)]
+    elif mode == 1 and old:
+        dims = list(old)
+        for _ in range(int(rng.integers(1, 3))):
+            dims[rng.integers(len(dims))] = pick()
+    else:
+        dims = [pick() for _ in range(int(rng.integers(0, 10)))]
+    dims = [d & 0xFFFFFFFF for d in dims]  # a damaged shape's element count can pass 2**32
+    if dims == old:
+        dims = dims + [1] if len(dims) < 8 else dims[:-1]
+    ndim = record.fields["ndim"]
+    start = ndim.offset + 1
+    data = data[:start] + struct.pack(f"<{len(dims)}I", *dims) + data[start + 4 * len(old) :]
+    # ndim and the header size precede the dims: their offsets stay valid.
+    data = _put(data, ndim, len(dims))
+    header_size = layout.fields[2]
+    data = _put(data, header_size, header_size.value + 4 * (len(dims) - len(old)))
+    return recompute_crcs(data)
+
+
+def name_edit(data: bytes, rng: np.random.Generator) -> bytes:
+    """Replace a tensor name by another record's name (a duplicate), an empty, 1025-byte,
+    non-UTF-8 or random name; fix the name length, the header size and the checksums."""
+    layout = parse_layout(data)
+    records = [r for r in layout.records if r.name_offset is not None and "name_len" in r.fields]
+    if not records or not layout.fields or layout.fields[0].name != "version":
+        return field_edit(data, rng)
+    target = records[rng.integers(len(records))]
+    others = [r for r in records if r is not target]
+    choice = rng.integers(6)
+    if choice <= 1 and others:
+        source = others[rng.integers(len(others))]
+        name = data[source.name_offset : source.name_offset + source.name_size]
+    elif choice == 2:
+        name = b""
+    elif choice == 3:
+        name = b"w" * 1025
+    elif choice == 4:
+        name = b"fc\xff\xfe" if rng.random() < 0.5 else b"\xc3"
+    else:
+        name = rng.integers(0, 256, _length(rng, 40), dtype=np.uint8).tobytes()
+    delta = len(name) - target.name_size
+    data = data[: target.name_offset] + name + data[target.name_offset + target.name_size :]
+    # The name length and header size fields precede the name: their offsets stay valid.
+    data = _put(data, target.fields["name_len"], len(name))
+    header_size = layout.fields[2]
+    data = _put(data, header_size, header_size.value + delta)
+    return recompute_crcs(data)
+
+
+MUTATORS: dict[str, Callable[[bytes, np.random.Generator], bytes]] = {
+    "bit_flip": bit_flip,
+    "byte_overwrite": byte_overwrite,
+    "truncate": truncate,
+    "insert": insert,
+    "delete": delete,
+    "duplicate": duplicate,
+    "splice": splice,
+    "bit_flip_crc": _with_crcs(bit_flip),
+    "byte_overwrite_crc": _with_crcs(byte_overwrite),
+    "insert_crc": _with_crcs(insert),
+    "delete_crc": _with_crcs(delete),
+    "duplicate_crc": _with_crcs(duplicate),
+    "splice_crc": _with_crcs(splice),
+    "field_edit": field_edit,
+    "table_flip": table_flip,
+    "stream_flip": stream_flip,
+    "stream_resize": stream_resize,
+    "section_splice": section_splice,
+    "name_edit": name_edit,
+    "shape_edit": shape_edit,
+}
+"""Every mutator by name. The ``*_crc`` ones and the structure-aware ones (field_edit,
+table_flip, stream_flip, stream_resize, section_splice, name_edit, shape_edit) leave valid checksums."""
+
+CRC_FIXING = frozenset(name for name in MUTATORS if name.endswith("_crc")) | {
+    "field_edit",
+    "table_flip",
+    "stream_flip",
+    "stream_resize",
+    "section_splice",
+    "name_edit",
+    "shape_edit",
+}
+
+
+def generate(
+    seeds: Mapping[str, bytes], seed: int, index: int, mutators: list[str] | None = None
+) -> tuple[bytes, str, str]:
+    """Mutated input number `index` of a run with `seed`: (bytes, mutator chain, seed name).
+
+    Deterministic in (seed files, seed, index, mutators): a seed file and one mutator
+    (or, a quarter of the time, a chain of 2 or 3, written "a+b") are drawn from a
+    Generator seeded with [seed, index].
+    """
+    rng = np.random.default_rng([seed, index])
+    names = sorted(seeds)
+    pool = sorted(mutators or MUTATORS)
+    seed_name = names[rng.integers(len(names))]
+    steps = int(rng.choice([1, 2, 3], p=[0.75, 0.18, 0.07]))
+    chain = [pool[rng.integers(len(pool))] for _ in range(steps)]
+    data = seeds[seed_name]
+    for name in chain:
+        data = MUTATORS[name](data, rng)
+    return data, "+".join(chain), seed_name

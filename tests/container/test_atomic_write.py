@@ -1,0 +1,79 @@
+"""A writer killed mid-write (SIGKILL) leaves the old file intact and nothing partial in its place."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import deepzip
+from deepzip.compressed import CompressedModel, RawTensor
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time, torch
+    from deepzip.container import fileformat
+    from deepzip.compressed import CompressedModel, RawTensor
+
+    stage = sys.argv[2]
+    real_fsync = os.fsync
+
+    def stall(fd):
+        # Reached with the new bytes written to the temporary file but not yet renamed.
+        if stage == "fsync":
+            print("stalled", flush=True)
+            time.sleep(60)
+        real_fsync(fd)
+
+    os.fsync = stall
+    model = CompressedModel({"w": RawTensor(torch.arange(4_000_000, dtype=torch.float32))})
+    if stage == "write":
+        # Stall inside the byte copy itself: the temporary file holds only part of the data.
+        real_fdopen = os.fdopen
+
+        class HalfThenStall:
+            def __init__(self, f):
+                self.f = f
+            def __enter__(self):
+                return self
+            def __exit__(self, *exc):
+                return self.f.__exit__(*exc)
+            def write(self, data):
+                self.f.write(data[: len(data) // 2])
+                self.f.flush()
+                print("stalled", flush=True)
+                time.sleep(60)
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+        os.fdopen = lambda fd, mode: HalfThenStall(real_fdopen(fd, mode))
+    fileformat.write(model, sys.argv[1], overwrite=True)
+    """
+)
+
+
+@pytest.mark.parametrize("stage", ["write", "fsync"])
+def test_sigkill_mid_write_keeps_the_old_file(tmp_path, stage):
+    path = tmp_path / "model.dzip"
+    old = CompressedModel({"w": RawTensor(torch.ones(3))})
+    deepzip.save(old, path)
+    before = path.read_bytes()
+
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), stage], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "stalled"
+        temporaries = [p for p in tmp_path.iterdir() if p.name != "model.dzip"]
+        assert temporaries, "the writer should be writing a temporary file beside the target"
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+    assert path.read_bytes() == before
+    assert deepzip.load(path)["w"].tolist() == [1.0, 1.0, 1.0]
+    # The only other file is the dead writer's temporary, which never has the target's name.
+    assert all(p.name.endswith(".tmp") for p in tmp_path.iterdir() if p.name != "model.dzip")

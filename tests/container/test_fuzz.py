@@ -1,0 +1,157 @@
+"""Quick fuzzing of the .dzip reader, in process (the long run: benchmarks/fuzz_reader.py).
+
+The contract: for any bytes, `fileformat.from_bytes(data).state_dict()` succeeds or raises
+FormatError. The mutators live in `fuzzing`; these tests also check that they do
+fuzz something (they change the bytes) and that the checksum-fixing ones get past the
+crc32 checks to the semantic checks behind them.
+"""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+import fuzzing as fuzz
+from deepzip.container import fileformat
+from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.errors import ChecksumError, FormatError
+
+SEED = 1
+INPUTS = 2500
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    return fuzz.seed_files()
+
+
+def test_seed_files_decode_and_parse(seeds):
+    assert len(seeds) >= 3
+    for name, data in seeds.items():
+        assert fuzz.check_one(data) == "ok", name
+        layout = fuzz.parse_layout(data)
+        assert layout.complete, name
+        parsed = fileformat.from_bytes(data)
+        assert len(layout.sections()) == len(layout.records) == len(parsed.tensors) + len(parsed.files)
+        assert layout.header_end + 4 + sum(size for _, _, size in layout.sections()) == len(data)
+        assert fuzz.recompute_crcs(data) == data, name
+
+
+def test_recompute_crcs_gets_past_the_checksums(seeds):
+    for data in seeds.values():
+        for _, offset, size in fuzz.parse_layout(data).sections():
+            if size == 0:
+                continue
+            damaged = bytearray(data)
+            damaged[offset + size - 1] ^= 0x01
+            with pytest.raises(ChecksumError):
+                fileformat.from_bytes(bytes(damaged))
+            try:
+                fuzz.check_one(fuzz.recompute_crcs(bytes(damaged)))
+            except ChecksumError:  # pragma: no cover - the assertion's message says it
+                pytest.fail("recompute_crcs left a checksum mismatch")
+
+
+def test_random_inputs_decode_or_raise_format_error(seeds):
+    outcomes, failures = Counter(), []
+    for index in range(INPUTS):
+        data, chain, seed_name = fuzz.generate(seeds, SEED, index)
+        try:
+            outcomes[fuzz.check_one(data)] += 1
+        except Exception as error:  # noqa: BLE001 - anything but FormatError is a reader bug
+            failures.append(f"input {index} ({seed_name}, {chain}): {type(error).__name__}: {error}")
+    assert not failures, (
+        f"{len(failures)} of {INPUTS} inputs raised something other than FormatError "
+        f"(rerun one with: python benchmarks/fuzz_reader.py --seed {SEED} --reproduce INDEX):\n"
+        + "\n".join(failures[:20])
+    )
+    assert outcomes["ok"] > 0 and outcomes["format_error"] > 0
+
+
+@pytest.mark.parametrize("name", sorted(fuzz.MUTATORS))
+def test_mutator_changes_the_bytes(seeds, name):
+    changed = total = 0
+    for index in range(25):
+        for seed_name in sorted(seeds):
+            data = seeds[seed_name]
+            mutated = fuzz.MUTATORS[name](data, np.random.default_rng([SEED, index]))
+            assert isinstance(mutated, bytes)
+            changed += mutated != data
+            total += 1
+    assert changed >= 0.85 * total, f"{name} left {total - changed} of {total} inputs unchanged"
+
+
+def test_mutators_accept_any_bytes(seeds):
+    """Mutators run on damaged files too (chains), so none may raise on odd input."""
+    odd = [b"", b"\x89", fuzz.MAGIC, fuzz.MAGIC + b"\x01\x00\x00\x00\xff\xff\xff\xff", bytes(64), bytes(range(256))]
+    rng = np.random.default_rng(SEED)
+    for data in seeds.values():
+        cuts = fuzz.parse_layout(data).boundaries()
+        odd += [data[: cuts[i] + int(rng.integers(2))] for i in rng.choice(len(cuts), 12, replace=False)]
+    for name, mutator in sorted(fuzz.MUTATORS.items()):
+        for index, data in enumerate(odd):
+            assert isinstance(mutator(data, np.random.default_rng([SEED, index])), bytes), name
+    names = sorted(fuzz.MUTATORS)
+    for index in range(150):
+        data = seeds[sorted(seeds)[index % len(seeds)]]
+        for _ in range(6):
+            data = fuzz.MUTATORS[names[rng.integers(len(names))]](data, rng)
+
+
+@pytest.mark.parametrize("name", sorted(fuzz.CRC_FIXING))
+def test_checksum_fixing_mutators_reach_the_semantic_checks(seeds, name):
+    outcomes = Counter()
+    for index in range(40):
+        for seed_name in sorted(seeds):
+            data = fuzz.MUTATORS[name](seeds[seed_name], np.random.default_rng([SEED, index]))
+            try:
+                fileformat.from_bytes(data).state_dict()
+                outcomes["ok"] += 1
+            except ChecksumError:
+                outcomes["checksum"] += 1
+            except FormatError:
+                outcomes["semantic"] += 1
+            except Exception:  # noqa: BLE001 - reported by the random-input test
+                outcomes["other"] += 1
+    # The layout parser follows the spec, so its checksums are the ones the reader checks.
+    assert outcomes["checksum"] == 0, outcomes
+    assert outcomes["semantic"] >= 0.25 * sum(outcomes.values()), outcomes
+
+
+# Reproducers of a reader bug found by the fuzzer: a zero-size shape has element count 0,
+# within the format's 2**40 limit, however large its other dims; but torch computes
+# contiguous strides as products of max(dim, 1), which overflow int64 here, and raises
+# RuntimeError ("Stride calculation overflowed") instead of FormatError.
+
+
+def _with_dims(model: CompressedModel, dims: list[int]) -> bytes:
+    """`model` (one 4-d tensor) with its dims replaced in the header, checksums fixed."""
+    data = fileformat.to_bytes(model)
+    assert len(dims) == len(fuzz.parse_layout(data).records[0].dims)
+    for field, value in zip(fuzz.parse_layout(data).records[0].dims, dims):
+        data = fuzz._put(data, field, value)
+    return fuzz.recompute_crcs(data)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        CompressedModel({"empty": RawTensor(torch.zeros(0, 3, 2, 1))}),
+        CompressedModel(
+            {
+                "empty.weight": CodebookTensor(
+                    (0, 3, 2, 1), torch.float32, np.zeros(1, np.float32), np.zeros(0, np.int64), np.zeros(0, np.uint16)
+                )
+            }
+        ),
+    ],
+    ids=["raw", "codebook"],
+)
+@pytest.mark.parametrize("dims", [[0, 2**32 - 1, 2**32 - 1, 1], [2**32 - 1, 2**32 - 1, 2**32 - 1, 0]])
+def test_zero_size_shape_with_huge_dims(model, dims):
+    data = _with_dims(model, dims)
+    try:
+        fuzz.check_one(data)
+    except Exception as error:  # noqa: BLE001
+        pytest.fail(f"shape {dims}: {type(error).__name__}: {error}")
