@@ -136,7 +136,7 @@ def _sparsity(text: str) -> float:
 
 
 def _bits(text: str) -> int:
-    from deepzip.train.quantize import MAX_BITS
+    from deepzip.limits import MAX_BITS
 
     try:
         value = int(text)

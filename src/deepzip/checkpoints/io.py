@@ -27,7 +27,7 @@ from deepzip.container import fileformat
 from deepzip.train.post_training import compress_state_dict, setting_for
 from deepzip.compressed import CodebookTensor, CompressedModel
 from deepzip.errors import ConfigError, DeepzipError
-from deepzip.train.quantize import MAX_BITS
+from deepzip.limits import MAX_ATTACHED_FILE_BYTES, MAX_BITS
 from deepzip.train.recipe import Recipe, load_recipe
 
 Kind = Literal["safetensors", "torch", "transformers"]
@@ -39,9 +39,6 @@ WEIGHTS_FILE = "model.safetensors"  # what write_checkpoint writes into a direct
 # its suffix keeps it out, and it is never loaded.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".tflite", ".ot")
 _WEIGHT_INDEXES = (".safetensors.index.json", ".bin.index.json")
-# Attached files travel inside the .dzip and are held in memory: tokenizers of large
-# vocabularies reach 35 MB (Gemma 3), anything bigger is not a small side file.
-MAX_ATTACHED_FILE_BYTES = 64 << 20
 _STATE_DICT_KEYS = ("state_dict", "model")  # where training checkpoints nest the weights
 
 

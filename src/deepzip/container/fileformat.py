@@ -20,24 +20,26 @@ import torch
 
 from deepzip.codec.layer import EncodedLayer, decode_layer, encode_layer_smallest, lengths_table_size
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.limits import (
+    MAX_CODEBOOK,
+    MAX_FILE_NAME_PARTS,
+    MAX_HEADER_SIZE,
+    MAX_INDEX_BITS,
+    MAX_NAME_BYTES,
+    MAX_NDIM,
+    MAX_NUMEL,
+)
 from deepzip.errors import ChecksumError, ConfigError, DeepzipError, FormatError, TruncatedError, VersionError
 
 MAGIC = b"\x89DZIP\r\n\x1a"
 VERSION = 1
 PREAMBLE = struct.Struct("<8sHHI")  # magic, version, flags, header size
 
-MAX_HEADER_SIZE = 64 << 20
-MAX_NAME_BYTES = 1024
-MAX_NDIM = 8
-MAX_NUMEL = 1 << 40
-MAX_CODEBOOK = 4096
-MAX_INDEX_BITS = 12
 
 ENCODING_RAW = 0
 ENCODING_CODEBOOK = 1
 ENCODING_ALIAS = 2  # a tied tensor: the section names the record it shares
 ENCODING_FILE = 3  # an attached file (a model's config.json...): raw bytes, not a tensor
-MAX_FILE_NAME_PARTS = 16
 
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float32: 1,

@@ -17,7 +17,7 @@ import torch
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.errors import ConfigError
 from deepzip.train.kmeans import drop_empty_clusters, kmeans_1d
-from deepzip.train.quantize import MAX_BITS
+from deepzip.limits import MAX_BITS
 
 T = TypeVar("T")
 

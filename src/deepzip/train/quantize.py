@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from deepzip.errors import ConfigError
+from deepzip.limits import MAX_BITS
 from deepzip.train.kmeans import INIT_METHODS, kmeans_1d
 from deepzip.train.parametrizations import SharedWeights, current_mask, set_transform
 from deepzip.train.registry import is_conv, per_layer
@@ -16,7 +17,6 @@ from deepzip.train.registry import is_conv, per_layer
 # The paper's defaults: 8-bit codes for conv layers, 5-bit for fully connected ones.
 CONV_BITS = 8
 FC_BITS = 5
-MAX_BITS = 12  # 4096 centroids: past that, a codebook no longer shares much
 
 
 def share_weights(

@@ -21,8 +21,7 @@ from pathlib import Path
 import yaml
 
 from deepzip.errors import ConfigError
-from deepzip.container.fileformat import MAX_INDEX_BITS
-from deepzip.train.quantize import MAX_BITS
+from deepzip.limits import MAX_BITS, MAX_INDEX_BITS
 SHIPPED = ("lenet-300-100", "lenet-5", "alexnet", "vgg16")
 
 

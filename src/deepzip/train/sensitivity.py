@@ -28,7 +28,8 @@ from torch.nn.utils import parametrize
 from deepzip.errors import ConfigError
 from deepzip.train.parametrizations import Masked, SharedWeights, current_transform
 from deepzip.train.prune import sparsity_mask
-from deepzip.train.quantize import MAX_BITS, share_weights
+from deepzip.limits import MAX_BITS
+from deepzip.train.quantize import share_weights
 from deepzip.train.recipe import LayerRule, Recipe
 from deepzip.train.registry import per_layer
 

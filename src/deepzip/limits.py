@@ -1,0 +1,22 @@
+"""Every limit deepzip enforces, in one place: the writer, the reader and the settings share them.
+
+The format's limits (docs/FORMAT.md, "Limits") bound what a reader allocates before it
+trusts a file; the settings' limits keep users inside what the format can store.
+"""
+
+# ---------------------------------------------------------------- settings
+MAX_BITS = 12  # codebook of 4096 centroids: past that, a codebook no longer shares much
+MAX_CODEBOOK = 1 << MAX_BITS
+MAX_INDEX_BITS = 12  # relative-index (gap) width; the paper uses 4-8
+
+# ---------------------------------------------------------------- the .dzip container
+MAX_HEADER_SIZE = 64 << 20
+MAX_NAME_BYTES = 1024
+MAX_NDIM = 8
+MAX_NUMEL = 1 << 40
+MAX_FILE_NAME_PARTS = 16
+
+# ---------------------------------------------------------------- checkpoints
+# Attached files travel inside the .dzip and are held in memory: tokenizers of large
+# vocabularies reach 35 MB (Gemma 3), anything bigger is not a small side file.
+MAX_ATTACHED_FILE_BYTES = 64 << 20
