@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepzip.container import fileformat
-from deepzip.runtime import kernels
+from deepzip import container
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.runtime import kernels
 from deepzip.runtime.load import SparseLinear
 
 # name: (out, in, kept fraction), from the paper's Table (CPU speed, batch 1).
@@ -211,8 +211,8 @@ def bench_layer(name, spec, batches, threads, cold_bytes, warmup, repeats, bandw
     t0 = time.perf_counter()
     model = random_layer(out, n_in, kept, seed=zlib.crc32(name.encode()))
     path = Path(workdir) / f"{name}.dzip"
-    file_bytes = fileformat.write(model, path, overwrite=True)
-    record = fileformat.read(path).tensors
+    file_bytes = container.write(model, path, overwrite=True)
+    record = container.read(path).tensors
     sparse = SparseLinear(record["fc.weight"], record["fc.bias"].to_dense())
     weight = record["fc.weight"].to_dense()
     bias = record["fc.bias"].to_dense()

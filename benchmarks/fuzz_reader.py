@@ -5,7 +5,7 @@
 Each input is a seed file from `fuzzing.seed_files()` changed by one mutator (or a
 chain of 2-3) from `fuzzing.MUTATORS`, drawn deterministically from (--seed, index).
 The parent process generates the inputs and sends them one at a time to a worker process
-that runs `fileformat.from_bytes(data).state_dict()` and reports the outcome:
+that runs `container.from_bytes(data).state_dict()` and reports the outcome:
 
 - ok / format_error: the reader behaved;
 - exception: it raised something other than FormatError (type, message and traceback kept);
@@ -45,10 +45,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import click
+import fuzzing as fuzz
 import torch
 from tqdm import tqdm
-
-import fuzzing as fuzz
 
 FAILURES = ("exception", "hang", "crash")
 OUTCOMES = ("ok", "format_error", *FAILURES)

@@ -1,7 +1,7 @@
 """Mutation fuzzing of the .dzip reader: seed files, a spec-level layout parser, mutators.
 
 The reader's contract (docs/FORMAT.md, "What a reader must reject"): for ANY bytes,
-``fileformat.from_bytes(data).state_dict()`` either succeeds or raises `FormatError`
+``container.from_bytes(data).state_dict()`` either succeeds or raises `FormatError`
 (or a subclass); it never raises anything else, never crashes the process (the numba
 kernels do no bounds checks), never hangs and never allocates far more memory than
 decoding an undamaged file. This module provides the pieces to test that; it is quality
@@ -43,10 +43,10 @@ def check_one(data: bytes) -> str:
 
     Any other exception propagates: that is a bug in the reader.
     """
-    from deepzip.container import fileformat
+    from deepzip import container
 
     try:
-        fileformat.from_bytes(data).state_dict()
+        container.from_bytes(data).state_dict()
     except FormatError:
         return "format_error"
     return "ok"
@@ -61,7 +61,7 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
     from torch import nn
 
     import deepzip
-    from deepzip.container import fileformat
+    from deepzip import container
     from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 
     files = {}
@@ -69,9 +69,9 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
         # (a) small MLP, 80% pruned, 4-bit shared weights.
         torch.manual_seed(0)
         small = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-        deepzip.prune_(small, 0.8)
-        deepzip.quantize_(small, 4)
-        files["mlp_small"] = fileformat.to_bytes(CompressedModel.from_module(small))
+        deepzip.prune_(small, 0.8, min_size=0)
+        deepzip.quantize_(small, 4, min_size=0)
+        files["mlp_small"] = container.to_bytes(deepzip.export(small))
 
         # (b) LeNet-300-100 sized fc layers, ~92% pruned, 5-6 bits, plus an 8-bit conv.
         torch.manual_seed(1)
@@ -80,9 +80,9 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
         mid.fc1 = nn.Linear(784, 300)
         mid.fc2 = nn.Linear(300, 100)
         mid.fc3 = nn.Linear(100, 10)
-        deepzip.prune_(mid, {"fc*": 0.92, "conv": 0.5})
-        deepzip.quantize_(mid, {"fc1": 5, "fc*": 6, "conv": 8})
-        files["lenet_conv"] = fileformat.to_bytes(CompressedModel.from_module(mid, index_bits={"fc3": 3}))
+        deepzip.prune_(mid, {"fc*": 0.92, "conv": 0.5}, min_size=0)
+        deepzip.quantize_(mid, {"fc1": 5, "fc*": 6, "conv": 8}, min_size=0)
+        files["lenet_conv"] = container.to_bytes(deepzip.export(mid, index_bits={"fc3": 3}))
 
         # (c) raw tensors of every dtype and codebook tensors of the other float dtypes,
         # with edge cases: a 0-d tensor, an empty tensor, all-zero codebook tensors.
@@ -96,7 +96,7 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
             codebook = np.sort(gen.normal(size=k)).astype(np.float32)
             return CodebookTensor(tuple(shape), dtype, codebook, positions, codes, index_bits)
 
-        files["dtypes"] = fileformat.to_bytes(
+        files["dtypes"] = container.to_bytes(
             CompressedModel(
                 {
                     "half.weight": RawTensor(torch.randn(6, 5).half()),

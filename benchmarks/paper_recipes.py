@@ -24,7 +24,7 @@ def main(models: str) -> None:
     """Apply shipped recipes to random models; compare kept fractions; report file sizes."""
     import torch
 
-    from deepzip.container import fileformat
+    from deepzip import container
     from deepzip.paper import models as zoo
     from deepzip.train.post_training import compress_state_dict
     from deepzip.train.recipe import load_recipe
@@ -36,8 +36,8 @@ def main(models: str) -> None:
         started = time.perf_counter()
         compressed = compress_state_dict(state, recipe.setting("sparsity"), recipe.setting("bits"))
         with tempfile.TemporaryDirectory() as tmp:
-            size = fileformat.write(compressed, Path(tmp) / f"{name}.dzip")
-            decoded = fileformat.read(Path(tmp) / f"{name}.dzip").state_dict()
+            size = container.write(compressed, Path(tmp) / f"{name}.dzip")
+            decoded = container.read(Path(tmp) / f"{name}.dzip").state_dict()
         seconds = time.perf_counter() - started
         dense = 4 * sum(t.numel() for t in state.values())
         click.echo(f"\n{name}: {dense:,} bytes fp32 -> {size:,} bytes on disk, {dense / size:.1f}x ({seconds:.1f} s)")

@@ -54,7 +54,7 @@ def phase_compress(path: str) -> dict:
     """Generate, compress with the vgg16 recipe, write; returns timings."""
     import torch
 
-    from deepzip.container import fileformat
+    from deepzip import container
     from deepzip.train.post_training import compress_state_dict
     from deepzip.train.recipe import load_recipe
 
@@ -64,7 +64,7 @@ def phase_compress(path: str) -> dict:
     started = time.perf_counter()
     compressed = compress_state_dict(state, recipe.setting("sparsity"), recipe.setting("bits"))
     encode_started = time.perf_counter()
-    size = fileformat.write(compressed, path, overwrite=True)
+    size = container.write(compressed, path, overwrite=True)
     done = time.perf_counter()
     params = sum(t.numel() for t in state.values())
     return {
@@ -89,7 +89,7 @@ def phase_load_dense(path: str) -> dict:
 
 def phase_load_sparse(path: str) -> dict:
     """Read the file into inference modules: fc layers sparse, the rest dense."""
-    from deepzip.container import fileformat
+    from deepzip import container
     from deepzip.compressed import CodebookTensor
 
     try:
@@ -97,7 +97,7 @@ def phase_load_sparse(path: str) -> dict:
     except ImportError:
         return {"load_sparse_s": None}
     started = time.perf_counter()
-    compressed = fileformat.read(path)
+    compressed = container.read(path)
     modules = {}
     for name, record in compressed.tensors.items():
         if isinstance(record, CodebookTensor) and len(record.shape) == 2:

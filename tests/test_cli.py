@@ -6,8 +6,8 @@ from click.testing import CliRunner
 import deepzip
 from deepzip.cli import main
 from deepzip.paper.reproduce import RECIPES, PruneStep, Recipe
-from deepzip.train.recipe import load_recipe
 from deepzip.paper.training import TrainConfig
+from deepzip.train.recipe import load_recipe
 
 
 def run(*args):
@@ -112,8 +112,8 @@ def _small_compressed(tmp_path):
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 4))
-    deepzip.prune_(model, 0.6)
-    deepzip.quantize_(model, 3)
+    deepzip.prune_(model, 0.6, min_size=0)
+    deepzip.quantize_(model, 3, min_size=0)
     path = tmp_path / "small.dzip"
     deepzip.save(model, path)
     return path
@@ -152,8 +152,9 @@ def test_sensitivity_writes_a_recipe_that_reproduce_runs(tiny_mnist, tmp_path, m
 
 
 def test_recipe_schedule_reaches_the_final_sparsity_geometrically():
+    from deepzip.paper.reproduce import RECIPES as SHIPPED
+    from deepzip.paper.reproduce import recipe_schedule
     from deepzip.train.recipe import parse_recipe
-    from deepzip.paper.reproduce import RECIPES as SHIPPED, recipe_schedule
 
     schedule = recipe_schedule("lenet-300-100", parse_recipe("layers:\n  fc1: {sparsity: 0.91, bits: 4}\n"))
     steps = len(SHIPPED["lenet-300-100"].prune_steps)

@@ -46,6 +46,10 @@ def test_compress_and_decompress_a_safetensors_file(small, tmp_path):
     assert result.exit_code == 0, result.output
     assert re.search(r"^fc1\.weight +2,048 +50\.0% +6 ", result.output, re.M)
     assert re.search(r"^fc2\.weight +2,048 +50\.0% +4 ", result.output, re.M)
+    # The summary says what became of every tensor, and why one stayed raw.
+    assert "compress: 2 tensors compressed, 1 left raw" in result.output
+    assert re.search(r"^ +fc1\.bias +64 +1-D$", result.output, re.M)
+    assert re.search(r"^ +fc1\.weight +64x32 +kept 50\.00%, 6 bits", result.output, re.M)
     size = (tmp_path / "m.dzip").stat().st_size
     last = result.output.strip().splitlines()[-1]
     assert last.startswith(f"{path}: 16,640 bytes fp32 -> {size:,} bytes (")

@@ -64,10 +64,9 @@ def reproduce(model: str, data: Path | None, out: Path | None, seed: int, recipe
     quantizes and fine-tunes, writes OUT/model.dzip, decodes it into a fresh model and
     reports its test error. Writes OUT/results.json.
     """
-    from deepzip.paper.reproduce import reproduce as run
-
-    from deepzip.train.recipe import load_recipe
     from deepzip.paper.reproduce import recipe_schedule
+    from deepzip.paper.reproduce import reproduce as run
+    from deepzip.train.recipe import load_recipe
 
     schedule = None if recipe_file is None else recipe_schedule(model, load_recipe(recipe_file))
     run(model, out or Path("runs") / model, data, seed, log=click.echo, recipe=schedule)
@@ -174,13 +173,14 @@ def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits,
     INPUT is a .safetensors file, a torch state dict (.pt, .pth, .bin, .ckpt) or a
     transformers model directory, whose config and tokenizer files travel in the .dzip.
     Patterns are fnmatch-style tensor or layer names (`encoder.*.dense`); explicit
-    --sparsity/--bits win over the recipe. Prints the per-tensor table of the written file.
+    --sparsity/--bits win over the recipe. Prints what became of every tensor (and why a
+    tensor was left raw), then the per-tensor byte table of the written file.
     """
     from tqdm import tqdm
 
-    from deepzip.container import fileformat
+    from deepzip import container as fileformat
     from deepzip import report
-    from deepzip.checkpoints.io import compress_checkpoint, group_tied, read_checkpoint
+    from deepzip.checkpoints import compress_checkpoint, group_tied, read_checkpoint
 
     # Checked before the work, not after minutes of compression.
     if output.exists() and not force:
@@ -205,6 +205,8 @@ def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits,
         )
         bar.update(1)
     size = fileformat.write(compressed, output, overwrite=force)
+    click.echo(compressed.summary.format())
+    click.echo("")
     click.echo(report.format_table(output.read_bytes()))
     dense = compressed.parameter_bytes()
     line = f"{input_path}: {dense:,} bytes fp32 -> {size:,} bytes ({dense / size:.1f}x)"
@@ -224,8 +226,8 @@ def decompress(input_path: Path, output: Path, force: bool) -> None:
     A model with attached files (config.json, tokenizer...) becomes a directory that
     `from_pretrained` loads, unless OUTPUT ends in .safetensors. Tensors keep their dtypes.
     """
-    from deepzip.container import fileformat
-    from deepzip.checkpoints.io import target_kind, write_checkpoint
+    from deepzip import container as fileformat
+    from deepzip.checkpoints import target_kind, write_checkpoint
 
     compressed = fileformat.read(input_path)
     kind = target_kind(compressed, output)
@@ -259,7 +261,7 @@ def sensitivity(model: str, data: Path | None, out: Path | None, seed: int, tole
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Directory for report.md and its PNG figures.")
 def report(file: Path, output: Path) -> None:
     """Write plots and a Markdown summary of a .dzip FILE (from the file alone)."""
-    from deepzip.report.tables import write_report
+    from deepzip.report import write_report
 
     if not file.is_file():
         raise DeepzipError(f"{file}: no such file")

@@ -9,8 +9,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import deepzip
-from deepzip.container import fileformat
-from deepzip.checkpoints.io import (
+from deepzip import container
+from deepzip.checkpoints import (
     MAX_ATTACHED_FILE_BYTES,
     Checkpoint,
     compress_checkpoint,
@@ -183,7 +183,7 @@ def test_shard_index_cannot_point_outside_the_directory(tmp_path):
 
 
 def test_large_side_files_are_skipped_and_named(tmp_path, monkeypatch):
-    monkeypatch.setattr("deepzip.checkpoints.io.MAX_ATTACHED_FILE_BYTES", 10)
+    monkeypatch.setattr("deepzip.checkpoints.read.MAX_ATTACHED_FILE_BYTES", 10)
     directory = tmp_path / "model"
     directory.mkdir()
     save_file(state_dict(), directory / "model.safetensors")
@@ -237,27 +237,32 @@ def test_tied_tensors_are_compressed_and_stored_once(tmp_path):
     compressed = compress_checkpoint(tied, bits=4, progress=seen.append)
     assert seen == ["emb.weight", "head.bias"]
     assert compressed.tensors["emb.weight"] is compressed.tensors["head.weight"]
-    tied_size = fileformat.write(compressed, tmp_path / "tied.dzip")
-    cloned_size = fileformat.write(compress_checkpoint(tied_checkpoint(tmp_path, tied=False), bits=4), tmp_path / "cloned.dzip")
+    tied_size = container.write(compressed, tmp_path / "tied.dzip")
+    cloned_size = container.write(compress_checkpoint(tied_checkpoint(tmp_path, tied=False), bits=4), tmp_path / "cloned.dzip")
     assert tied_size < cloned_size - 500  # one 2048-weight codebook tensor less
 
     decoded = deepzip.load(tmp_path / "tied.dzip")
     assert decoded["emb.weight"].untyped_storage().data_ptr() == decoded["head.weight"].untyped_storage().data_ptr()
 
-    written = write_checkpoint(fileformat.read(tmp_path / "tied.dzip"), tmp_path / "out.safetensors")
+    written = write_checkpoint(container.read(tmp_path / "tied.dzip"), tmp_path / "out.safetensors")
     dense = load_file(written[0])
     assert set(dense) == {"emb.weight", "head.weight", "head.bias"}
     assert torch.equal(dense["emb.weight"], dense["head.weight"])
     assert torch.equal(dense["emb.weight"], decoded["emb.weight"])
 
 
-def test_tied_names_must_get_the_same_settings(tmp_path):
+def test_tied_names_are_one_tensor_for_settings(tmp_path):
     checkpoint = tied_checkpoint(tmp_path)
-    with pytest.raises(ConfigError, match="bits: 'head.weight' is tied to 'emb.weight' .* gets 4 where 'emb.weight' gets 8"):
-        compress_checkpoint(checkpoint, bits={"head": 4})
-    with pytest.raises(ConfigError, match="exclude: 'head.weight' is tied to 'emb.weight'"):
-        compress_checkpoint(checkpoint, exclude=["head.weight"])
-    # Both names alike: fine, also where a pattern matches the tied copy only.
+    # Different explicit values for the two names of one tensor: an error naming both.
+    with pytest.raises(ConfigError, match="bits: 'emb.weight' is one tensor .* 8 \\(pattern 'emb'\\) and 4 \\(pattern 'head'\\)"):
+        compress_checkpoint(checkpoint, bits={"emb": 8, "head": 4})
+    # A pattern reaching one name reaches the tensor: both names get it.
+    compressed = compress_checkpoint(checkpoint, bits={"head": 3})
+    assert compressed.tensors["emb.weight"] is compressed.tensors["head.weight"]
+    assert len(compressed.tensors["emb.weight"].codebook) <= 8
+    excluded = compress_checkpoint(checkpoint, exclude=["head.weight"])
+    assert isinstance(excluded.tensors["emb.weight"], RawTensor) and excluded.tensors["emb.weight"] is excluded.tensors["head.weight"]
+    # Both names alike: fine.
     compressed = compress_checkpoint(checkpoint, bits={"emb": 3, "head.weight": 3})
     assert len(compressed.tensors["head.weight"].codebook) <= 8
 
@@ -321,8 +326,8 @@ def test_half_precision_round_trip_keeps_dtypes(tmp_path, dtype):
     sd = state_dict(dtype)
     save_file(sd, tmp_path / "m.safetensors")
     compressed = compress_checkpoint(read_checkpoint(tmp_path / "m.safetensors"), sparsity=0.5, bits=6)
-    fileformat.write(compressed, tmp_path / "m.dzip")
-    written = write_checkpoint(fileformat.read(tmp_path / "m.dzip"), tmp_path / "out.safetensors")
+    container.write(compressed, tmp_path / "m.dzip")
+    written = write_checkpoint(container.read(tmp_path / "m.dzip"), tmp_path / "out.safetensors")
     dense = load_file(written[0])
     assert {n: t.dtype for n, t in dense.items()} == {n: t.dtype for n, t in sd.items()}
     for name in ("fc1.bias", "bn.num_batches_tracked"):  # stored raw: bit-exact
@@ -339,9 +344,9 @@ def test_transformers_directory_round_trip(tmp_path):
     write_sharded(tmp_path / "model", sd)
     (tmp_path / "model" / "vocab.txt").write_bytes(b"[PAD]\n[UNK]\n\xff raw bytes\n")
     compressed = compress_checkpoint(read_checkpoint(tmp_path / "model"), bits=8)
-    fileformat.write(compressed, tmp_path / "m.dzip")
+    container.write(compressed, tmp_path / "m.dzip")
     out = tmp_path / "restored"
-    written = write_checkpoint(fileformat.read(tmp_path / "m.dzip"), out)
+    written = write_checkpoint(container.read(tmp_path / "m.dzip"), out)
     assert sorted(p.name for p in written) == ["config.json", "model.safetensors", "vocab.txt"]
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "vocab.txt"]  # no temporaries left
     assert (out / "vocab.txt").read_bytes() == (tmp_path / "model" / "vocab.txt").read_bytes()
@@ -396,7 +401,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("deepzip.checkpoints.io._write_bytes", fail)
+    monkeypatch.setattr("deepzip.container.atomic.write_bytes", fail)
     with pytest.raises(OSError, match="disk full"):
         write_checkpoint(compressed, tmp_path / "out")
     assert os.listdir(tmp_path) == []

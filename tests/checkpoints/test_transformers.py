@@ -11,8 +11,13 @@ import torch  # noqa: E402
 from torch.nn.functional import cosine_similarity  # noqa: E402
 
 import deepzip  # noqa: E402
-from deepzip.container import fileformat  # noqa: E402
-from deepzip.checkpoints.io import compress_checkpoint, group_tied, read_checkpoint, write_checkpoint  # noqa: E402
+from deepzip import container  # noqa: E402
+from deepzip.checkpoints import (  # noqa: E402
+    compress_checkpoint,
+    group_tied,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 torch.set_num_threads(1)
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "the", "a"]
@@ -45,8 +50,8 @@ def round_trip(directory, out, **settings):
     """compress -> .dzip -> read -> decompress to `out`; returns the .dzip path."""
     compressed = compress_checkpoint(read_checkpoint(directory), **settings)
     dzip = out.with_suffix(".dzip")
-    fileformat.write(compressed, dzip)
-    write_checkpoint(fileformat.read(dzip), out)
+    container.write(compressed, dzip)
+    write_checkpoint(container.read(dzip), out)
     return dzip
 
 
@@ -102,8 +107,8 @@ def test_tied_embeddings_from_pytorch_model_bin(tmp_path):
 
     compressed = compress_checkpoint(checkpoint, bits=8)
     assert compressed.tensors["cls.predictions.decoder.weight"] is compressed.tensors["bert.embeddings.word_embeddings.weight"]
-    fileformat.write(compressed, tmp_path / "mlm.dzip")
-    write_checkpoint(fileformat.read(tmp_path / "mlm.dzip"), tmp_path / "out")
+    container.write(compressed, tmp_path / "mlm.dzip")
+    write_checkpoint(container.read(tmp_path / "mlm.dzip"), tmp_path / "out")
 
     loaded, info = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "out", output_loading_info=True)
     assert {k: v for k, v in info.items() if v} == {}

@@ -10,7 +10,6 @@ import pytest
 from deepzip.codec import huffman
 from deepzip.errors import FormatError
 
-
 # ---------------------------------------------------------------- independent references
 
 

@@ -10,7 +10,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from deepzip import container
 from deepzip.codec.layer import (
     INDEX_BITS_CHOICES,
     EncodedLayer,
@@ -18,7 +20,9 @@ from deepzip.codec.layer import (
     encode_layer,
     encode_layer_smallest,
     lengths_table_size,
+    max_code_length,
 )
+from deepzip.compressed import CodebookTensor, CompressedModel
 from deepzip.errors import FormatError
 
 KS = (1, 2, 32, 256)
@@ -370,3 +374,48 @@ def test_nbytes_handmade():
 @pytest.mark.parametrize("n, size", [(1, 1), (2, 1), (3, 2), (4, 2), (257, 129), (4096, 2048), (4097, 2049)])
 def test_lengths_table_size(n, size):
     assert lengths_table_size(n) == size
+
+
+# ---------------------------------------------------------------- 12-bit codebooks: k + 1 = 4097 symbols
+
+
+@pytest.mark.parametrize("used, length", [(0, 12), (1, 12), (4096, 12), (4097, 13), (8192, 13), (8193, 14), (1 << 15, 15)])
+def test_max_code_length_is_the_least_that_fits(used, length):
+    assert max_code_length(used) == length
+
+
+def full_codebook_layer(rng, gap):
+    """Every code of a 4096-entry codebook, each used twice in random order, `gap` apart."""
+    k = 4096
+    codes = rng.permutation(np.tile(np.arange(k, dtype=np.uint16), 2))
+    positions = np.arange(codes.size, dtype=np.int64) * gap
+    return positions, codes, k, int(positions[-1]) + 1
+
+
+@pytest.mark.parametrize("index_bits", [1, 4, 12])
+def test_full_12_bit_codebook_with_fillers(index_bits):
+    # Gaps just wider than 2**b: fillers appear, so all k + 1 = 4097 code symbols are used,
+    # more than codes of the default 12-bit limit can tell apart.
+    positions, codes, k, numel = full_codebook_layer(np.random.default_rng(index_bits), (1 << index_bits) + 3)
+    enc = check_layer(positions, codes, k, index_bits, numel)
+    code_lengths = ref_unpack(enc.code_lengths, k + 1)
+    assert sum(1 for length in code_lengths if length) == k + 1
+    assert max(code_lengths) == 13
+    assert max(ref_unpack(enc.gap_lengths, 1 << index_bits)) <= 12
+
+
+def test_full_12_bit_codebook_through_the_container():
+    positions, codes, k, _ = full_codebook_layer(np.random.default_rng(7), 2)
+    # One gap wider than 2**12 needs a filler at every width the encoder may pick.
+    positions = np.append(positions, positions[-1] + 5000)
+    codes = np.append(codes, np.uint16(k - 1))
+    numel = int(positions[-1]) + 1
+    codebook = np.linspace(-1, 1, k, dtype=np.float32)
+    record = CodebookTensor((numel,), torch.float32, codebook, positions, codes)
+    back = container.from_bytes(container.to_bytes(CompressedModel({"w": record}))).tensors["w"]
+    assert np.array_equal(back.positions, positions)
+    assert np.array_equal(back.codes, codes)
+    assert back.codebook.tobytes() == codebook.tobytes()
+    assert back.shape == (numel,) and back.dtype == torch.float32
+    enc = encode_layer_smallest(positions, codes, k, numel)
+    assert enc.entry_count > positions.size  # fillers were needed

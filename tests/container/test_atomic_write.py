@@ -15,7 +15,8 @@ from deepzip.compressed import CompressedModel, RawTensor
 CHILD = textwrap.dedent(
     """
     import os, sys, time, torch
-    from deepzip.container import fileformat
+    from deepzip import container
+    from deepzip.container import atomic
     from deepzip.compressed import CompressedModel, RawTensor
 
     stage = sys.argv[2]
@@ -32,7 +33,7 @@ CHILD = textwrap.dedent(
     model = CompressedModel({"w": RawTensor(torch.arange(4_000_000, dtype=torch.float32))})
     if stage == "write":
         # Stall inside the byte copy itself: the temporary file holds only part of the data.
-        real_fdopen = os.fdopen
+        real_open = open
 
         class HalfThenStall:
             def __init__(self, f):
@@ -49,8 +50,9 @@ CHILD = textwrap.dedent(
             def __getattr__(self, name):
                 return getattr(self.f, name)
 
-        os.fdopen = lambda fd, mode: HalfThenStall(real_fdopen(fd, mode))
-    fileformat.write(model, sys.argv[1], overwrite=True)
+        # A module global shadows the builtin for the writer's module alone.
+        atomic.open = lambda path, mode: HalfThenStall(real_open(path, mode))
+    container.write(model, sys.argv[1], overwrite=True)
     """
 )
 

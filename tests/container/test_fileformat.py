@@ -1,4 +1,4 @@
-"""Tests of deepzip.fileformat against docs/FORMAT.md.
+"""Tests of deepzip.container against docs/FORMAT.md.
 
 Expected bytes are assembled here from the spec with struct and zlib.crc32; damaged files
 are crafted with a small spec-level parser/builder (`parse_layout` / `build_layout`) that
@@ -12,12 +12,18 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from fuzzing import recompute_crcs
 
 import deepzip
-from deepzip.container import fileformat
+from deepzip import container
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
-from fuzzing import recompute_crcs
-from deepzip.errors import ChecksumError, DeepzipError, FormatError, TruncatedError, VersionError
+from deepzip.errors import (
+    ChecksumError,
+    DeepzipError,
+    FormatError,
+    TruncatedError,
+    VersionError,
+)
 
 MAGIC = bytes([0x89, 0x44, 0x5A, 0x49, 0x50, 0x0D, 0x0A, 0x1A])
 
@@ -148,7 +154,7 @@ def expected_small_bytes() -> bytes:
 
 
 def small_bytes() -> bytes:
-    return fileformat.to_bytes(small_model())
+    return container.to_bytes(small_model())
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -165,11 +171,11 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def test_golden_bytes_small_model():
-    assert fileformat.to_bytes(small_model()) == expected_small_bytes()
+    assert container.to_bytes(small_model()) == expected_small_bytes()
 
 
 def test_golden_bytes_decode_to_hand_computed_tensors():
-    model = fileformat.from_bytes(expected_small_bytes())
+    model = container.from_bytes(expected_small_bytes())
     sd = model.state_dict()
     assert set(sd) == {"fc.weight", "fc.bias"}
     assert bits_equal(sd["fc.weight"], torch.tensor([[0.5, 0.0, 0.0], [0.0, -1.0, 0.0]]))
@@ -202,18 +208,18 @@ def test_golden_bytes_with_fillers_float16():
     )  # fmt: skip
     head = MAGIC + struct.pack("<HHI", 1, 0, len(body)) + body
     expected = head + struct.pack("<I", zlib.crc32(head)) + section
-    assert fileformat.to_bytes(CompressedModel({"w": record})) == expected
+    assert container.to_bytes(CompressedModel({"w": record})) == expected
     dense = torch.zeros(20, dtype=torch.float16)
     dense[1] = dense[10] = 0.25
-    assert bits_equal(fileformat.from_bytes(expected).state_dict()["w"], dense)
+    assert bits_equal(container.from_bytes(expected).state_dict()["w"], dense)
 
 
 def test_golden_bytes_empty_model():
     body = struct.pack("<I", 0)
     head = MAGIC + struct.pack("<HHI", 1, 0, 4) + body
     expected = head + struct.pack("<I", zlib.crc32(head))
-    assert fileformat.to_bytes(CompressedModel({})) == expected
-    assert fileformat.from_bytes(expected).tensors == {}
+    assert container.to_bytes(CompressedModel({})) == expected
+    assert container.from_bytes(expected).tensors == {}
 
 
 def test_golden_bytes_raw_dtypes():
@@ -239,7 +245,7 @@ def test_golden_bytes_raw_dtypes():
         body += bytes([0]) + struct.pack("<II", len(section), zlib.crc32(section))
         sections += section
     head = MAGIC + struct.pack("<HHI", 1, 0, len(body)) + body
-    assert fileformat.to_bytes(model) == head + struct.pack("<I", zlib.crc32(head)) + sections
+    assert container.to_bytes(model) == head + struct.pack("<I", zlib.crc32(head)) + sections
 
 
 # ---------------------------------------------------------------- round trips
@@ -266,7 +272,7 @@ def random_tensor(gen, dtype, shape):
 def test_round_trip_raw(dtype, shape):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((dtype, shape)).encode()))
     tensor = random_tensor(gen, dtype, shape)
-    data = fileformat.to_bytes(CompressedModel({"t": RawTensor(tensor)}))
+    data = container.to_bytes(CompressedModel({"t": RawTensor(tensor)}))
     # The section holds the elements row-major, little-endian, per the spec.
     layout = parse_layout(data)
     assert layout["records"][0]["dims"] == list(shape)
@@ -279,7 +285,7 @@ def test_round_trip_raw(dtype, shape):
     else:
         reference = tensor.numpy().astype(tensor.numpy().dtype.newbyteorder("<")).tobytes()
     assert layout["sections"][0] == reference
-    out = fileformat.from_bytes(data).state_dict()["t"]
+    out = container.from_bytes(data).state_dict()["t"]
     assert bits_equal(out, tensor)
 
 
@@ -289,7 +295,7 @@ def test_round_trip_special_float_values():
     nan_payload = torch.tensor([0x7FC01234], dtype=torch.int32).view(torch.float32)
     tensors["payload"] = nan_payload
     model = CompressedModel({k: RawTensor(v) for k, v in tensors.items()})
-    out = fileformat.from_bytes(fileformat.to_bytes(model)).state_dict()
+    out = container.from_bytes(container.to_bytes(model)).state_dict()
     for name, tensor in tensors.items():
         assert bits_equal(out[name], tensor), name
 
@@ -297,16 +303,16 @@ def test_round_trip_special_float_values():
 def test_round_trip_non_contiguous_raw():
     base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     t = base.t()  # non-contiguous view, shape (4, 3)
-    data = fileformat.to_bytes(CompressedModel({"t": RawTensor(t)}))
+    data = container.to_bytes(CompressedModel({"t": RawTensor(t)}))
     assert parse_layout(data)["sections"][0] == np.ascontiguousarray(t.numpy()).astype("<f4").tobytes()
-    assert bits_equal(fileformat.from_bytes(data).state_dict()["t"], t.contiguous())
+    assert bits_equal(container.from_bytes(data).state_dict()["t"], t.contiguous())
 
 
 def test_decoded_raw_tensor_is_writable_and_owned():
-    data = fileformat.to_bytes(CompressedModel({"t": RawTensor(torch.ones(4))}))
-    out = fileformat.from_bytes(bytearray(data)).state_dict()["t"]
+    data = container.to_bytes(CompressedModel({"t": RawTensor(torch.ones(4))}))
+    out = container.from_bytes(bytearray(data)).state_dict()["t"]
     out += 1  # must not raise (read-only buffer) and must not alias the input
-    assert fileformat.from_bytes(data).state_dict()["t"].tolist() == [1.0] * 4
+    assert container.from_bytes(data).state_dict()["t"].tolist() == [1.0] * 4
 
 
 def dense_reference(shape, dtype, codebook, positions, codes):
@@ -329,12 +335,12 @@ def test_round_trip_codebook(k, index_bits, density):
     codes = rng.integers(0, k, positions.size).astype(np.uint16)
     codebook = rng.standard_normal(k).astype(np.float32)
     record = CodebookTensor(shape, torch.float32, codebook, positions, codes, index_bits)
-    data = fileformat.to_bytes(CompressedModel({"conv.weight": record}))
+    data = container.to_bytes(CompressedModel({"conv.weight": record}))
     # E counts the kept weights plus the spec's fillers, trailing ones included.
     params = parse_layout(data)["records"][0]["params"]
     assert params[2] == len(spec_entries(positions, numel, params[1]))
     assert numel <= (params[2] + 1) << params[1]
-    back = fileformat.from_bytes(data).tensors["conv.weight"]
+    back = container.from_bytes(data).tensors["conv.weight"]
     assert isinstance(back, CodebookTensor)
     assert back.shape == shape and back.dtype == torch.float32
     assert back.codebook.tobytes() == codebook.tobytes()
@@ -344,7 +350,7 @@ def test_round_trip_codebook(k, index_bits, density):
         assert back.index_bits == index_bits
     ref = dense_reference(shape, torch.float32, codebook, positions, codes)
     assert bits_equal(back.to_dense(), ref)
-    assert bits_equal(fileformat.from_bytes(data).state_dict()["conv.weight"], record.to_dense())
+    assert bits_equal(container.from_bytes(data).state_dict()["conv.weight"], record.to_dense())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -353,7 +359,7 @@ def test_round_trip_codebook_float_dtypes(dtype):
     positions = np.array([0, 3, 17, 39], np.int64)
     codes = np.array([0, 1, 2, 3], np.uint16)
     record = CodebookTensor((4, 10), dtype, codebook, positions, codes, None)
-    out = fileformat.from_bytes(fileformat.to_bytes(CompressedModel({"w": record}))).state_dict()["w"]
+    out = container.from_bytes(container.to_bytes(CompressedModel({"w": record}))).state_dict()["w"]
     # The decoded value is the float32 codebook value converted to the record's dtype.
     assert bits_equal(out, dense_reference((4, 10), dtype, codebook, positions, codes))
 
@@ -365,7 +371,7 @@ def test_round_trip_mixed_model_state_dict():
     tensors["empty"] = RawTensor(torch.zeros(0, 4, dtype=torch.int16))
     tensors["ünïcode.wéight"] = small_model().tensors["fc.weight"]
     model = CompressedModel(tensors)
-    back = fileformat.from_bytes(fileformat.to_bytes(model))
+    back = container.from_bytes(container.to_bytes(model))
     expected, got = model.state_dict(), back.state_dict()
     assert set(got) == set(expected)
     for name in expected:
@@ -379,10 +385,10 @@ def test_same_tensors_any_insertion_order_same_bytes():
     gen = torch.Generator().manual_seed(5)
     items = [(f"layer{i}.{kind}", RawTensor(torch.randn(3, generator=gen))) for i in range(4) for kind in ("b", "a")]
     items.append(("fc.weight", small_model().tensors["fc.weight"]))
-    forward = fileformat.to_bytes(CompressedModel(dict(items)))
-    backward = fileformat.to_bytes(CompressedModel(dict(reversed(items))))
+    forward = container.to_bytes(CompressedModel(dict(items)))
+    backward = container.to_bytes(CompressedModel(dict(reversed(items))))
     shuffled = [items[i] for i in np.random.default_rng(1).permutation(len(items))]
-    assert forward == backward == fileformat.to_bytes(CompressedModel(dict(shuffled)))
+    assert forward == backward == container.to_bytes(CompressedModel(dict(shuffled)))
     # Records appear sorted by name.
     names = [r["name"].decode() for r in parse_layout(forward)["records"]]
     assert names == sorted(name for name, _ in items)
@@ -393,18 +399,18 @@ def test_same_tensors_any_insertion_order_same_bytes():
 
 def test_write_creates_file_and_returns_size(tmp_path):
     path = tmp_path / "m.dzip"
-    size = fileformat.write(small_model(), path)
+    size = container.write(small_model(), path)
     assert size == path.stat().st_size == len(expected_small_bytes())
     assert path.read_bytes() == expected_small_bytes()
     assert os.listdir(tmp_path) == ["m.dzip"]
-    assert bits_equal(fileformat.read(path).state_dict()["fc.bias"], torch.tensor([1.5, -2.0]))
+    assert bits_equal(container.read(path).state_dict()["fc.bias"], torch.tensor([1.5, -2.0]))
 
 
 def test_write_refuses_to_overwrite(tmp_path):
     path = tmp_path / "m.dzip"
     path.write_bytes(b"precious")
     with pytest.raises(DeepzipError):
-        fileformat.write(small_model(), path)
+        container.write(small_model(), path)
     assert path.read_bytes() == b"precious"
     assert os.listdir(tmp_path) == ["m.dzip"]
 
@@ -412,7 +418,7 @@ def test_write_refuses_to_overwrite(tmp_path):
 def test_write_overwrite_replaces(tmp_path):
     path = tmp_path / "m.dzip"
     path.write_bytes(b"old contents, longer than nothing")
-    size = fileformat.write(small_model(), path, overwrite=True)
+    size = container.write(small_model(), path, overwrite=True)
     assert path.read_bytes() == expected_small_bytes() and size == len(expected_small_bytes())
     assert os.listdir(tmp_path) == ["m.dzip"]
 
@@ -427,9 +433,9 @@ def test_write_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch, failing
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fileformat.os, failing, boom)
+    monkeypatch.setattr(os, failing, boom)
     with pytest.raises(OSError):
-        fileformat.write(small_model(), path, overwrite=True)
+        container.write(small_model(), path, overwrite=True)
     monkeypatch.undo()
     if existing:
         assert path.read_bytes() == b"old"
@@ -441,16 +447,16 @@ def test_write_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch, failing
 
 def test_write_relative_path_in_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    fileformat.write(small_model(), "rel.dzip")
+    container.write(small_model(), "rel.dzip")
     assert (tmp_path / "rel.dzip").read_bytes() == expected_small_bytes()
     assert os.listdir(tmp_path) == ["rel.dzip"]
 
 
 def test_read_missing_path(tmp_path):
     with pytest.raises(DeepzipError):
-        fileformat.read(tmp_path / "nope.dzip")
+        container.read(tmp_path / "nope.dzip")
     with pytest.raises(DeepzipError):
-        fileformat.read(tmp_path)  # a directory is no file either
+        container.read(tmp_path)  # a directory is no file either
 
 
 # ---------------------------------------------------------------- rejections: framing
@@ -467,9 +473,9 @@ def test_bad_magic():
         damaged = bytearray(data)
         damaged[i] ^= 0x20
         with pytest.raises(FormatError):
-            fileformat.from_bytes(bytes(damaged))
+            container.from_bytes(bytes(damaged))
     with pytest.raises(FormatError):
-        fileformat.from_bytes(b"PK\x03\x04" + bytes(100))
+        container.from_bytes(b"PK\x03\x04" + bytes(100))
 
 
 @pytest.mark.parametrize("version", [2, 3, 0xFFFF])
@@ -477,17 +483,17 @@ def test_newer_version(version):
     layout = parse_layout(small_bytes())
     layout["version"] = version
     with pytest.raises(VersionError, match="newer"):
-        fileformat.from_bytes(build_layout(layout))
+        container.from_bytes(build_layout(layout))
     # Rejected before anything past the preamble is looked at (not as a truncation).
     with pytest.raises(VersionError, match="newer"):
-        fileformat.from_bytes(MAGIC + struct.pack("<HHI", version, 0, 0xFFFFFFFF))
+        container.from_bytes(MAGIC + struct.pack("<HHI", version, 0, 0xFFFFFFFF))
 
 
 def test_version_zero():
     layout = parse_layout(small_bytes())
     layout["version"] = 0
     with pytest.raises(VersionError):
-        fileformat.from_bytes(build_layout(layout))
+        container.from_bytes(build_layout(layout))
 
 
 @pytest.mark.parametrize("flags", [1, 0x8000])
@@ -495,25 +501,25 @@ def test_nonzero_flags(flags):
     layout = parse_layout(small_bytes())
     layout["flags"] = flags
     with pytest.raises(FormatError):
-        fileformat.from_bytes(build_layout(layout))
+        container.from_bytes(build_layout(layout))
 
 
 def test_every_proper_prefix_is_rejected():
     data = small_bytes()
     for cut in range(len(data)):
         with pytest.raises(FormatError):
-            fileformat.from_bytes(data[:cut])
+            container.from_bytes(data[:cut])
     # Once the 16-byte preamble is whole, a cut is reported as a truncation.
     for cut in range(16, len(data)):
         with pytest.raises(TruncatedError):
-            fileformat.from_bytes(data[:cut])
+            container.from_bytes(data[:cut])
 
 
 def test_prefix_cut_inside_preamble_is_a_truncation():
     data = small_bytes()
     for cut in range(8, 16):
         with pytest.raises(TruncatedError):
-            fileformat.from_bytes(data[:cut])
+            container.from_bytes(data[:cut])
 
 
 def test_every_proper_prefix_with_empty_sections_is_rejected():
@@ -524,21 +530,21 @@ def test_every_proper_prefix_with_empty_sections_is_rejected():
             "z": CodebookTensor((5,), torch.float32, np.ones(1, np.float32), np.zeros(0, np.int64), np.zeros(0, np.uint16), 3),
         }
     )
-    data = fileformat.to_bytes(model)
+    data = container.to_bytes(model)
     assert parse_layout(data)["records"][1]["params"][2:] == [0, 0, 0]  # E, C, G
-    fileformat.from_bytes(data)
+    container.from_bytes(data)
     for cut in range(len(data)):
         with pytest.raises(FormatError):
-            fileformat.from_bytes(data[:cut])
+            container.from_bytes(data[:cut])
     for cut in range(16, len(data)):
         with pytest.raises(TruncatedError):
-            fileformat.from_bytes(data[:cut])
+            container.from_bytes(data[:cut])
 
 
 @pytest.mark.parametrize("tail", [b"\x00", b"\xff", b"\x00" * 17])
 def test_trailing_bytes(tail):
     with pytest.raises(FormatError):
-        fileformat.from_bytes(small_bytes() + tail)
+        container.from_bytes(small_bytes() + tail)
 
 
 def test_every_single_byte_corruption_is_rejected():
@@ -549,7 +555,7 @@ def test_every_single_byte_corruption_is_rejected():
             damaged = bytearray(data)
             damaged[i] ^= xor
             with pytest.raises(FormatError):
-                fileformat.from_bytes(bytes(damaged))
+                container.from_bytes(bytes(damaged))
 
 
 def test_header_crc_mismatch():
@@ -558,11 +564,11 @@ def test_header_crc_mismatch():
     damaged = bytearray(data)
     damaged[16 + 5] ^= 0x01  # inside the first record's name
     with pytest.raises(ChecksumError, match="(?i)checksum|crc"):
-        fileformat.from_bytes(bytes(damaged))
+        container.from_bytes(bytes(damaged))
     damaged = bytearray(data)
     damaged[16 + header_size] ^= 0x01  # the stored crc itself
     with pytest.raises(ChecksumError, match="(?i)checksum|crc"):
-        fileformat.from_bytes(bytes(damaged))
+        container.from_bytes(bytes(damaged))
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -573,7 +579,7 @@ def test_section_crc_mismatch(which):
     section[-1] ^= 0x04
     layout["sections"][which] = bytes(section)
     with pytest.raises(ChecksumError, match="(?i)checksum|crc") as err:
-        fileformat.from_bytes(build_layout(layout, fix_section_crcs=False))
+        container.from_bytes(build_layout(layout, fix_section_crcs=False))
     assert name in str(err.value)
 
 
@@ -581,7 +587,7 @@ def test_header_size_past_end():
     data = bytearray(small_bytes())
     struct.pack_into("<I", data, 12, 0xFFFFFFFF)
     with pytest.raises(TruncatedError):
-        fileformat.from_bytes(bytes(data))
+        container.from_bytes(bytes(data))
 
 
 def test_tensor_count_too_large_behind_valid_crc():
@@ -591,7 +597,7 @@ def test_tensor_count_too_large_behind_valid_crc():
     struct.pack_into("<I", head, 16, 0xFFFFFFFF)
     crafted = bytes(head) + struct.pack("<I", zlib.crc32(head)) + data[20 + header_size :]
     with pytest.raises(FormatError):
-        fileformat.from_bytes(crafted)
+        container.from_bytes(crafted)
 
 
 def test_header_with_unused_bytes_behind_valid_crc():
@@ -601,7 +607,7 @@ def test_header_with_unused_bytes_behind_valid_crc():
     struct.pack_into("<I", head, 12, header_size + 1)
     crafted = bytes(head) + struct.pack("<I", zlib.crc32(head)) + data[20 + header_size :]
     with pytest.raises(FormatError):
-        fileformat.from_bytes(crafted)
+        container.from_bytes(crafted)
 
 
 # ---------------------------------------------------------------- rejections: semantics behind valid crcs
@@ -617,7 +623,7 @@ def crafted(edit) -> bytes:
 
 def assert_rejected(data: bytes, name: str | None):
     with pytest.raises(FormatError) as err:
-        fileformat.from_bytes(data)
+        container.from_bytes(data)
     message = str(err.value)
     assert "checksum" not in message  # the crafted file's crcs are valid
     assert not isinstance(err.value, ChecksumError)
@@ -664,7 +670,7 @@ def test_eight_dims_is_fine():
         records[BIAS]["ndim"] = 8
         records[BIAS]["dims"] = [1, 1, 1, 2, 1, 1, 1, 1]
 
-    out = fileformat.from_bytes(crafted(edit)).state_dict()["fc.bias"]
+    out = container.from_bytes(crafted(edit)).state_dict()["fc.bias"]
     assert out.shape == (1, 1, 1, 2, 1, 1, 1, 1)
 
 
@@ -737,7 +743,7 @@ def test_raw_reinterpretation_with_matching_size_is_valid():
         records[BIAS]["dtype"] = 7
         records[BIAS]["dims"] = [4]
 
-    out = fileformat.from_bytes(crafted(edit)).state_dict()["fc.bias"]
+    out = container.from_bytes(crafted(edit)).state_dict()["fc.bias"]
     assert out.tolist() == list(struct.unpack("<4h", struct.pack("<2f", 1.5, -2.0)))
 
 
@@ -754,8 +760,8 @@ def test_codebook_encoding_on_other_float_dtypes_is_valid(code):
     def edit(records, sections):
         records[WEIGHT]["dtype"] = code
 
-    out = fileformat.from_bytes(crafted(edit)).state_dict()["fc.weight"]
-    assert out.dtype == fileformat.DTYPES[code]
+    out = container.from_bytes(crafted(edit)).state_dict()["fc.weight"]
+    assert out.dtype == container.DTYPES[code]
     assert out.float().tolist() == [[0.5, 0.0, 0.0], [0.0, -1.0, 0.0]]
 
 
@@ -777,7 +783,7 @@ def test_name_1024_bytes_is_fine():
     def edit(records, sections):
         records[BIAS]["name"] = b"x" * 1024
 
-    assert "x" * 1024 in fileformat.from_bytes(crafted(edit)).tensors
+    assert "x" * 1024 in container.from_bytes(crafted(edit)).tensors
 
 
 def test_name_not_utf8():
@@ -855,7 +861,7 @@ def test_last_entry_at_last_element_is_fine():
         records[WEIGHT]["ndim"] = 1
         records[WEIGHT]["dims"] = [5]
 
-    out = fileformat.from_bytes(crafted(edit)).state_dict()["fc.weight"]
+    out = container.from_bytes(crafted(edit)).state_dict()["fc.weight"]
     assert out.tolist() == [0.5, 0.0, 0.0, 0.0, -1.0]
 
 
@@ -869,11 +875,11 @@ def test_shape_beyond_the_streams_reach():
 
         return crafted(edit)
 
-    out = fileformat.from_bytes(with_dims(8)).state_dict()["fc.weight"]  # 8 - 4 == 2**2
+    out = container.from_bytes(with_dims(8)).state_dict()["fc.weight"]  # 8 - 4 == 2**2
     assert out.tolist() == [0.5, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0]
     for dims in [(9,), (3, 3), (2, 3, 4), (1 << 20, 1 << 19)]:
         with pytest.raises(FormatError) as err:
-            fileformat.from_bytes(with_dims(*dims))
+            container.from_bytes(with_dims(*dims))
         assert "fc.weight" in str(err.value)
         assert not isinstance(err.value, (ChecksumError, TruncatedError, VersionError))
 
@@ -884,25 +890,25 @@ def test_empty_stream_beyond_its_reach():
         nothing = (np.zeros(0, np.int64), np.zeros(0, np.uint16))
         return CompressedModel({"w": CodebookTensor((n,), torch.float32, np.ones(1, np.float32), *nothing, 2)})
 
-    data = fileformat.to_bytes(model(3))
+    data = container.to_bytes(model(3))
     assert parse_layout(data)["records"][0]["params"][2] == 0
-    assert fileformat.from_bytes(data).state_dict()["w"].tolist() == [0.0] * 3
+    assert container.from_bytes(data).state_dict()["w"].tolist() == [0.0] * 3
     layout = parse_layout(data)
     layout["records"][0]["dims"] = [1 << 30]
     with pytest.raises(FormatError, match="'w'"):
-        fileformat.from_bytes(build_layout(layout))
+        container.from_bytes(build_layout(layout))
     # And the writer bridges the end with n >> b fillers: 40 >> 2 = 10.
-    assert parse_layout(fileformat.to_bytes(model(40)))["records"][0]["params"][2] == 10
+    assert parse_layout(container.to_bytes(model(40)))["records"][0]["params"][2] == 10
 
 
 def test_empty_stream_for_exactly_2_pow_b_elements_is_rejected():
     nothing = (np.zeros(0, np.int64), np.zeros(0, np.uint16))
     layout = parse_layout(
-        fileformat.to_bytes(CompressedModel({"w": CodebookTensor((3,), torch.float32, np.ones(1, np.float32), *nothing, 2)}))
+        container.to_bytes(CompressedModel({"w": CodebookTensor((3,), torch.float32, np.ones(1, np.float32), *nothing, 2)}))
     )
     layout["records"][0]["dims"] = [4]
     with pytest.raises(FormatError, match="'w'"):
-        fileformat.from_bytes(build_layout(layout))
+        container.from_bytes(build_layout(layout))
 
 
 def test_rejections_are_format_errors_and_deepzip_errors():
@@ -928,26 +934,26 @@ def test_rejections_are_format_errors_and_deepzip_errors():
 def test_writer_refuses_records_its_reader_would_reject(record):
     """The writer refuses (DeepzipError) any record docs/FORMAT.md forbids: never a dead file."""
     try:
-        data = fileformat.to_bytes(CompressedModel({"w": record}))
+        data = container.to_bytes(CompressedModel({"w": record}))
     except DeepzipError:
         return  # refusing to write is the correct behaviour
-    fileformat.from_bytes(data)  # otherwise the file must at least be readable
+    container.from_bytes(data)  # otherwise the file must at least be readable
 
 
 def test_bool_bytes_other_than_0_or_1_are_rejected():
-    data = bytearray(fileformat.to_bytes(CompressedModel({"flags": RawTensor(torch.tensor([True, False, True]))})))
+    data = bytearray(container.to_bytes(CompressedModel({"flags": RawTensor(torch.tensor([True, False, True]))})))
     data[-2] = 2  # the middle element of the 3-byte section at the end of the file
     # Re-seal the section's CRC so that the semantic check, not the checksum, fires.
     with pytest.raises(FormatError, match="bool"):
-        fileformat.from_bytes(recompute_crcs(bytes(data)))
+        container.from_bytes(recompute_crcs(bytes(data)))
 
 
 def test_tied_tensors_are_stored_once_and_decode_shared():
     shared = RawTensor(torch.arange(1000, dtype=torch.float32))
-    tied = fileformat.to_bytes(CompressedModel({"encoder.embed": shared, "decoder.out": shared}))
-    untied = fileformat.to_bytes(CompressedModel({"encoder.embed": shared, "decoder.out": RawTensor(shared.tensor.clone())}))
+    tied = container.to_bytes(CompressedModel({"encoder.embed": shared, "decoder.out": shared}))
+    untied = container.to_bytes(CompressedModel({"encoder.embed": shared, "decoder.out": RawTensor(shared.tensor.clone())}))
     assert len(untied) - len(tied) > 4000 - len("encoder.embed") - 1
-    state = fileformat.from_bytes(tied).state_dict()
+    state = container.from_bytes(tied).state_dict()
     assert state["encoder.embed"] is state["decoder.out"]
     assert torch.equal(state["decoder.out"], shared.tensor)
     # Stored under the first name in sorted order; the alias's section names it.
@@ -959,7 +965,7 @@ def test_tied_tensors_are_stored_once_and_decode_shared():
 
 def test_files_travel_with_the_model():
     model = CompressedModel({"w": RawTensor(torch.ones(2))}, {"config.json": b'{"a": 1}', "sub/vocab.txt": b"x\ny"})
-    back = fileformat.from_bytes(fileformat.to_bytes(model))
+    back = container.from_bytes(container.to_bytes(model))
     assert back.files == model.files
     assert set(back.state_dict()) == {"w"}
 
@@ -967,23 +973,23 @@ def test_files_travel_with_the_model():
 @pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a//b", "a/./b", "c:\\x", "C:x", "a\\b", "x\x00"])
 def test_unsafe_file_names_are_refused_by_writer_and_reader(name):
     with pytest.raises(DeepzipError):
-        fileformat.to_bytes(CompressedModel({}, {name: b"1"}))
+        container.to_bytes(CompressedModel({}, {name: b"1"}))
     # A crafted file with that name, valid CRCs: the reader refuses it too.
-    data = fileformat.to_bytes(CompressedModel({}, {"n" * len(name.encode()): b"1"}))
+    data = container.to_bytes(CompressedModel({}, {"n" * len(name.encode()): b"1"}))
     crafted = recompute_crcs(data.replace(b"n" * len(name.encode()), name.encode(), 1))
     with pytest.raises(FormatError, match="relative path"):
-        fileformat.from_bytes(crafted)
+        container.from_bytes(crafted)
 
 
 @pytest.mark.parametrize("target, words", [(b"zzzz", "not a stored tensor"), (b"bbbb", "not a stored tensor"), (b"ffff", "not a stored tensor"), (b"oooo", "differs")])
 def test_bad_alias_targets_are_rejected(target, words):
     stored = RawTensor(torch.ones(3))
     model = CompressedModel({"aaaa": stored, "bbbb": stored, "cccc": stored, "oooo": RawTensor(torch.ones(4))}, {"ffff": b"123"})
-    data = fileformat.to_bytes(model)
+    data = container.to_bytes(model)
     # Sections in record order: aaaa (12 bytes), bbbb -> "aaaa", cccc -> "aaaa", oooo (16), ffff (3).
     end = len(data) - 3 - 16
     assert data[end - 4 : end] == b"aaaa"
     crafted = recompute_crcs(data[: end - 4] + target + data[end:])
     with pytest.raises(FormatError, match=words) as error:
-        fileformat.from_bytes(crafted)
+        container.from_bytes(crafted)
     assert "cccc" in str(error.value)

@@ -1,6 +1,6 @@
 """Quick fuzzing of the .dzip reader, in process (the long run: benchmarks/fuzz_reader.py).
 
-The contract: for any bytes, `fileformat.from_bytes(data).state_dict()` succeeds or raises
+The contract: for any bytes, `container.from_bytes(data).state_dict()` succeeds or raises
 FormatError. The mutators live in `fuzzing`; these tests also check that they do
 fuzz something (they change the bytes) and that the checksum-fixing ones get past the
 crc32 checks to the semantic checks behind them.
@@ -8,12 +8,12 @@ crc32 checks to the semantic checks behind them.
 
 from collections import Counter
 
+import fuzzing as fuzz
 import numpy as np
 import pytest
 import torch
 
-import fuzzing as fuzz
-from deepzip.container import fileformat
+from deepzip import container
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.errors import ChecksumError, FormatError
 
@@ -32,7 +32,7 @@ def test_seed_files_decode_and_parse(seeds):
         assert fuzz.check_one(data) == "ok", name
         layout = fuzz.parse_layout(data)
         assert layout.complete, name
-        parsed = fileformat.from_bytes(data)
+        parsed = container.from_bytes(data)
         assert len(layout.sections()) == len(layout.records) == len(parsed.tensors) + len(parsed.files)
         assert layout.header_end + 4 + sum(size for _, _, size in layout.sections()) == len(data)
         assert fuzz.recompute_crcs(data) == data, name
@@ -46,7 +46,7 @@ def test_recompute_crcs_gets_past_the_checksums(seeds):
             damaged = bytearray(data)
             damaged[offset + size - 1] ^= 0x01
             with pytest.raises(ChecksumError):
-                fileformat.from_bytes(bytes(damaged))
+                container.from_bytes(bytes(damaged))
             try:
                 fuzz.check_one(fuzz.recompute_crcs(bytes(damaged)))
             except ChecksumError:  # pragma: no cover - the assertion's message says it
@@ -106,7 +106,7 @@ def test_checksum_fixing_mutators_reach_the_semantic_checks(seeds, name):
         for seed_name in sorted(seeds):
             data = fuzz.MUTATORS[name](seeds[seed_name], np.random.default_rng([SEED, index]))
             try:
-                fileformat.from_bytes(data).state_dict()
+                container.from_bytes(data).state_dict()
                 outcomes["ok"] += 1
             except ChecksumError:
                 outcomes["checksum"] += 1
@@ -127,7 +127,7 @@ def test_checksum_fixing_mutators_reach_the_semantic_checks(seeds, name):
 
 def _with_dims(model: CompressedModel, dims: list[int]) -> bytes:
     """`model` (one 4-d tensor) with its dims replaced in the header, checksums fixed."""
-    data = fileformat.to_bytes(model)
+    data = container.to_bytes(model)
     assert len(dims) == len(fuzz.parse_layout(data).records[0].dims)
     for field, value in zip(fuzz.parse_layout(data).records[0].dims, dims):
         data = fuzz._put(data, field, value)

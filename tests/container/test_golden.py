@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepzip.container import fileformat
+from deepzip import container
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -51,7 +51,7 @@ def build_golden_model() -> CompressedModel:
 
 def test_golden_file_decodes_to_its_expected_tensors():
     data = (GOLDEN / "v1.dzip").read_bytes()
-    model = fileformat.from_bytes(data)
+    model = container.from_bytes(data)
     expected = load_file(GOLDEN / "v1-expected.safetensors")
     state = model.state_dict()
     assert sorted(state) == sorted(expected)
@@ -65,14 +65,14 @@ def test_golden_file_decodes_to_its_expected_tensors():
 def test_golden_file_is_what_this_version_writes():
     # Not a compatibility requirement (a later writer may encode better), but while the
     # format is version 1 a change here means the writer changed: look before updating.
-    assert fileformat.to_bytes(build_golden_model()) == (GOLDEN / "v1.dzip").read_bytes()
+    assert container.to_bytes(build_golden_model()) == (GOLDEN / "v1.dzip").read_bytes()
 
 
 if __name__ == "__main__":
     model = build_golden_model()
     GOLDEN.mkdir(exist_ok=True)
-    (GOLDEN / "v1.dzip").write_bytes(fileformat.to_bytes(model))
-    decoded = fileformat.from_bytes((GOLDEN / "v1.dzip").read_bytes()).state_dict()
+    (GOLDEN / "v1.dzip").write_bytes(container.to_bytes(model))
+    decoded = container.from_bytes((GOLDEN / "v1.dzip").read_bytes()).state_dict()
     # safetensors refuses shared storage: store the tied tensor's copy under each name.
     save_file({name: tensor.clone().contiguous() for name, tensor in decoded.items()}, GOLDEN / "v1-expected.safetensors")
     print("wrote", sorted(p.name for p in GOLDEN.iterdir()))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from deepzip.errors import ConfigError, DataNotFoundError, FormatError
 from deepzip.paper import data
 from deepzip.paper.data import SPLITS, load_mnist
-from deepzip.errors import ConfigError, DataNotFoundError, FormatError
 
 N_TRAIN = 10_050  # valid = last 10,000, train = first 50
 N_TEST = 7

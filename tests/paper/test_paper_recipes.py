@@ -2,7 +2,7 @@
 
 import torch
 
-from deepzip.container import fileformat
+from deepzip import container as fileformat
 from deepzip.paper import models
 from deepzip.train.post_training import compress_state_dict
 from deepzip.train.recipe import load_recipe

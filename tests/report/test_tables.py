@@ -1,216 +1,39 @@
-"""Tests of deepzip.report: per-layer byte accounting checked against hand computations.
+"""The paper-style table (deepzip.report.tables): one row per stored tensor, totals from the file."""
 
-Kept counts come from the parametrization masks, fillers from a plain Python loop over
-the positions, section sizes and header size from the file's bytes per docs/FORMAT.md.
-"""
-
-import math
 import struct
 
-import pytest
-import torch
-from torch import nn
-
-import deepzip
-from deepzip.container import fileformat
-from deepzip.report.tables import format_table, layer_stats, summary
-
-LAYERS = ("0", "2", "4")
+from deepzip.report.stats import layer_stats, summary
+from deepzip.report.tables import format_table
 
 
-def make_model() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    torch.manual_seed(0)
-    model = make_model()
-    deepzip.prune_(model, sparsity=0.7)
-    deepzip.quantize_(model, bits=4)
-    path = tmp_path_factory.mktemp("report") / "model.dzip"
-    deepzip.save(model, path, index_bits={"2": 3})
-    return model, path.read_bytes()
-
-
-def ref_fillers(positions: list[int], index_bits: int) -> int:
-    """Fillers the paper's rule inserts: step by 2**b while the next kept weight is too far."""
-    widest, prev, fillers = 1 << index_bits, -1, 0
-    for p in positions:
-        while p - prev > widest:
-            prev += widest
-            fillers += 1
-        prev = p
-    return fillers
-
-
-def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
-    """(header size H, {name: (section size S, index bits b or None)}) read per FORMAT.md."""
-    (header_size,) = struct.unpack_from("<I", data, 12)
-    pos = 16
-    (count,) = struct.unpack_from("<I", data, pos)
-    pos += 4
-    out = {}
-    for _ in range(count):
-        (n,) = struct.unpack_from("<H", data, pos)
-        name = data[pos + 2 : pos + 2 + n].decode()
-        pos += 2 + n
-        ndim = data[pos + 1]
-        pos += 2 + 4 * ndim
-        encoding, size, _crc = struct.unpack_from("<BII", data, pos)
-        pos += 9
-        b = None
-        if encoding == 1:
-            b = data[pos + 2]
-            pos += 15
-        out[name] = (size, b)
-    assert pos == 16 + header_size
-    return header_size, out
-
-
-def test_layer_stats_codebook_layers(saved):
-    model, data = saved
-    _, sections = spec_sections(data)
-    stats = {s.name: s for s in layer_stats(data)}
-    assert set(stats) == set(make_model().state_dict())
-    for layer in LAYERS:
-        module = model[int(layer)]
-        t = module.parametrizations.weight[0]
-        s = stats[f"{layer}.weight"]
-        numel = module.weight.numel()
-        kept = int(t.mask.sum())
-        size, b = sections[f"{layer}.weight"]
-        k = len(torch.unique(t.codes[t.mask]))  # the file stores only the used centroids
-        positions = torch.nonzero(t.mask.flatten()).flatten().tolist()
-        fillers = ref_fillers(positions, b)
-        entries = kept + fillers
-        assert s.shape == tuple(module.weight.shape)
-        assert s.weights == numel
-        assert s.kept == kept
-        assert s.kept_fraction == kept / numel
-        assert s.index_bits == b
-        bits = max(1, math.ceil(math.log2(k)))
-        assert s.weight_bits == bits
-        assert s.fillers == fillers
-        assert s.dense_bytes == 4 * numel
-        assert s.pruned_bytes == math.ceil(entries * (32 + b) / 8)
-        assert s.quantized_bytes == math.ceil(entries * (bits + b) / 8) + 4 * k
-        assert s.file_bytes == size
-    assert stats["2.weight"].index_bits == 3
-    assert stats["2.weight"].fillers > 0  # 3-bit gaps over a 70%-sparse layer need fillers
-
-
-def test_layer_stats_raw_tensors(saved):
-    model, data = saved
-    _, sections = spec_sections(data)
-    stats = {s.name: s for s in layer_stats(data)}
-    for layer in LAYERS:
-        bias = model[int(layer)].bias
-        s = stats[f"{layer}.bias"]
-        stored = 4 * bias.numel()
-        assert sections[f"{layer}.bias"][0] == stored
-        assert (s.weights, s.kept, s.fillers) == (bias.numel(), bias.numel(), 0)
-        assert s.weight_bits is None and s.index_bits is None
-        assert s.dense_bytes == s.pruned_bytes == s.quantized_bytes == s.file_bytes == stored
-
-
-def test_file_bytes_plus_header_is_file_size(saved):
-    _, data = saved
-    header_size, _ = spec_sections(data)
-    stats = layer_stats(data)
-    assert sum(s.file_bytes for s in stats) + 16 + header_size + 4 == len(data)
-
-
-def test_summary(saved):
-    model, data = saved
-    result = summary(data)
-    dense = sum(4 * t.numel() for t in make_model().state_dict().values())
-    assert result["dense_bytes"] == dense
-    assert result["file_bytes"] == len(data)
-    assert result["ratio"] == dense / len(data)
-    assert result["ratio"] > 1
-    assert [layer["name"] for layer in result["layers"]] == [s.name for s in layer_stats(data)]
+def rows(table: str) -> list[list[str]]:
+    """The table's rows split into cells, rule lines dropped."""
+    return [line.split() for line in table.splitlines() if line and set(line) != {"-"}]
 
 
 def test_format_table(saved):
     _, data = saved
-    table = format_table(data)
-    lines = table.splitlines()
-    names = [s.name for s in layer_stats(data)]
-    for name in names:
-        rows = [line for line in lines if line.split()[0] == name]
-        assert len(rows) == 1, name
-    total = [line for line in lines if line.split()[0] == "total"]
-    assert len(total) == 1
-    ratio = f"{summary(data)['ratio']:.1f}x"
-    assert total[0].split()[-1] == ratio
-    assert total[0].split()[-2] == f"{len(data):,}"
-    # The header+crc row carries the overhead computed from the spec.
-    header_size, _ = spec_sections(data)
-    overhead = [line for line in lines if line.split()[0] == "header+crc+aliases+files"]
-    assert len(overhead) == 1 and overhead[0].split()[-1] == f"{16 + header_size + 4:,}"
+    table = rows(format_table(data))
+    for name in [s.name for s in layer_stats(data)]:
+        assert len([row for row in table if row[0] == name]) == 1, name
+    (total,) = [row for row in table if row[0] == "total"]
+    assert total[-1] == f"{summary(data)['ratio']:.1f}x"
+    assert total[-2] == f"{len(data):,}"
+    # The overhead row carries preamble + header + crc, the header size read per FORMAT.md.
+    (header_size,) = struct.unpack_from("<I", data, 12)
+    (overhead,) = [row for row in table if row[0] == "header+crc+aliases+files"]
+    assert overhead[-1] == f"{16 + header_size + 4:,}"
 
 
-def test_layer_stats_rejects_damaged_file(saved):
-    _, data = saved
-    with pytest.raises(deepzip.FormatError):
-        layer_stats(data[:-1])
+def test_format_table_of_edge_tensors(edge_file):
+    table = rows(format_table(edge_file))
+    assert [row[0] for row in table] == ["tensor", "empty", "scalar", "w", "header+crc+aliases+files", "total"]
+    (empty,) = [row for row in table if row[0] == "empty"]
+    assert empty[-1] == "-"  # no ratio for a tensor of no bytes
 
 
-def test_report_on_hand_made_file():
-    # Codebook tensor of 40 elements, kept at 0 and 39 (b = 2): gap 39 -> 9 fillers.
-    import numpy as np
-
-    from deepzip.compressed import CodebookTensor, CompressedModel
-
-    record = CodebookTensor(
-        (4, 10), torch.float32, np.array([1.0, 2.0, 3.0], np.float32), np.array([0, 39]), np.array([2, 1], np.uint16), 2
-    )
-    data = fileformat.to_bytes(CompressedModel({"w": record}))
-    (s,) = layer_stats(data)
-    assert (s.kept, s.fillers, s.index_bits, s.weight_bits) == (2, 9, 2, 2)
-    assert s.pruned_bytes == math.ceil(11 * 34 / 8)
-    assert s.quantized_bytes == math.ceil(11 * 4 / 8) + 12
-    assert s.dense_bytes == 160
-
-
-def test_report_edge_tensors():
-    # Empty raw tensor, 0-d tensor and a codebook tensor with no kept weight.
-    import numpy as np
-
-    from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
-
-    model = CompressedModel(
-        {
-            "empty": RawTensor(torch.zeros(0, 3)),
-            "scalar": RawTensor(torch.tensor(7, dtype=torch.int64)),
-            "w": CodebookTensor((3, 3), torch.float32, np.zeros(1, np.float32), np.zeros(0, np.int64), np.zeros(0, np.uint16), 4),
-        }
-    )
-    data = fileformat.to_bytes(model)
-    stats = {s.name: s for s in layer_stats(data)}
-    assert (stats["empty"].weights, stats["empty"].file_bytes, stats["empty"].kept_fraction) == (0, 0, 0.0)
-    assert (stats["scalar"].weights, stats["scalar"].dense_bytes, stats["scalar"].file_bytes) == (1, 4, 8)
-    w = stats["w"]
-    assert (w.kept, w.fillers, w.pruned_bytes, w.weight_bits) == (0, 0, 0, 1)
-    assert w.quantized_bytes == 4
-    # Section: codebook 4 + tables ceil(2/2) + ceil(16/2) + empty streams.
-    assert w.file_bytes == 4 + 1 + 8
-    assert summary(data)["dense_bytes"] == 0 + 4 + 36
-    table = format_table(data)
-    assert [line.split()[0] for line in table.splitlines() if line and line[0] != "-"][1:4] == ["empty", "scalar", "w"]
-
-
-def test_tied_tensors_count_once_and_files_are_overhead():
-    import torch
-
-    from deepzip.container import fileformat
-    from deepzip.compressed import CompressedModel, RawTensor
-
-    shared = RawTensor(torch.ones(64, 32))
-    data = fileformat.to_bytes(CompressedModel({"emb.weight": shared, "head.weight": shared}, {"config.json": b"{}" * 100}))
-    stats = layer_stats(data)
-    assert [s.name for s in stats] == ["emb.weight"]
-    assert summary(data)["dense_bytes"] == 4 * 64 * 32
-    total = [line for line in format_table(data).splitlines() if line.startswith("total")][0]
-    assert total.split()[-1] == f"{4 * 64 * 32 / len(data):.1f}x"
+def test_aliases_and_attached_files_are_overhead(tied_file):
+    table = rows(format_table(tied_file))
+    assert [row[0] for row in table][1:] == ["emb.weight", "header+crc+aliases+files", "total"]
+    (total,) = [row for row in table if row[0] == "total"]
+    assert total[-1] == f"{4 * 64 * 32 / len(tied_file):.1f}x"

@@ -8,8 +8,8 @@ element 1e-5 of the sum of |w x| of that output (the scale of its rounding error
 import numpy as np
 import pytest
 
-from deepzip.runtime import kernels
 from deepzip.errors import ConfigError
+from deepzip.runtime import kernels
 
 BATCHES = (1, 2, 7, 64)
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import deepzip
-from deepzip.runtime import load as runtime
 from deepzip.compressed import CodebookTensor
 from deepzip.errors import ConfigError
+from deepzip.runtime import load as runtime
 from deepzip.runtime.load import SparseLinear, load_into
 
 
@@ -112,8 +112,8 @@ def make_model() -> nn.Sequential:
 def saved(tmp_path):
     torch.manual_seed(0)
     model = make_model()
-    deepzip.prune_(model, sparsity=0.7)
-    deepzip.quantize_(model, bits=4)
+    deepzip.prune_(model, sparsity=0.7, min_size=0)
+    deepzip.quantize_(model, bits=4, min_size=0)
     path = tmp_path / "model.dzip"
     deepzip.save(model, path)
     return path
@@ -180,11 +180,15 @@ def test_missing_keys_strict_and_not_strict(saved):
     assert isinstance(model[4], SparseLinear) and torch.equal(model[5].weight, extra)
 
 
-def test_parametrized_model_gets_a_hint(saved):
+def test_a_parametrized_model_takes_the_files_values(saved):
+    # The file holds values under plain keys: a pruned model's mask gives way to them.
     model = make_model()
-    deepzip.prune_(model, sparsity=0.5)
-    with pytest.raises(ConfigError, match="strip_"):
-        load_into(model, saved)
+    deepzip.prune_(model, sparsity=0.5, min_size=0)
+    load_into(model, saved)
+    plain = load_into(make_model(), saved)
+    assert not any(".parametrizations." in key for key in model.state_dict())
+    mine, theirs = model.state_dict(), plain.state_dict()
+    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_layouts_constant():

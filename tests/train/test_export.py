@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import deepzip
-from deepzip.container import fileformat
+from deepzip import container as fileformat
 from deepzip.compressed import CodebookTensor, RawTensor
-from deepzip.errors import DeepzipError
+from deepzip.errors import ConfigError, DeepzipError
 
 LAYERS = ("0", "2", "4")  # conv, fc1, fc2 inside the Sequential
 
@@ -32,8 +32,8 @@ def make_input(seed=1) -> torch.Tensor:
 def quantized():
     torch.manual_seed(0)
     model = make_model()
-    deepzip.prune_(model, sparsity=0.7)
-    deepzip.quantize_(model, bits=4)
+    deepzip.prune_(model, sparsity=0.7, min_size=0)
+    deepzip.quantize_(model, bits=4, min_size=0)
     return model
 
 
@@ -85,7 +85,7 @@ def test_file_structure(quantized, tmp_path):
         t = quantized[int(name)].parametrizations.weight[0]
         # The file keeps the centroids that some kept weight uses, in their order.
         used = torch.unique(t.codes[t.mask].long())
-        assert len(t.centroids) == 16
+        assert len(t.centroids) <= 16 and len(used) == len(t.centroids)  # quantize_ keeps only used centroids
         assert record.codebook.tolist() == t.centroids.detach()[used].tolist()
         assert record.codebook[record.codes].tolist() == t.centroids.detach()[t.codes[t.mask].long()].tolist()
         assert 1 <= record.index_bits <= 12
@@ -123,7 +123,7 @@ def test_save_refuses_overwrite(quantized, tmp_path):
 def test_pruned_only_model_saves_raw(tmp_path):
     torch.manual_seed(0)
     model = make_model()
-    deepzip.prune_(model, sparsity=0.7)
+    deepzip.prune_(model, sparsity=0.7, min_size=0)
     path = tmp_path / "pruned.dzip"
     size = deepzip.save(model, path)
     assert size == os.path.getsize(path)
@@ -157,7 +157,7 @@ def test_plain_model_saves_raw(tmp_path):
 
 
 def test_save_compressed_model_directly(quantized, tmp_path):
-    compressed = deepzip.CompressedModel.from_module(quantized)
+    compressed = deepzip.export(quantized)
     a, b = tmp_path / "a.dzip", tmp_path / "b.dzip"
     deepzip.save(compressed, a)
     deepzip.save(quantized, b)
@@ -195,3 +195,24 @@ def test_save_zero_index_bits_raises_deepzip_error(quantized, tmp_path):
     """A bad user setting is a DeepzipError (errors.py), not a bare ValueError."""
     with pytest.raises(DeepzipError):
         deepzip.save(quantized, tmp_path / "model.dzip", index_bits={"0": 0})
+
+
+def test_an_index_bits_pattern_that_matches_no_quantized_layer_is_an_error(quantized, tmp_path):
+    with pytest.raises(ConfigError, match="index_bits: pattern 'fcx' matches no tensor"):
+        deepzip.save(quantized, tmp_path / "typo.dzip", index_bits={"fcx": 5})
+    assert not (tmp_path / "typo.dzip").exists()
+
+
+def test_a_12_bit_codebook_with_fillers_saves_and_decodes(tmp_path):
+    # 4096 centroids plus the filler symbol: 4097 code symbols, past 12-bit Huffman codes.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 256))
+    with torch.no_grad():  # uniform survivors, so that every one of the 4096 centroids is used
+        model[0].weight.uniform_(-1, 1).mul_(torch.rand(256, 512) > 0.2)
+    deepzip.prune_(model, 0.2)  # prunes exactly the zeros: random positions, random gaps
+    deepzip.quantize_(model, 12)
+    path = tmp_path / "wide.dzip"
+    deepzip.save(model, path, index_bits={"0": 2})  # 2-bit gaps: fillers everywhere
+    record = fileformat.read(path).tensors["0.weight"]
+    assert len(record.codebook) == 4096
+    assert torch.equal(deepzip.load(path)["0.weight"], model[0].weight.detach())

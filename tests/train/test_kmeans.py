@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from deepzip.errors import ConfigError
-from deepzip.train.kmeans import INIT_METHODS, _assign_nearest, _lloyd_sorted, init_centroids, kmeans_1d
-
+from deepzip.train.kmeans import (
+    INIT_METHODS,
+    _assign_nearest,
+    _lloyd_sorted,
+    init_centroids,
+    kmeans_1d,
+)
 
 # --------------------------------------------------------------------------- helpers
 

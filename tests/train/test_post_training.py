@@ -4,24 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepzip.train.post_training import compress_state_dict, compress_tensor, magnitude_positions
 from deepzip.compressed import CodebookTensor, RawTensor
+from deepzip.container import from_bytes, to_bytes
 from deepzip.errors import ConfigError
-from deepzip.container.fileformat import from_bytes, to_bytes
-
-
-@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9, 0.999, 1.0])
-def test_magnitude_positions_match_topk(sparsity):
-    weight = torch.randn(300, 70)
-    keep = round((1 - sparsity) * weight.numel())
-    expected = np.sort(torch.topk(weight.abs().flatten(), keep).indices.numpy())
-    assert np.array_equal(magnitude_positions(weight, sparsity), expected)
-
-
-def test_ties_at_the_threshold_keep_the_exact_count():
-    weight = torch.tensor([1.0, 2.0, 2.0, 2.0, 3.0, 0.5])
-    positions = magnitude_positions(weight, 0.5)  # keep 3 of 6
-    assert len(positions) == 3 and 4 in positions and set(positions) <= {1, 2, 3, 4}
+from deepzip.train.post_training import compress_state_dict, compress_tensor
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])

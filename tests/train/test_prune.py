@@ -42,12 +42,12 @@ def test_quality_mask_is_the_papers_threshold():
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
 def test_sparsity_out_of_range_is_rejected(bad):
     with pytest.raises(ConfigError):
-        deepzip.prune_(small_model(), bad)
+        deepzip.prune_(small_model(), bad, min_size=0)
 
 
 def test_prune_returns_kept_fractions_per_layer_pattern():
     model = small_model()
-    kept = deepzip.prune_(model, {"0": 0.5, "3": 0.9, "5": 0.0})
+    kept = deepzip.prune_(model, {"0": 0.5, "3": 0.9, "5": 0.0}, min_size=0)
     assert kept == pytest.approx({"0": 0.5, "3": 0.1, "5": 1.0}, abs=1e-3)
     assert float((model[3].weight == 0).float().mean()) == pytest.approx(0.9, abs=1e-3)
 
@@ -56,7 +56,7 @@ def test_unknown_pattern_is_rejected_and_nothing_changes():
     model = small_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ConfigError, match="fc9"):
-        deepzip.prune_(model, {"0": 0.5, "fc9": 0.5})
+        deepzip.prune_(model, {"0": 0.5, "fc9": 0.5}, min_size=0)
     after = model.state_dict()
     assert list(after) == list(before)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -64,14 +64,14 @@ def test_unknown_pattern_is_rejected_and_nothing_changes():
 
 def test_exactly_one_of_sparsity_and_quality():
     with pytest.raises(ConfigError):
-        deepzip.prune_(small_model())
+        deepzip.prune_(small_model(), min_size=0)
     with pytest.raises(ConfigError):
-        deepzip.prune_(small_model(), 0.5, quality=1.0)
+        deepzip.prune_(small_model(), 0.5, quality=1.0, min_size=0)
 
 
 def test_state_dict_keys_are_pinned():
     model = small_model()
-    deepzip.prune_(model, 0.5, layers=["3"])
+    deepzip.prune_(model, 0.5, layers=["3"], min_size=0)
     assert list(model.state_dict()) == [
         "0.weight",
         "0.bias",
@@ -99,9 +99,16 @@ def test_pruned_weights_are_never_revived_by_training(optimizer):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    deepzip.prune_(model, 0.8)
+    deepzip.prune_(model, 0.8, min_size=0)
     masks = {i: model[i].parametrizations.weight[0].mask.clone() for i in (0, 3, 5)}
-    opt = make([p for p in model.parameters() if p.requires_grad])
+    # The same optimizer goes on: the stored original is the very Parameter it holds state
+    # for, and that state is nonzero where the mask now prunes.
+    for i, mask in masks.items():
+        original = model[i].parametrizations.weight.original
+        assert any(p is original for p in params)
+        state = opt.state[original]
+        moment = state["momentum_buffer"] if "momentum_buffer" in state else state["exp_avg"]
+        assert (moment[~mask] != 0).any()
     for _ in range(20):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
@@ -114,7 +121,7 @@ def test_pruned_weights_are_never_revived_by_training(optimizer):
 
 def test_pruned_gradient_is_zero():
     model = small_model()
-    deepzip.prune_(model, 0.5, layers=["5"])
+    deepzip.prune_(model, 0.5, layers=["5"], min_size=0)
     x = torch.randn(4, 1, 8, 8)
     model(x).sum().backward()
     original = model[5].parametrizations.weight.original
@@ -123,7 +130,7 @@ def test_pruned_gradient_is_zero():
 
 def test_masks_survive_state_dict_save_and_load(tmp_path):
     model = small_model()
-    deepzip.prune_(model, 0.75)
+    deepzip.prune_(model, 0.75, min_size=0)
     torch.save(model.state_dict(), tmp_path / "ckpt.pt")
     fresh = small_model()
     deepzip.load_state_dict(fresh, torch.load(tmp_path / "ckpt.pt", weights_only=True))
@@ -141,7 +148,7 @@ def test_masks_survive_state_dict_save_and_load(tmp_path):
 
 def test_strip_leaves_plain_weights_with_the_pruned_values():
     model = small_model()
-    deepzip.prune_(model, 0.6)
+    deepzip.prune_(model, 0.6, min_size=0)
     expected = model[3].weight.detach().clone()
     deepzip.strip_(model)
     # Removing a parametrization re-registers the weight after the bias, hence sorted().

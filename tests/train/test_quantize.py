@@ -21,15 +21,18 @@ def shared(module: nn.Module):
 
 def test_default_bits_are_the_papers_8_for_conv_and_5_for_fc():
     model = small_model()
-    assert deepzip.quantize_(model) == {"0": 8, "3": 5, "5": 5}
-    assert shared(model[0]).centroids.numel() == 256
-    assert shared(model[3]).centroids.numel() == 32
+    assert deepzip.quantize_(model, min_size=0) == {"0": 8, "3": 5, "5": 5}
+    # Unused centroids are dropped: at most 2**bits, and every one is some weight's.
+    assert 32 < shared(model[0]).centroids.numel() <= 256
+    assert shared(model[3]).centroids.numel() <= 32
+    for layer in (model[0], model[3]):
+        assert torch.unique(shared(layer).codes.long()).numel() == shared(layer).centroids.numel()
 
 
 def test_quantized_weight_takes_at_most_k_values_from_the_codebook():
     model = small_model()
-    deepzip.prune_(model, 0.5)
-    deepzip.quantize_(model, {"*": 3})
+    deepzip.prune_(model, 0.5, min_size=0)
+    deepzip.quantize_(model, {"*": 3}, min_size=0)
     for i in (0, 3, 5):
         weight = model[i].weight.detach()
         mask = shared(model[i]).mask
@@ -50,8 +53,8 @@ def test_only_survivors_are_clustered():
 
 def test_state_dict_keys_are_pinned():
     model = small_model()
-    deepzip.prune_(model, 0.5, layers=["5"])
-    deepzip.quantize_(model, 4, layers=["5"])
+    deepzip.prune_(model, 0.5, layers=["5"], min_size=0)
+    deepzip.quantize_(model, 4, layers=["5"], min_size=0)
     assert list(model.state_dict()) == [
         "0.weight",
         "0.bias",
@@ -67,8 +70,8 @@ def test_state_dict_keys_are_pinned():
 
 def test_centroid_gradient_is_the_sum_of_its_weights_gradients():
     model = small_model()
-    deepzip.prune_(model, 0.6)
-    deepzip.quantize_(model, 4)
+    deepzip.prune_(model, 0.6, min_size=0)
+    deepzip.quantize_(model, 4, min_size=0)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
     # Reference: the same network with plain dense leaf weights equal to the quantized ones.
     reference = small_model()
@@ -88,8 +91,8 @@ def test_centroid_gradient_is_the_sum_of_its_weights_gradients():
 
 def test_fine_tuning_moves_centroids_but_never_assignments_or_pruned_zeros():
     model = small_model()
-    deepzip.prune_(model, 0.7)
-    deepzip.quantize_(model, 3)
+    deepzip.prune_(model, 0.7, min_size=0)
+    deepzip.quantize_(model, 3, min_size=0)
     before = {i: (shared(model[i]).codes.clone(), shared(model[i]).centroids.detach().clone()) for i in (0, 3, 5)}
     # Train everything a user's loop would hand to the optimizer.
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9, weight_decay=0.01)
@@ -110,30 +113,30 @@ def test_fine_tuning_moves_centroids_but_never_assignments_or_pruned_zeros():
 @pytest.mark.parametrize("init", ["linear", "density", "random"])
 def test_every_init_method_works(init):
     model = small_model()
-    deepzip.quantize_(model, 2, init=init)
+    deepzip.quantize_(model, 2, init=init, min_size=0)
     assert shared(model[3]).centroids.numel() == 4
 
 
 def test_bad_settings_are_rejected_before_any_change():
     model = small_model()
     with pytest.raises(ConfigError):
-        deepzip.quantize_(model, {"0": 4, "3": 99})
+        deepzip.quantize_(model, {"0": 4, "3": 99}, min_size=0)
     with pytest.raises(ConfigError):
-        deepzip.quantize_(model, 4, init="kmeans++")
+        deepzip.quantize_(model, 4, init="kmeans++", min_size=0)
     assert list(model.state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
 
 
 def test_pruning_after_quantization_is_refused():
     model = small_model()
-    deepzip.quantize_(model, 4)
+    deepzip.quantize_(model, 4, min_size=0)
     with pytest.raises(ConfigError, match="quantize"):
-        deepzip.prune_(model, 0.5)
+        deepzip.prune_(model, 0.5, min_size=0)
 
 
 def test_quantized_state_survives_save_and_load(tmp_path):
     model = small_model()
-    deepzip.prune_(model, 0.5)
-    deepzip.quantize_(model, 4)
+    deepzip.prune_(model, 0.5, min_size=0)
+    deepzip.quantize_(model, 4, min_size=0)
     torch.save(model.state_dict(), tmp_path / "q.pt")
     fresh = small_model()
     deepzip.load_state_dict(fresh, torch.load(tmp_path / "q.pt", weights_only=True))

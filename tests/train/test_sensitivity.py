@@ -57,7 +57,7 @@ def expected_prune_loss(weight: torch.Tensor, sparsity: float) -> float:
 def test_prune_scan_matches_hand_computed_losses():
     model = make_model()
     weights = {i: model[i].weight.detach().double().clone() for i in (0, 2)}
-    table = prune_sensitivity(model, distance_metric(weights), SPARSITIES)
+    table = prune_sensitivity(model, distance_metric(weights), SPARSITIES, min_size=0)
     assert table.kind == "sparsity"
     assert table.baseline == 0.0
     assert list(table.curves) == ["0", "2"]
@@ -70,20 +70,20 @@ def test_prune_scan_matches_hand_computed_losses():
 def test_scans_leave_the_model_bit_identical():
     model = make_model()
     before = snapshot(model)
-    prune_sensitivity(model, distance_metric({i: model[i].weight.detach().double().clone() for i in (0, 2)}), SPARSITIES)
-    quantize_sensitivity(model, lambda m: 0.0, bits=(1, 2, 4))
+    prune_sensitivity(model, distance_metric({i: model[i].weight.detach().double().clone() for i in (0, 2)}), SPARSITIES, min_size=0)
+    quantize_sensitivity(model, lambda m: 0.0, bits=(1, 2, 4), min_size=0)
     assert snapshot(model) == before
 
 
 @pytest.mark.parametrize("stage", ["pruned", "quantized"])
 def test_scans_of_compressed_models_restore_masks_and_codes(stage):
     model = make_model()
-    deepzip.prune_(model, sparsity=0.5)
+    deepzip.prune_(model, sparsity=0.5, min_size=0)
     if stage == "quantized":
-        deepzip.quantize_(model, bits=2)
+        deepzip.quantize_(model, bits=2, min_size=0)
     keys, before = list(model.state_dict()), snapshot(model)
     zeros = lambda m: float(sum(int((m[i].weight == 0).sum()) for i in (0, 2)))  # noqa: E731
-    table = prune_sensitivity(model, zeros, (0.25, 0.5, 0.8))
+    table = prune_sensitivity(model, zeros, (0.25, 0.5, 0.8), min_size=0)
     assert list(model.state_dict()) == keys
     assert snapshot(model) == before
     # Below or at the layer's current sparsity the mask stays; above it, more weights go.
@@ -93,7 +93,7 @@ def test_scans_of_compressed_models_restore_masks_and_codes(stage):
     assert curve[0.25] == curve[0.5] == baseline
     assert curve[0.8] == baseline + (30 - round(0.2 * 30)) - 15
     if stage == "pruned":
-        quantize_sensitivity(model, zeros, bits=(1, 3))
+        quantize_sensitivity(model, zeros, bits=(1, 3), min_size=0)
         assert snapshot(model) == before
 
 
@@ -109,18 +109,18 @@ def test_model_is_restored_when_evaluate_raises():
         return 0.0
 
     with pytest.raises(RuntimeError, match="evaluation failed"):
-        prune_sensitivity(model, evaluate, SPARSITIES)
+        prune_sensitivity(model, evaluate, SPARSITIES, min_size=0)
     assert snapshot(model) == before
     calls.clear()
     with pytest.raises(RuntimeError, match="evaluation failed"):
-        quantize_sensitivity(model, evaluate, (1, 2))
+        quantize_sensitivity(model, evaluate, (1, 2), min_size=0)
     assert snapshot(model) == before
 
 
 def test_layers_and_progress():
     model = make_model()
     lines = []
-    table = prune_sensitivity(model, lambda m: 1.0, (0.5, 0.9), layers=["2"], progress=lines.append)
+    table = prune_sensitivity(model, lambda m: 1.0, (0.5, 0.9), layers=["2"], progress=lines.append, min_size=0)
     assert list(table.curves) == ["2"]
     assert len(lines) == 1 + 1 * 2  # baseline, then one line per evaluation
     assert lines[0].startswith("baseline") and lines[1].startswith("2 sparsity 0.5")
@@ -142,10 +142,10 @@ def few_valued_model() -> nn.Sequential:
 def test_quantize_scan_matches_hand_computed_losses(pruned):
     model = few_valued_model()
     if pruned:  # the same zeros, as masks: the scan must keep them out of the clusters
-        deepzip.prune_(model, sparsity={"0": 10 / 30, "2": 3 / 15})
+        deepzip.prune_(model, sparsity={"0": 10 / 30, "2": 3 / 15}, min_size=0)
     weights = {i: model[i].weight.detach().double().clone() for i in (0, 2)}
     before = snapshot(model)
-    table = quantize_sensitivity(model, distance_metric(weights), bits=(1, 2, 3))
+    table = quantize_sensitivity(model, distance_metric(weights), bits=(1, 2, 3), min_size=0)
     assert snapshot(model) == before
     assert table.kind == "bits" and table.baseline == 0.0
     # Layer 0: survivors {1, 3} fit 2 centroids exactly (clustering the zeros would not).
@@ -157,9 +157,9 @@ def test_quantize_scan_matches_hand_computed_losses(pruned):
 
 def test_quantize_scan_rejects_quantized_layers():
     model = make_model()
-    deepzip.quantize_(model, bits=2, layers=["2"])
+    deepzip.quantize_(model, bits=2, layers=["2"], min_size=0)
     with pytest.raises(ConfigError, match="already quantized"):
-        quantize_sensitivity(model, lambda m: 0.0, (2,))
+        quantize_sensitivity(model, lambda m: 0.0, (2,), min_size=0)
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -168,18 +168,18 @@ def test_quantize_scan_rejects_quantized_layers():
 @pytest.mark.parametrize(
     "call, words",
     [
-        (lambda m: prune_sensitivity(m, lambda _: 0.0, ()), "grid is empty"),
-        (lambda m: prune_sensitivity(m, lambda _: 0.0, (0.5, 1.5)), "sparsity must be in"),
-        (lambda m: prune_sensitivity(m, lambda _: 0.0, (-0.1,)), "sparsity must be in"),
-        (lambda m: prune_sensitivity(m, lambda _: 0.0, (float("nan"),)), "sparsity must be in"),
-        (lambda m: prune_sensitivity(m, lambda _: 0.0, ("0.5",)), "must be numbers"),
-        (lambda m: prune_sensitivity(m, lambda _: 0.0, layers=["fc*"]), "matches no compressible layer"),
-        (lambda m: prune_sensitivity(m, lambda _: "good", (0.5,)), "must return a number"),
-        (lambda m: quantize_sensitivity(m, lambda _: 0.0, ()), "grid is empty"),
-        (lambda m: quantize_sensitivity(m, lambda _: 0.0, (0,)), "bits must be an integer"),
-        (lambda m: quantize_sensitivity(m, lambda _: 0.0, (13,)), "bits must be an integer"),
-        (lambda m: quantize_sensitivity(m, lambda _: 0.0, (2.5,)), "bits must be an integer"),
-        (lambda m: quantize_sensitivity(m, lambda _: 0.0, layers=["nope"]), "matches no compressible layer"),
+        (lambda m: prune_sensitivity(m, lambda _: 0.0, (), min_size=0), "grid is empty"),
+        (lambda m: prune_sensitivity(m, lambda _: 0.0, (0.5, 1.5), min_size=0), "sparsity must be in"),
+        (lambda m: prune_sensitivity(m, lambda _: 0.0, (-0.1,), min_size=0), "sparsity must be in"),
+        (lambda m: prune_sensitivity(m, lambda _: 0.0, (float("nan"),), min_size=0), "sparsity must be in"),
+        (lambda m: prune_sensitivity(m, lambda _: 0.0, ("0.5",), min_size=0), "must be numbers"),
+        (lambda m: prune_sensitivity(m, lambda _: 0.0, layers=["fc*"], min_size=0), "matches no tensor"),
+        (lambda m: prune_sensitivity(m, lambda _: "good", (0.5,), min_size=0), "must return a number"),
+        (lambda m: quantize_sensitivity(m, lambda _: 0.0, (), min_size=0), "grid is empty"),
+        (lambda m: quantize_sensitivity(m, lambda _: 0.0, (0,), min_size=0), "bits must be an integer"),
+        (lambda m: quantize_sensitivity(m, lambda _: 0.0, (13,), min_size=0), "bits must be an integer"),
+        (lambda m: quantize_sensitivity(m, lambda _: 0.0, (2.5,), min_size=0), "bits must be an integer"),
+        (lambda m: quantize_sensitivity(m, lambda _: 0.0, layers=["nope"], min_size=0), "matches no tensor"),
     ],
 )
 def test_bad_scan_inputs_are_config_errors(call, words):
@@ -246,12 +246,12 @@ def test_recipe_yaml_parses_back_to_the_same_recipe():
     assert parse_recipe(text) == recipe
     # nn.Sequential names look like numbers to YAML; they must come back as strings.
     model = make_model()
-    scan = prune_sensitivity(model, lambda m: 0.0, (0.5, 0.9))
+    scan = prune_sensitivity(model, lambda m: 0.0, (0.5, 0.9), min_size=0)
     recipe = recipe_from_sensitivity(scan, 0.0, default_bits=4)
     parsed = parse_recipe(recipe_yaml(recipe))
     assert parsed == recipe == Recipe({"0": LayerRule(sparsity=0.9, bits=4), "2": LayerRule(sparsity=0.9, bits=4)})
     # ... and the recipe drives prune_ on the model it came from.
-    kept = deepzip.prune_(model, sparsity=parsed.setting("sparsity"))
+    kept = deepzip.prune_(model, sparsity=parsed.setting("sparsity"), min_size=0)
     assert kept == {"0": pytest.approx(round(0.1 * 30) / 30), "2": pytest.approx(round((1 - 0.9) * 15) / 15)}
 
 

@@ -1,6 +1,6 @@
 """One compressed layer as bytes: Huffman-coded weight codes and gaps, with their tables.
 
-Pure functions over numpy arrays. The container (`deepzip.fileformat`) places these bytes
+Pure functions over numpy arrays. The container (`deepzip.container`) places these bytes
 in a file; this module knows nothing of files.
 """
 
@@ -37,8 +37,22 @@ class EncodedLayer:
 def _huffman(symbols: np.ndarray, alphabet_size: int) -> tuple[bytes, bytes]:
     """Code `symbols` with an optimal code of their own counts; return (packed lengths, stream)."""
     counts = np.bincount(symbols, minlength=alphabet_size)
-    lengths = huffman.code_lengths(counts)
+    lengths = huffman.code_lengths(counts, max_code_length(int(np.count_nonzero(counts))))
     return huffman.pack_lengths(lengths), huffman.encode(symbols, lengths)
+
+
+def max_code_length(used_symbols: int) -> int:
+    """The code-length limit for `used_symbols` symbols: the default, or the least above it that fits.
+
+    A prefix code of at most L bits has at most 2**L code words, so the default limit of 12
+    bits cannot code a full 4096-entry codebook plus the filler symbol; those 4097 symbols
+    get 13 bits. The format allows up to 15 bits, more than any alphabet here needs
+    (at most MAX_CODEBOOK + 1 codes and 2**MAX_INDEX_BITS gaps).
+    """
+    length = huffman.DEFAULT_MAX_CODE_LENGTH
+    while used_symbols > 1 << length and length < huffman.FORMAT_MAX_CODE_LENGTH:
+        length += 1
+    return length
 
 
 def encode_layer(positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int, numel: int) -> EncodedLayer:

@@ -2,31 +2,33 @@
 
 Train the dense baseline (cached), prune iteratively with retraining, quantize and
 fine-tune the centroids, write the .dzip, read it back into a fresh model and evaluate
-that. The recipes' per-layer choices were made on the validation split; the reported
-errors are on the test split.
+that. The final per-layer sparsity and bits are the shipped recipes' (src/deepzip/recipes/
+MODEL.yaml); this module adds the training and the intermediate pruning steps. The
+choices were made on the validation split; the reported errors are on the test split.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from deepzip.paper import models
 from deepzip import report
-from deepzip.paper.data import load_mnist
 from deepzip.errors import ConfigError
-from deepzip.container.fileformat import write
-from deepzip.compressed import CompressedModel
-from deepzip.train.parametrizations import SharedWeights, current_transform
+from deepzip.paper import models
+from deepzip.paper.data import load_mnist
+from deepzip.paper.training import TrainConfig, error_rate, train
+from deepzip.runtime.load import load
+from deepzip.train.export import save
+from deepzip.train.parametrizations import SharedWeights, transform_of
 from deepzip.train.prune import prune_
 from deepzip.train.quantize import quantize_
 from deepzip.train.recipe import Recipe as CompressionRecipe
-from deepzip.train.export import load
-from deepzip.paper.training import TrainConfig, error_rate, train
+from deepzip.train.recipe import load_recipe
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,32 @@ class Recipe:
     finetune: TrainConfig  # centroids (and biases) after quantization
 
 
+def shipped_recipe(
+    model: str,
+    rules: CompressionRecipe,
+    baseline: TrainConfig,
+    intermediate: tuple[dict[str, float], ...],
+    retrain: TrainConfig,
+    finetune: TrainConfig,
+) -> Recipe:
+    """The schedule for `model`: prune to each `intermediate` sparsity, then to the final one of `rules`.
+
+    `rules` (a recipe file) is the single source of the final per-layer sparsity and of the
+    bits; each intermediate step names the same layer patterns, and no layer's sparsity may
+    fall from one step to the next (pruning removes weights, retraining never restores them).
+    """
+    final = rules.setting("sparsity")
+    steps = (*intermediate, final)
+    for i, step in enumerate(intermediate, 1):
+        if set(step) != set(final):
+            raise ConfigError(f"{model}: pruning step {i} names {sorted(step)}, the recipe's final sparsity {sorted(final)}")
+    for i, (before, after) in enumerate(zip(steps, steps[1:]), 2):
+        lower = [layer for layer in final if after[layer] < before[layer]]
+        if lower:
+            raise ConfigError(f"{model}: pruning step {i} lowers the sparsity of {', '.join(lower)}")
+    return Recipe(model, baseline, tuple(PruneStep(sparsity, retrain) for sparsity in steps), rules.setting("bits"), finetune)
+
+
 # Retraining after each pruning step runs at the baseline's learning rate with a cosine
 # decay. Weight decay was chosen on the validation split: 1e-4, 2e-4 and 5e-4 ended at
 # 1.45%, 1.54% and 1.53% valid error; shorter retraining (10 epochs at lr 0.02) at 1.69%.
@@ -55,37 +83,30 @@ _LENET_300_RETRAIN = TrainConfig(epochs=15, lr=0.05, weight_decay=1e-4)
 _LENET_5_RETRAIN = TrainConfig(epochs=6, lr=0.01, weight_decay=5e-4)
 
 RECIPES = {
-    "lenet-300-100": Recipe(
-        model="lenet-300-100",
+    "lenet-300-100": shipped_recipe(
+        "lenet-300-100",
+        load_recipe("lenet-300-100"),
         baseline=TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4),
-        prune_steps=tuple(
-            PruneStep(sparsity, _LENET_300_RETRAIN)
-            for sparsity in (
-                {"fc1": 0.5, "fc2": 0.5, "fc3": 0.3},
-                {"fc1": 0.7, "fc2": 0.7, "fc3": 0.45},
-                {"fc1": 0.82, "fc2": 0.8, "fc3": 0.6},
-                {"fc1": 0.89, "fc2": 0.87, "fc3": 0.7},
-                {"fc1": 0.92, "fc2": 0.91, "fc3": 0.74},  # the paper's 8% / 9% / 26% kept
-            )
+        intermediate=(
+            {"fc1": 0.5, "fc2": 0.5, "fc3": 0.3},
+            {"fc1": 0.7, "fc2": 0.7, "fc3": 0.45},
+            {"fc1": 0.82, "fc2": 0.8, "fc3": 0.6},
+            {"fc1": 0.89, "fc2": 0.87, "fc3": 0.7},
         ),
-        bits={"*": 5},  # the paper uses 6; 5 costs nothing here and saves ~1 bit per weight
+        retrain=_LENET_300_RETRAIN,
         finetune=TrainConfig(epochs=2, lr=1e-4),
     ),
-    "lenet-5": Recipe(
-        model="lenet-5",
+    "lenet-5": shipped_recipe(
+        "lenet-5",
+        load_recipe("lenet-5"),
         # Caffe's LeNet solver: lr 0.01, momentum 0.9, weight decay 5e-4 (0.05 diverges).
         baseline=TrainConfig(epochs=20, lr=0.01, weight_decay=5e-4),
-        prune_steps=tuple(
-            PruneStep(sparsity, _LENET_5_RETRAIN)
-            for sparsity in (
-                {"conv1": 0.15, "conv2": 0.5, "fc1": 0.5, "fc2": 0.4},
-                {"conv1": 0.25, "conv2": 0.75, "fc1": 0.8, "fc2": 0.65},
-                {"conv1": 0.3, "conv2": 0.84, "fc1": 0.9, "fc2": 0.75},
-                # Kept 66% / 12% / 6% / 19%: the paper's, except fc1 (8% there).
-                {"conv1": 0.34, "conv2": 0.88, "fc1": 0.94, "fc2": 0.81},
-            )
+        intermediate=(
+            {"conv1": 0.15, "conv2": 0.5, "fc1": 0.5, "fc2": 0.4},
+            {"conv1": 0.25, "conv2": 0.75, "fc1": 0.8, "fc2": 0.65},
+            {"conv1": 0.3, "conv2": 0.84, "fc1": 0.9, "fc2": 0.75},
         ),
-        bits={"conv*": 8, "fc*": 5},
+        retrain=_LENET_5_RETRAIN,
         finetune=TrainConfig(epochs=2, lr=1e-4),
     ),
 }
@@ -121,7 +142,7 @@ def reproduce(
         log(f"prune step {step}: kept {shown}; valid error {100 * error_rate(model, *valid):.2f}%")
 
     clustered = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    clustered |= {f"{n}.weight": m.weight.detach().clone() for n, m in model.named_modules() if current_transform(m) is not None}
+    clustered |= {f"{n}.weight": m.weight.detach().clone() for n, m in model.named_modules() if transform_of(m) is not None}
     quantize_(model, recipe.bits)
     log(f"quantized: valid error before fine-tuning {100 * error_rate(model, *valid):.2f}%")
     trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
@@ -129,7 +150,7 @@ def reproduce(
     log(f"fine-tuned: valid error {100 * error_rate(model, *valid):.2f}%")
 
     path = out / "model.dzip"
-    write(CompressedModel.from_module(model), path, overwrite=True)
+    save(model, path, overwrite=True)
     decoded = models.build(name)
     decoded.load_state_dict(load(path))
     _check_bit_identical(model, decoded)
@@ -162,17 +183,34 @@ def reproduce(
 
 
 def trained_baseline(name: str, out: Path, train_set, config: TrainConfig, seed: int, log=print) -> torch.nn.Module:
-    """The dense model trained on `train_set`, cached as OUT/baseline-seedN.pt for re-runs."""
+    """The dense model trained on `train_set`, cached in OUT for re-runs (see `baseline_path`)."""
     torch.manual_seed(seed)
     model = models.build(name)
-    path = out / f"baseline-seed{seed}.pt"
+    config = _seeded(config, seed)
+    path = baseline_path(out, name, train_set, config)
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         log(f"baseline: loaded from {path}")
     else:
-        train(model, *train_set, _seeded(config, seed), desc="baseline")
+        train(model, *train_set, config, desc="baseline")
         torch.save(model.state_dict(), path)
     return model
+
+
+def baseline_path(out: Path, name: str, train_set: tuple[torch.Tensor, ...], config: TrainConfig) -> Path:
+    """OUT/baseline-MODEL-DIGEST-seedN.pt: the cache file of one model, training set and config.
+
+    DIGEST (12 hex digits of SHA-256) covers the model name, every field of `config` and
+    the dtype, shape and bytes of each tensor of `train_set`, so a run on other data (say
+    Fashion-MNIST into the same OUT) or with another baseline schedule never reuses a
+    cached model. Hashing the ~160 MB of MNIST's training images takes a fraction of a second.
+    """
+    digest = hashlib.sha256(json.dumps({"model": name, "config": asdict(config)}, sort_keys=True).encode())
+    for tensor in train_set:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"|{tensor.dtype}{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # raw bytes of any dtype, no copy
+    return out / f"baseline-{name}-{digest.hexdigest()[:12]}-seed{config.seed}.pt"
 
 
 def recipe_schedule(name: str, rules: CompressionRecipe) -> Recipe:
@@ -205,7 +243,7 @@ def _seeded(config: TrainConfig, seed: int) -> TrainConfig:
 
 def _check_bit_identical(model: torch.nn.Module, decoded: torch.nn.Module) -> None:
     """The decoded weights must equal the in-memory quantized ones bit for bit."""
-    reference = {n: m.weight for n, m in model.named_modules() if isinstance(current_transform(m), SharedWeights)}
+    reference = {n: m.weight for n, m in model.named_modules() if isinstance(transform_of(m), SharedWeights)}
     for name, module in decoded.named_modules():
         if name in reference and not torch.equal(reference[name].detach(), module.weight.detach()):
             raise AssertionError(f"{name}: decoded weights differ from the quantized model")
@@ -223,8 +261,13 @@ def sensitivity(
     """
     from tqdm import tqdm
 
-    from deepzip.report import plots
-    from deepzip.train.sensitivity import prune_sensitivity, quantize_sensitivity, recipe_from_sensitivity, recipe_yaml
+    from deepzip.report import charts
+    from deepzip.train.sensitivity import (
+        prune_sensitivity,
+        quantize_sensitivity,
+        recipe_from_sensitivity,
+        recipe_yaml,
+    )
 
     if name not in RECIPES:
         raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(RECIPES)}")
@@ -245,7 +288,7 @@ def sensitivity(
             table = scan(model, accuracy, progress=lambda _: bar.update(1))
         (target / f"{kind}.json").write_text(table.to_json())
         (target / f"{kind}.md").write_text(table.to_markdown())
-        plots.sensitivity_curves(table, target / f"{kind}.png", tolerance=tolerance, metric="validation accuracy")
+        charts.sensitivity_curves(table, target / f"{kind}.png", tolerance=tolerance, metric="validation accuracy")
         log(table.to_markdown())
         tables.append(table)
     recipe = recipe_from_sensitivity(tables[0], tolerance, tables[1])

@@ -1,38 +1,91 @@
-"""Save a compressed model to a .dzip file and load it back as a dense state dict."""
+"""Export: a pruned / quantized nn.Module -> the CompressedModel, and `save` to a .dzip file.
+
+This is the one place the training side hands its work to the byte side: parametrizations
+become CodebookTensor records, everything else RawTensor records, under the plain keys
+(`fc1.weight`) that an unparametrized copy of the model uses. Tied tensors become one
+record under several names (stored once, as an alias).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
-from deepzip.container import fileformat
-from deepzip.compressed import CompressedModel
+from deepzip import container, module_state
+from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.errors import ConfigError
+from deepzip.limits import MAX_INDEX_BITS
+from deepzip.train import patterns
+from deepzip.train.kmeans import drop_empty_clusters
+from deepzip.train.parametrizations import SharedWeights, transform_of
+
+__all__ = ["export", "save"]
+
+
+def export(model: nn.Module, index_bits: Mapping[str, int] | None = None) -> CompressedModel:
+    """Read every parameter and persistent buffer of `model` into a CompressedModel.
+
+    Quantized tensors become CodebookTensor records (unused centroids dropped); everything
+    else (biases, buffers, weights that were only pruned or left alone) is kept raw, as
+    the model computes it, on the CPU. `index_bits` ({pattern: bits}, matched like every
+    setting) fixes the gap width of some quantized tensors; the others get the width that
+    makes the file smallest. A pattern that matches no quantized tensor is an error.
+    """
+    records: dict[int, CodebookTensor | RawTensor] = {}
+    tensors: dict[str, CodebookTensor | RawTensor] = {}
+    all_sites = list(module_state.sites(model))
+    # The quantized tensors by their first key, with every site's names, for index_bits.
+    quantized: dict[str, list] = {}
+    first_key: dict[int, str] = {}
+    for site in all_sites:
+        if isinstance(transform_of(site.module, site.tensor_name), SharedWeights):
+            name = first_key.setdefault(site.identity(), site.key.removesuffix(".weight"))
+            quantized.setdefault(name, []).append(patterns.site_names(site.key, site.module_name))
+    widths = patterns.resolve(quantized, index_bits, "index_bits") if index_bits else {}
+    for width in widths.values():
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_INDEX_BITS:
+            raise ConfigError(f"index_bits must be integers in 1..{MAX_INDEX_BITS}, got {width!r}")
+    for site in all_sites:
+        identity = site.identity()
+        if identity not in records:
+            transform = transform_of(site.module, site.tensor_name)
+            if isinstance(transform, SharedWeights):
+                records[identity] = _codebook_tensor(transform, site.value().dtype, widths.get(first_key[identity]))
+            else:
+                records[identity] = RawTensor(site.value().detach().cpu().clone().contiguous())
+        tensors[site.key] = records[identity]
+    return CompressedModel(tensors)
+
+
+def _codebook_tensor(transform: SharedWeights, dtype: torch.dtype, index_bits: int | None) -> CodebookTensor:
+    mask = transform.mask.detach().flatten().cpu()
+    positions = torch.nonzero(mask).flatten().numpy().astype(np.int64)
+    codes = transform.codes.detach().flatten().cpu()[mask].numpy().astype(np.uint16)
+    codebook, codes = drop_empty_clusters(transform.centroids.detach().float().cpu().numpy(), codes)
+    return CodebookTensor(tuple(transform.mask.shape), dtype, codebook, positions, codes, index_bits)
 
 
 def save(
     model: nn.Module | CompressedModel,
     path: str | os.PathLike,
     *,
-    index_bits: dict[str, int] | None = None,
+    index_bits: Mapping[str, int] | None = None,
     overwrite: bool = False,
 ) -> int:
     """Write `model` (a pruned/quantized module or a CompressedModel) to `path`; return its size.
 
-    Quantized weights are stored as sparse codebook tensors, everything else raw.
-    `index_bits` ({layer name: bits}) fixes the relative-index width of some layers; the
-    others get the width that makes the file smallest. The write is atomic, and an
-    existing file is replaced only with `overwrite=True`.
+    Quantized weights are stored as sparse codebook tensors, everything else raw; see
+    `export`. The write is atomic, and an existing file is replaced only with
+    `overwrite=True`.
     """
-    compressed = model if isinstance(model, CompressedModel) else CompressedModel.from_module(model, index_bits)
-    return fileformat.write(compressed, path, overwrite=overwrite)
-
-
-def load(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a .dzip file into a dense state dict with the model's plain keys (`fc1.weight`).
-
-    The decoded weights are bit-identical to those of the quantized model that was saved.
-    Reading never executes code; a damaged file raises deepzip.FormatError.
-    """
-    return fileformat.read(path).state_dict()
+    if isinstance(model, CompressedModel):
+        if index_bits:
+            raise ConfigError("index_bits applies to a module; a CompressedModel carries its own")
+        compressed = model
+    else:
+        compressed = export(model, index_bits)
+    return container.write(compressed, path, overwrite=overwrite)

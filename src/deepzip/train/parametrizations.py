@@ -1,25 +1,32 @@
 """The two weight parametrizations deepzip trains through: a pruning mask and shared weights.
 
-`torch.nn.utils.parametrize` makes `module.weight` a function of stored tensors, so the
-forward pass, the gradient and the state dict all see the compressed weight:
+`torch.nn.utils.parametrize` makes `module.weight` (or any registered tensor) a function of
+stored tensors, so the forward pass, the gradient and the state dict all see the
+compressed weight:
 
-- `Masked`: weight = original where mask, else exactly 0. The gradient of a pruned entry is
-  0, and whatever an optimizer does to `original` there (momentum, weight decay) never
-  reaches the weight, so a pruned connection cannot come back.
+- `Masked`: weight = input where mask, else exactly 0. The gradient of a pruned entry is 0,
+  and whatever an optimizer does to the stored original there (momentum, weight decay)
+  never reaches the weight, so a pruned connection cannot come back.
 - `SharedWeights`: weight = centroids[codes] where mask, else 0. The codes (cluster
   assignments) are fixed buffers; the only trainable tensor is `centroids`, whose gradient
-  autograd computes as the sum of the gradients of the weights that share it: exactly the
-  paper's rule dL/dC_k = sum_ij dL/dW_ij [I_ij == k].
+  is the sum of the gradients of the weights that share it: exactly the paper's rule
+  dL/dC_k = sum_ij dL/dW_ij [I_ij == k].
+
+deepzip's transform is always the last one on a tensor, so it composes with a user's own
+parametrizations (weight_norm, orthogonal, spectral_norm), which stay below it. Tied sites
+(one Parameter held by several modules) get the very same transform object: one mask, one
+codebook, trained as one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepzip import module_state
 from deepzip.errors import ConfigError
 
 
@@ -51,17 +58,19 @@ class _CodebookLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (codes,) = ctx.saved_tensors
-        summed = torch.bincount(codes.flatten(), weights=grad.flatten().double(), minlength=ctx.k)
+        # Summed in float64 where the device has it (MPS does not), then cast back.
+        wide = torch.float32 if grad.device.type == "mps" else torch.float64
+        summed = torch.bincount(codes.flatten(), weights=grad.flatten().to(wide), minlength=ctx.k)
         return summed.to(grad.dtype), None
 
 
 class SharedWeights(nn.Module):
     """Parametrization that rebuilds a weight from a trainable codebook and fixed codes."""
 
-    def __init__(self, centroids: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, centroids: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor, requires_grad: bool = True):
         super().__init__()
-        self.centroids = nn.Parameter(centroids.to(torch.float32))
-        # int16 holds any codebook index (k <= 2**15 here) at a quarter of int64's memory;
+        self.centroids = nn.Parameter(centroids.to(torch.float32), requires_grad=requires_grad)
+        # int16 holds any codebook index (k <= 4096) at a quarter of int64's memory;
         # forward widens it, because torch treats uint8 index tensors as boolean masks.
         self.register_buffer("codes", codes.to(torch.int16))
         self.register_buffer("mask", mask.to(torch.bool))
@@ -72,69 +81,114 @@ class SharedWeights(nn.Module):
         return torch.where(self.mask, shared, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
-def current_transform(module: nn.Module) -> nn.Module | None:
-    """The deepzip parametrization on `module.weight`, or None if it has none."""
-    if not parametrize.is_parametrized(module, "weight"):
+TRANSFORMS = (Masked, SharedWeights)
+
+
+def transform_of(module: nn.Module, tensor_name: str = "weight") -> nn.Module | None:
+    """The deepzip parametrization on `module.<tensor_name>`, or None if it has none."""
+    if not parametrize.is_parametrized(module, tensor_name):
         return None
-    transforms = [t for t in module.parametrizations.weight if isinstance(t, (Masked, SharedWeights))]
-    return transforms[-1] if transforms else None
+    last = module.parametrizations[tensor_name][-1]
+    return last if isinstance(last, TRANSFORMS) else None
 
 
-def current_mask(module: nn.Module) -> torch.Tensor | None:
-    """The bool mask of surviving weights of `module`, or None if it was never pruned."""
-    transform = current_transform(module)
+def mask_of(module: nn.Module, tensor_name: str = "weight") -> torch.Tensor | None:
+    """The bool mask of surviving weights of `module.<tensor_name>`, or None if never pruned."""
+    transform = transform_of(module, tensor_name)
     return None if transform is None else transform.mask
 
 
-def set_transform(module: nn.Module, transform: nn.Module) -> None:
-    """Make `transform` the only parametrization of `module.weight`.
+def set_transform(sites: Sequence[module_state.Site], transform: nn.Module) -> None:
+    """Make `transform` deepzip's parametrization on every site (tied sites share it).
 
-    The stored original is first overwritten with the current effective weight, so that
-    removing the parametrization later (`strip_`) leaves the compressed values in place.
+    It replaces deepzip's previous transform on the tensor, or goes on top of the user's
+    parametrizations. Where it is the only one, the stored original is overwritten with the
+    compressed value, so that removing it later (`strip_`) leaves the compressed values.
+    `requires_grad` of the stored tensors is left as it is.
     """
-    if parametrize.is_parametrized(module, "weight"):
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    parametrize.register_parametrization(module, "weight", transform, unsafe=True)
-    original = module.parametrizations.weight.original
-    with torch.no_grad():
-        original.copy_(transform(original))
-    # Under weight sharing only the centroids train; a frozen original keeps optimizers
-    # from spending memory on it (SGD/Adam skip parameters whose grad stays None).
-    original.requires_grad_(not isinstance(transform, SharedWeights))
+    for site in sites:
+        module, name = site.module, site.tensor_name
+        if transform_of(module, name) is not None:
+            module.parametrizations[name][-1] = transform
+        else:
+            parametrize.register_parametrization(module, name, transform, unsafe=True)
+    for site in sites:
+        plist = site.module.parametrizations[site.tensor_name]
+        if len(plist) == 1 and plist.is_tensor:
+            with torch.no_grad():
+                plist.original.copy_(transform(plist.original))
 
 
 def strip_(model: nn.Module) -> None:
-    """Remove deepzip's parametrizations, leaving plain weights with the compressed values."""
-    for module in model.modules():
-        if current_transform(module) is not None:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            module.weight.requires_grad_(True)
+    """Remove deepzip's parametrizations, leaving the compressed values in place.
+
+    A user's own parametrization below deepzip's stays, and is given the compressed value
+    through its right_inverse (ConfigError if it cannot represent it, e.g. `orthogonal` on
+    a pruned matrix). `requires_grad` stays as it was.
+    """
+    for site in list(module_state.sites(model)):
+        module, name = site.module, site.tensor_name
+        if transform_of(module, name) is None:
+            continue
+        plist = module.parametrizations[name]
+        if len(plist) == 1:
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+            continue
+        with torch.no_grad():
+            value = getattr(module, name).detach().clone()
+            saved = [t.detach().clone() for t in originals(plist)]
+        transform = plist[-1]
+        del plist[-1]
+        problem = None
+        try:
+            with torch.no_grad():
+                plist.right_inverse(value)
+                # Some right_inverses accept any value but keep only what they can represent.
+                if not torch.allclose(getattr(module, name), value, rtol=1e-4, atol=1e-6):
+                    problem = "its right_inverse does not reproduce them"
+        except Exception as error:  # a user parametrization's own refusal (ValueError, NotImplementedError...)
+            problem = str(error)
+        if problem is not None:
+            with torch.no_grad():
+                for original, old in zip(originals(plist), saved):
+                    original.copy_(old)
+            plist.append(transform)
+            raise ConfigError(
+                f"{site.key}: the parametrization below deepzip's ({type(plist[-2]).__name__}) cannot take the "
+                f"compressed values ({problem}); remove it first"
+            )
+
+
+def originals(plist) -> list[torch.Tensor]:
+    """The stored tensors a parametrization list computes its value from."""
+    if plist.is_tensor:
+        return [plist.original]
+    return [getattr(plist, f"original{i}") for i in range(plist.ntensors)]
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load a state dict saved from a pruned or quantized model into a fresh `model`.
 
-    The parametrizations (masks, codes, centroids) are recreated from the state dict's keys
-    first, so masks survive a `torch.save(model.state_dict())` / load cycle.
+    deepzip's parametrizations (masks, codes, centroids) are recreated from the state
+    dict's keys first, on top of any the fresh model has of its own, so masks survive a
+    `torch.save(model.state_dict())` / load cycle. Tied sites get one transform again.
     """
-    suffix = ".parametrizations.weight."
-    modules = dict(model.named_modules())
-    for key in state_dict:
-        if not key.endswith(suffix + "original"):
+    by_identity: dict[int, nn.Module] = {}
+    for site in list(module_state.sites(model)):
+        prefix = f"{site.module_name}.parametrizations.{site.tensor_name}." if site.module_name else f"parametrizations.{site.tensor_name}."
+        depth = len(site.module.parametrizations[site.tensor_name]) if site.parametrized else 0
+        ours = f"{prefix}{depth - (transform_of(site.module, site.tensor_name) is not None)}."
+        if ours + "mask" not in state_dict:
             continue
-        name = key[: -len(suffix + "original")]
-        if name not in modules:
-            raise ConfigError(f"state dict has a compressed weight for {name!r}, which the model lacks")
-        prefix = name + suffix + "0."
-        mask = state_dict.get(prefix + "mask")
-        if mask is None:
-            raise ConfigError(f"state dict entry {key!r} has no mask beside it")
-        module = modules[name]
-        if prefix + "centroids" in state_dict:
-            transform = SharedWeights(state_dict[prefix + "centroids"], state_dict[prefix + "codes"], mask)
-        else:
-            transform = Masked(mask)
-        if transform.mask.shape != module.weight.shape:
-            raise ConfigError(f"{name}: mask shape {tuple(mask.shape)} != weight shape {tuple(module.weight.shape)}")
-        set_transform(module, transform)
+        identity = site.identity()
+        if identity not in by_identity:
+            mask = state_dict[ours + "mask"]
+            if tuple(mask.shape) != tuple(site.value().shape):
+                raise ConfigError(f"{site.key}: mask shape {tuple(mask.shape)} != weight shape {tuple(site.value().shape)}")
+            if ours + "centroids" in state_dict:
+                transform = SharedWeights(state_dict[ours + "centroids"], state_dict[ours + "codes"], mask)
+            else:
+                transform = Masked(mask)
+            by_identity[identity] = transform.to(site.value().device)
+        set_transform([site], by_identity[identity])
     model.load_state_dict(state_dict)

@@ -1,48 +1,25 @@
-"""Stage 1: magnitude pruning. Pure mask computations plus the in-place `prune_`."""
+"""Stage 1: magnitude pruning in place, `prune_`, over every registered weight type."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-import torch
 from torch import nn
 
 from deepzip.errors import ConfigError
-from deepzip.train.parametrizations import Masked, SharedWeights, current_mask, current_transform, set_transform
-from deepzip.train.registry import per_layer
+from deepzip.summary import Summary
+from deepzip.train.masks import quality_mask, sparsity_mask
+from deepzip.train.parametrizations import (
+    Masked,
+    SharedWeights,
+    mask_of,
+    set_transform,
+    transform_of,
+)
+from deepzip.train.registry import DEFAULT_MIN_SIZE
+from deepzip.train.selection import kept_fraction, select
 
-
-def sparsity_mask(weight: torch.Tensor, sparsity: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Keep the round((1 - sparsity) * numel) largest-magnitude weights among the survivors.
-
-    `sparsity` is the fraction of the whole tensor that ends up zero. Weights already
-    pruned by `mask` stay pruned, so asking for less sparsity than the tensor has keeps
-    the current mask (pruning never revives a weight).
-    """
-    if not 0.0 <= sparsity <= 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1], got {sparsity}")
-    alive = torch.ones_like(weight, dtype=torch.bool) if mask is None else mask.to(torch.bool)
-    keep = round((1.0 - sparsity) * weight.numel())
-    if keep >= int(alive.sum()):
-        return alive.clone()
-    # Pruned entries score -1 so that they are never among the kept ones.
-    scores = torch.where(alive, weight.detach().abs().float(), torch.tensor(-1.0)).flatten()
-    kept = torch.zeros(weight.numel(), dtype=torch.bool)
-    if keep > 0:
-        kept[torch.topk(scores, keep, sorted=False).indices] = True
-    return kept.view_as(weight)
-
-
-def quality_mask(weight: torch.Tensor, quality: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The papers' rule: prune |w| < quality * std(surviving weights of the layer)."""
-    if quality < 0:
-        raise ConfigError(f"quality must be >= 0, got {quality}")
-    alive = torch.ones_like(weight, dtype=torch.bool) if mask is None else mask.to(torch.bool)
-    survivors = weight.detach()[alive].float()
-    if survivors.numel() < 2:
-        return alive.clone()
-    threshold = quality * survivors.std()
-    return alive & (weight.detach().abs() >= threshold)
+__all__ = ["prune_", "quality_mask", "sparsity_mask"]
 
 
 def prune_(
@@ -50,30 +27,39 @@ def prune_(
     sparsity: float | Mapping[str, float] | None = None,
     *,
     quality: float | Mapping[str, float] | None = None,
-    layers: list[str] | None = None,
-) -> dict[str, float]:
-    """Prune `model` in place by weight magnitude, per layer; return {layer: kept fraction}.
+    layers: Sequence[str] | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+) -> Summary:
+    """Prune `model` in place by weight magnitude, per tensor; return a Summary.
 
-    Give exactly one of `sparsity` (fraction of each layer's weights set to zero) or
-    `quality` (threshold = quality x std of the layer's weights, as in Han et al.), each as
-    one value for all compressible layers or as {name pattern: value}. `layers` restricts
-    the layers touched. Calling it again on a pruned model prunes further (iterative
-    pruning); pruned weights stay exactly zero through any later training.
+    Give exactly one of `sparsity` (fraction of each tensor's weights set to zero) or
+    `quality` (threshold = quality x std of the tensor's weights, as in Han et al.), each
+    as one value for every compressible tensor or as {name pattern: value}. Compressible
+    tensors are those of `deepzip.train.registry` (Linear, convolutions, embeddings,
+    transformers' Conv1D, attention and recurrent weights) with at least `min_size`
+    entries; patterns match a tensor's key (`lstm.weight_ih_l0`), its layer (`fc1`) or its
+    module. `layers` restricts the tensors touched. Calling it again prunes further
+    (iterative pruning); pruned weights stay exactly zero through any later training. A
+    tied tensor gets one mask. Masks are computed on the model's device.
 
-    All masks are computed and checked before any layer is changed, so an error leaves the
-    model as it was.
+    The Summary maps each pruned target to its kept fraction, and lists every other
+    tensor with the reason it was left alone. All masks are computed and checked before
+    any layer is changed, so an error leaves the model as it was.
     """
     if (sparsity is None) == (quality is None):
         raise ConfigError("give exactly one of sparsity= or quality=")
-    setting, make_mask = (sparsity, sparsity_mask) if quality is None else (quality, quality_mask)
-    targets = per_layer(model, setting, "sparsity" if quality is None else "quality", layers)
-    modules = dict(model.named_modules())
+    what = "sparsity" if quality is None else "quality"
+    make_mask = sparsity_mask if quality is None else quality_mask
+    selection = select(model, sparsity if quality is None else quality, what, layers, min_size)
     new_masks = {}
-    for name, value in targets.items():
-        module = modules[name]
-        if isinstance(current_transform(module), SharedWeights):
+    for name, value in selection.chosen.items():
+        site = selection.targets[name].sites[0]
+        if isinstance(transform_of(site.module, site.tensor_name), SharedWeights):
             raise ConfigError(f"{name} is already quantized: prune before quantize_")
-        new_masks[name] = make_mask(module.weight, float(value), current_mask(module))
+        new_masks[name] = make_mask(site.value(), value, mask_of(site.module, site.tensor_name))
     for name, mask in new_masks.items():
-        set_transform(modules[name], Masked(mask))
-    return {name: float(mask.float().mean()) for name, mask in new_masks.items()}
+        set_transform(selection.targets[name].sites, Masked(mask))
+    kept = {name: kept_fraction(mask) for name, mask in new_masks.items()}
+    return selection.summary(
+        "prune_", lambda target, value: f"pruned to {what} {value:g}: kept {100 * kept[target.name]:.2f}%", kept
+    )

@@ -22,6 +22,7 @@ import yaml
 
 from deepzip.errors import ConfigError
 from deepzip.limits import MAX_BITS, MAX_INDEX_BITS
+
 SHIPPED = ("lenet-300-100", "lenet-5", "alexnet", "vgg16")
 
 

@@ -1,36 +1,51 @@
-"""Which weights deepzip compresses, and how per-layer settings are picked by name pattern."""
+"""The registry of compressible weights: which tensors of which layer types deepzip compresses.
+
+A registered weight's entries are independent connections (each multiplies one input by
+one output), so pruning and weight sharing apply entry by entry. Every other tensor is
+stored raw, and `plan` says why, so that nothing is skipped silently.
+
+Registered, with the tensors compressed:
+- nn.Linear and its subclasses (nn.MultiheadAttention's out_proj is one): `weight`;
+- nn.Conv1d/2d/3d (grouped and depthwise too) and nn.ConvTranspose1d/2d/3d: `weight`;
+- nn.Embedding, nn.EmbeddingBag: `weight`;
+- transformers' Conv1D (GPT-2's projections; a Linear with a transposed weight): `weight`;
+- nn.MultiheadAttention: `in_proj_weight`, or `q_proj_weight`, `k_proj_weight`,
+  `v_proj_weight` when the key and value sizes differ;
+- nn.RNN, nn.LSTM, nn.GRU: `weight_ih_l*`, `weight_hh_l*` (and LSTM's `weight_hr_l*`).
+
+Left raw on purpose: biases and normalization parameters (1-D: few values, each one
+matters), buffers (running statistics, position ids), and parameters of layer types not
+listed here (a custom module may use a parameter in a way that entry-wise pruning breaks).
+"""
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepzip.errors import ConfigError
-
-# The registry of compressible layer types: each stores a dense `weight` whose entries are
-# independent connections, so pruning and weight sharing apply entry by entry.
-COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Embedding,
-)
-# Left out on purpose (their tensors are stored raw):
-# - biases and normalization layers (BatchNorm, LayerNorm): few values, each one matters;
-# - nn.MultiheadAttention: its in_proj_weight is used through F.multi_head_attention_forward,
-#   which bypasses parametrizations on some code paths.
+from deepzip import module_state
+from deepzip.train.patterns import Sites, site_names
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_WEIGHT_TYPES = (nn.Linear, *_CONV_TYPES, nn.Embedding, nn.EmbeddingBag)
 
-T = TypeVar("T")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+# Tensors with fewer entries are stored raw: their codebook and code tables would cost
+# about as much as the weights, and each weight matters more. The paper's smallest layers
+# (LeNet-5 conv1, 500 weights; LeNet-300-100 fc3, 1000) stay above it.
+DEFAULT_MIN_SIZE = 256
+
+# Code widths. With retraining, the paper's: 8 bits for convolutions, 5 for the rest
+# (fine-tuning the centroids recovers the loss). Without retraining, 5-bit codes on fully
+# connected layers lose accuracy nothing wins back, so post-training compression uses 8
+# everywhere unless told otherwise.
+CONV_BITS = 8
+FC_BITS = 5
+POST_TRAINING_BITS = 8
 
 
 def layer_type(module: nn.Module) -> type[nn.Module]:
@@ -38,49 +53,116 @@ def layer_type(module: nn.Module) -> type[nn.Module]:
     return parametrize.type_before_parametrizations(module)
 
 
+def _is_transformers_conv1d(cls: type) -> bool:
+    # Matched by name so that deepzip needs no transformers import (its class moved
+    # between transformers.modeling_utils and transformers.pytorch_utils over versions).
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+
+
+def weight_names(module: nn.Module) -> tuple[str, ...]:
+    """The names of `module`'s own compressible weights; () for a type not registered."""
+    cls = layer_type(module)
+    if issubclass(cls, _WEIGHT_TYPES) or _is_transformers_conv1d(cls):
+        return ("weight",)
+    if issubclass(cls, nn.MultiheadAttention):
+        if getattr(module, "_qkv_same_embed_dim", True):
+            return ("in_proj_weight",)
+        return ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+    if issubclass(cls, nn.RNNBase):
+        return tuple(name for name in module._flat_weights_names if name.startswith("weight_"))
+    return ()
+
+
 def is_conv(module: nn.Module) -> bool:
     """True for convolution layers, which the paper gives wider codes (8 bits) than fc layers."""
     return issubclass(layer_type(module), _CONV_TYPES)
 
 
-def compressible_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Yield (name, module) for every layer whose weight deepzip can prune and quantize."""
-    for name, module in model.named_modules():
-        if issubclass(layer_type(module), COMPRESSIBLE_TYPES):
-            yield name, module
+def is_compressible(tensor: torch.Tensor, min_size: int = DEFAULT_MIN_SIZE) -> bool:
+    """The rule for a tensor known only by its values (a checkpoint without its model).
 
-
-def per_layer(
-    model: nn.Module, setting: T | Mapping[str, T] | None, what: str, layers: list[str] | None = None
-) -> dict[str, T]:
-    """Resolve a setting to {layer name: value} over the compressible layers of `model`.
-
-    `setting` is one value for every selected layer, or a mapping from fnmatch-style name
-    patterns (``"fc*"``, ``"features.0"``) to values; a layer takes the value of the first
-    pattern that matches it and is left alone if none does. `layers`, if given, restricts
-    the selection to layers matching one of its patterns. A pattern that matches no
-    compressible layer is an error: it is almost always a typo.
+    Floating, two or more dimensions and at least `min_size` entries: every registered
+    weight is 2-D or more, and biases and norms are 1-D.
     """
-    names = [name for name, _ in compressible_layers(model)]
-    if layers is not None:
-        _check_patterns(layers, names, "layers")
-        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in layers)]
-    if setting is None:
-        return {}
-    if not isinstance(setting, Mapping):
-        return {name: setting for name in names}
-    _check_patterns(list(setting), names, what)
-    resolved = {}
-    for name in names:
-        for pattern, value in setting.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                resolved[name] = value
-                break
-    return resolved
+    return raw_reason(tensor, min_size) is None
 
 
-def _check_patterns(patterns: list[str], names: list[str], what: str) -> None:
-    for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            known = ", ".join(names) or "none"
-            raise ConfigError(f"{what}: pattern {pattern!r} matches no compressible layer (layers: {known})")
+def raw_reason(tensor: torch.Tensor, min_size: int = DEFAULT_MIN_SIZE) -> str | None:
+    """Why a tensor's values alone keep it raw, or None if they do not."""
+    if tensor.dtype not in FLOAT_DTYPES:
+        return f"not floating point ({str(tensor.dtype).removeprefix('torch.')})"
+    if tensor.dim() < 2:
+        return f"{tensor.dim()}-D"
+    if tensor.numel() < min_size:
+        return f"too small ({tensor.numel()} < {min_size} entries)"
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One compressible tensor of a model, and every site (module, tensor name) holding it.
+
+    `name` is how settings and summaries call it: its first key without `.weight` (`fc1`,
+    `lstm.weight_ih_l0`). Tied sites are one tensor: one mask, one codebook.
+    """
+
+    name: str
+    sites: tuple[module_state.Site, ...]
+    conv: bool
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The plain state-dict keys of every site."""
+        return tuple(site.key for site in self.sites)
+
+    @property
+    def names(self) -> Sites:
+        """Per site, the names a setting's pattern may match."""
+        return [site_names(site.key, site.module_name) for site in self.sites]
+
+    def value(self) -> torch.Tensor:
+        """The tensor as the model computes it."""
+        return self.sites[0].value()
+
+
+def plan(
+    model: nn.Module, min_size: int = DEFAULT_MIN_SIZE
+) -> tuple[dict[str, Target], dict[str, tuple[str, tuple[int, ...]]]]:
+    """({target name: Target} for every compressible tensor, {key: (why it stays raw, shape)} for the rest).
+
+    Every parameter and persistent buffer of `model` lands in exactly one of the two.
+    """
+    groups: dict[int, list[module_state.Site]] = {}
+    others: list[tuple[module_state.Site, str]] = []
+    for site in module_state.sites(model):
+        registered = not site.is_buffer and site.tensor_name in weight_names(site.module)
+        reason = raw_reason(site.value(), min_size) if registered else _unregistered_reason(site)
+        if reason is None:
+            groups.setdefault(site.identity(), []).append(site)
+        else:
+            others.append((site, reason))
+    raw: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for site, reason in others:
+        # Another module holding a compressed tensor (a tie through any layer type) holds
+        # the compressed tensor too, not a raw copy.
+        if site.identity() in groups:
+            groups[site.identity()].append(site)
+        else:
+            raw[site.key] = (reason, tuple(site.value().shape))
+    targets = {}
+    for group in groups.values():
+        name = group[0].key.removesuffix(".weight")
+        targets[name] = Target(name, tuple(group), is_conv(group[0].module))
+    return targets, raw
+
+
+def _unregistered_reason(site: module_state.Site) -> str:
+    tensor = site.value()
+    if site.is_buffer:
+        return "buffer"
+    if tensor.dtype not in FLOAT_DTYPES or tensor.dim() < 2:
+        return raw_reason(tensor, 0) or "not a weight"
+    cls = layer_type(site.module)
+    if site.tensor_name.startswith("bias"):
+        return "bias"
+    return f"unsupported layer type ({cls.__name__}.{site.tensor_name})"

@@ -1,0 +1,161 @@
+"""Per-layer byte accounting (deepzip.report.stats) checked against hand computations.
+
+Kept counts come from the parametrization masks, fillers from a plain Python loop over
+the positions, section sizes and header size from the file's bytes per docs/FORMAT.md.
+"""
+
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import deepzip
+from deepzip import container
+from deepzip.compressed import CodebookTensor, CompressedModel
+from deepzip.report.stats import layer_stats, summary
+
+LAYERS = ("0", "2", "4")
+
+
+def ref_fillers(positions: list[int], index_bits: int) -> int:
+    """Fillers the paper's rule inserts: step by 2**b while the next kept weight is too far."""
+    widest, prev, fillers = 1 << index_bits, -1, 0
+    for p in positions:
+        while p - prev > widest:
+            prev += widest
+            fillers += 1
+        prev = p
+    return fillers
+
+
+def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
+    """(header size H, {name: (section size S, index bits b or None)}) read per FORMAT.md."""
+    (header_size,) = struct.unpack_from("<I", data, 12)
+    pos = 16
+    (count,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    out = {}
+    for _ in range(count):
+        (n,) = struct.unpack_from("<H", data, pos)
+        name = data[pos + 2 : pos + 2 + n].decode()
+        pos += 2 + n
+        ndim = data[pos + 1]
+        pos += 2 + 4 * ndim
+        encoding, size, _crc = struct.unpack_from("<BII", data, pos)
+        pos += 9
+        b = None
+        if encoding == 1:
+            b = data[pos + 2]
+            pos += 15
+        out[name] = (size, b)
+    assert pos == 16 + header_size
+    return header_size, out
+
+
+def stored_names() -> set[str]:
+    """The plain state-dict keys the file holds: each layer's weight and bias."""
+    return {f"{layer}.{kind}" for layer in LAYERS for kind in ("weight", "bias")}
+
+
+def test_layer_stats_codebook_layers(saved):
+    model, data = saved
+    _, sections = spec_sections(data)
+    stats = {s.name: s for s in layer_stats(data)}
+    assert set(stats) == stored_names()
+    for layer in LAYERS:
+        module = model[int(layer)]
+        t = module.parametrizations.weight[0]
+        s = stats[f"{layer}.weight"]
+        numel = module.weight.numel()
+        kept = int(t.mask.sum())
+        size, b = sections[f"{layer}.weight"]
+        k = len(torch.unique(t.codes[t.mask]))  # the file stores only the used centroids
+        positions = torch.nonzero(t.mask.flatten()).flatten().tolist()
+        fillers = ref_fillers(positions, b)
+        entries = kept + fillers
+        assert s.shape == tuple(module.weight.shape)
+        assert s.weights == numel
+        assert s.kept == kept
+        assert s.kept_fraction == kept / numel
+        assert s.index_bits == b
+        bits = max(1, math.ceil(math.log2(k)))
+        assert s.weight_bits == bits
+        assert s.fillers == fillers
+        assert s.dense_bytes == 4 * numel
+        assert s.pruned_bytes == math.ceil(entries * (32 + b) / 8)
+        assert s.quantized_bytes == math.ceil(entries * (bits + b) / 8) + 4 * k
+        assert s.file_bytes == size
+    assert stats["2.weight"].index_bits == 3
+    assert stats["2.weight"].fillers > 0  # 3-bit gaps over a 70%-sparse layer need fillers
+
+
+def test_layer_stats_raw_tensors(saved):
+    model, data = saved
+    _, sections = spec_sections(data)
+    stats = {s.name: s for s in layer_stats(data)}
+    for layer in LAYERS:
+        bias = model[int(layer)].bias
+        s = stats[f"{layer}.bias"]
+        stored = 4 * bias.numel()
+        assert sections[f"{layer}.bias"][0] == stored
+        assert (s.weights, s.kept, s.fillers) == (bias.numel(), bias.numel(), 0)
+        assert s.weight_bits is None and s.index_bits is None
+        assert s.dense_bytes == s.pruned_bytes == s.quantized_bytes == s.file_bytes == stored
+
+
+def test_file_bytes_plus_header_is_file_size(saved):
+    _, data = saved
+    header_size, _ = spec_sections(data)
+    stats = layer_stats(data)
+    assert sum(s.file_bytes for s in stats) + 16 + header_size + 4 == len(data)
+
+
+def test_summary(saved):
+    model, data = saved
+    result = summary(data)
+    dense = sum(4 * (model[int(i)].weight.numel() + model[int(i)].bias.numel()) for i in LAYERS)
+    assert result["dense_bytes"] == dense
+    assert result["file_bytes"] == len(data)
+    assert result["ratio"] == dense / len(data)
+    assert result["ratio"] > 1
+    assert [layer["name"] for layer in result["layers"]] == [s.name for s in layer_stats(data)]
+
+
+def test_layer_stats_rejects_damaged_file(saved):
+    _, data = saved
+    with pytest.raises(deepzip.FormatError):
+        layer_stats(data[:-1])
+
+
+def test_stats_of_a_hand_made_file():
+    # Codebook tensor of 40 elements, kept at 0 and 39 (b = 2): gap 39 -> 9 fillers.
+    record = CodebookTensor(
+        (4, 10), torch.float32, np.array([1.0, 2.0, 3.0], np.float32), np.array([0, 39]), np.array([2, 1], np.uint16), 2
+    )
+    data = container.to_bytes(CompressedModel({"w": record}))
+    (s,) = layer_stats(data)
+    assert (s.kept, s.fillers, s.index_bits, s.weight_bits) == (2, 9, 2, 2)
+    assert s.pruned_bytes == math.ceil(11 * 34 / 8)
+    assert s.quantized_bytes == math.ceil(11 * 4 / 8) + 12
+    assert s.dense_bytes == 160
+
+
+def test_stats_of_edge_tensors(edge_file):
+    # Empty raw tensor, 0-d tensor and a codebook tensor with no kept weight.
+    stats = {s.name: s for s in layer_stats(edge_file)}
+    assert (stats["empty"].weights, stats["empty"].file_bytes, stats["empty"].kept_fraction) == (0, 0, 0.0)
+    assert (stats["scalar"].weights, stats["scalar"].dense_bytes, stats["scalar"].file_bytes) == (1, 4, 8)
+    w = stats["w"]
+    assert (w.kept, w.fillers, w.pruned_bytes, w.weight_bits) == (0, 0, 0, 1)
+    assert w.quantized_bytes == 4
+    # Section: codebook 4 + tables ceil(2/2) + ceil(16/2) + empty streams.
+    assert w.file_bytes == 4 + 1 + 8
+    assert summary(edge_file)["dense_bytes"] == 0 + 4 + 36
+
+
+def test_tied_tensors_count_once(tied_file):
+    stats = layer_stats(tied_file)
+    assert [s.name for s in stats] == ["emb.weight"]
+    assert summary(tied_file)["dense_bytes"] == 4 * 64 * 32
