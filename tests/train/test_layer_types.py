@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def gpt2():
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=97, n_positions=32)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=97, n_positions=32, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(config).eval()
 
@@ -69,6 +69,29 @@ class WeightNormModel(nn.Module):
         return self.fc2(torch.tanh(self.fc1(x)))
 
 
+class Zoo(nn.Module):
+    """The remaining registered types: Conv1d/3d, ConvTranspose1d, EmbeddingBag, GRU, RNN, projected LSTM."""
+
+    def __init__(self):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(30, 16, mode="mean")
+        self.conv1d = nn.Conv1d(16, 16, 3, padding=1)
+        self.deconv1d = nn.ConvTranspose1d(16, 16, 2, stride=2)
+        self.gru = nn.GRU(16, 16, bidirectional=True, batch_first=True)
+        self.rnn = nn.RNN(32, 16, batch_first=True)
+        self.lstm = nn.LSTM(16, 32, proj_size=16, batch_first=True)
+        self.conv3d = nn.Conv3d(1, 4, 3, padding=1)
+        self.head = nn.Linear(16 + 4, 5)
+
+    def forward(self, x):
+        tokens, volume = x
+        bags = self.bag(tokens.reshape(-1, 3)).reshape(tokens.shape[0], -1, 16)  # (B, 4, 16)
+        seq = self.deconv1d(torch.relu(self.conv1d(bags.transpose(1, 2)))).transpose(1, 2)  # (B, 8, 16)
+        seq = self.lstm(self.rnn(self.gru(seq)[0])[0])[0]
+        pooled = self.conv3d(volume).mean((2, 3, 4))
+        return self.head(torch.cat([seq[:, -1], pooled], 1))
+
+
 def tokens(vocab, shape=(4, 12)):
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(1))
 
@@ -79,6 +102,7 @@ CASES = {
     "attention": (AttentionModel, lambda: tokens(40), lambda out: out),
     "attention-kdim": (lambda: AttentionModel(kdim=24), lambda: tokens(40), lambda out: out),
     "depthwise": (DepthwiseSeparable, lambda: torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1)), lambda out: out),
+    "zoo": (Zoo, lambda: (tokens(30), torch.randn(4, 1, 4, 4, 4, generator=torch.Generator().manual_seed(2))), lambda out: out),
     "weight_norm": (WeightNormModel, lambda: torch.randn(8, 20, generator=torch.Generator().manual_seed(1)), lambda out: out),
 }
 
@@ -156,6 +180,14 @@ def test_gpt2_conv1d_tied_lm_head_and_summary(tmp_path):
     for key in ("transformer.h.0.attn.c_attn.weight", "transformer.h.0.ln_1.weight", "transformer.wpe.weight"):
         assert key in text
     assert "1-D" in text
+
+
+def test_every_registered_type_of_the_zoo_is_a_target():
+    summary = deepzip.prune_(Zoo(), 0.5, min_size=0)
+    expected = {"bag", "conv1d", "deconv1d", "conv3d", "head", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "lstm.weight_hr_l0"}
+    expected |= {f"gru.weight_{kind}_l0{suffix}" for kind in ("ih", "hh") for suffix in ("", "_reverse")}
+    expected |= {f"lstm.weight_{kind}_l0" for kind in ("ih", "hh")}
+    assert set(summary) == expected
 
 
 def test_lstm_and_attention_tensors_are_targets():

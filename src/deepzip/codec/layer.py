@@ -34,10 +34,14 @@ class EncodedLayer:
         return len(self.code_lengths) + len(self.gap_lengths) + len(self.code_stream) + len(self.gap_stream)
 
 
+def stream_code_lengths(counts: np.ndarray) -> np.ndarray:
+    """The code lengths a layer's stream gets for its symbol `counts` (length-limited Huffman)."""
+    return huffman.code_lengths(counts, max_code_length(int(np.count_nonzero(counts))))
+
+
 def _huffman(symbols: np.ndarray, alphabet_size: int) -> tuple[bytes, bytes]:
     """Code `symbols` with an optimal code of their own counts; return (packed lengths, stream)."""
-    counts = np.bincount(symbols, minlength=alphabet_size)
-    lengths = huffman.code_lengths(counts, max_code_length(int(np.count_nonzero(counts))))
+    lengths = stream_code_lengths(np.bincount(symbols, minlength=alphabet_size))
     return huffman.pack_lengths(lengths), huffman.encode(symbols, lengths)
 
 

@@ -18,8 +18,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from deepzip.codec import huffman, sparse
-from deepzip.codec.layer import encode_layer_smallest
+from deepzip.codec import sparse
+from deepzip.codec.layer import encode_layer_smallest, stream_code_lengths
 from deepzip.compressed import CodebookTensor
 from deepzip.errors import ConfigError
 from deepzip.report import canvas
@@ -182,7 +182,7 @@ def stream_distributions(record: CodebookTensor, path: str | os.PathLike, name: 
     legend = {}
     for ax, symbols, alphabet, fixed, xlabel, title in panels:
         counts = np.bincount(symbols.astype(np.int64), minlength=alphabet)
-        lengths = huffman.code_lengths(counts)
+        lengths = stream_code_lengths(counts)  # exactly what the file's coder uses
         real = counts.copy()
         if ax is code_ax:
             real[k] = 0  # the filler bar is drawn in its own color below
