@@ -11,6 +11,7 @@ layer; no module over MAX_LINES lines.
 from __future__ import annotations
 
 import ast
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -251,6 +252,14 @@ def test_modules_are_short(files):
     print(f"longest modules:\n{longest}")
     too_long = [f"{m}: {n} lines" for n, m in lengths if n > MAX_LINES]
     assert not too_long, f"modules over {MAX_LINES} lines:\n" + "\n".join(too_long)
+
+
+def test_no_module_cites_a_path_outside_the_repository(files):
+    # A docstring that points at a machine's folders (/work/shared/...) means nothing to a
+    # reader of the package; cite the measurement or the paper instead.
+    pattern = re.compile(r"(?<![\w.])/(?:work|home|tmp|root|Users)/")
+    cited = [f"{m}:{i}" for m, p in files.items() for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not cited, "paths outside the repository:\n" + "\n".join(cited)
 
 
 # ---------------------------------------------------------------- the helpers on synthetic input

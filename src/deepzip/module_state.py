@@ -60,7 +60,8 @@ def sites(model: nn.Module) -> Iterator[Site]:
 
 def _walk(module: nn.Module, prefix: str) -> Iterator[Site]:
     module_name = prefix[:-1]
-    parametrized = set(module.parametrizations) if parametrize.is_parametrized(module) else set()
+    # A list, not a set: the order of the tensors decides which name a tied group goes by.
+    parametrized = list(module.parametrizations) if parametrize.is_parametrized(module) else []
     for name, param in module._parameters.items():
         if param is not None and name not in parametrized:
             yield Site(prefix + name, module_name, module, name, False)

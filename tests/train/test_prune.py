@@ -1,4 +1,4 @@
-"""Stage 1: masks by sparsity and by quality, and pruned weights that never come back."""
+"""Stage 1: prune_ on a model, and pruned weights that never come back (masks: test_masks.py)."""
 
 import pytest
 import torch
@@ -6,37 +6,11 @@ from torch import nn
 
 import deepzip
 from deepzip.errors import ConfigError
-from deepzip.train.prune import quality_mask, sparsity_mask
 
 
 def small_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 3))
-
-
-def test_sparsity_mask_keeps_the_largest_magnitudes():
-    weight = torch.tensor([[0.1, -3.0, 0.5], [2.0, -0.2, 0.0]])
-    mask = sparsity_mask(weight, 0.5)
-    assert mask.tolist() == [[False, True, True], [True, False, False]]
-
-
-def test_sparsity_mask_counts_the_whole_tensor_and_never_revives():
-    weight = torch.randn(100, 50)
-    first = sparsity_mask(weight, 0.8)
-    assert int(first.sum()) == 1000
-    # Large values where the first mask pruned: still pruned after the second step.
-    boosted = torch.where(first, weight, weight.sign() * 100)
-    second = sparsity_mask(boosted, 0.9, first)
-    assert int(second.sum()) == 500
-    assert not (second & ~first).any()
-    # Asking for less sparsity than the tensor has keeps the current mask.
-    assert torch.equal(sparsity_mask(weight, 0.5, first), first)
-
-
-def test_quality_mask_is_the_papers_threshold():
-    weight = torch.randn(1000)
-    threshold = 0.7 * weight.std()
-    assert torch.equal(quality_mask(weight, 0.7), weight.abs() >= threshold)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])

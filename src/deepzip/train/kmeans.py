@@ -7,8 +7,10 @@ Clustering is 1-D, which makes exact Lloyd iterations cheap: after one sort of t
 every cluster is a contiguous run of the sorted values, so one Lloyd step is ``k - 1`` binary
 searches for the cut points plus cluster sums read off prefix sums -- O(k log n) instead of
 O(n) per step.  That lets us run Lloyd to its exact fixed point (thousands of steps cost a few
-tens of milliseconds) instead of stopping after a handful of O(n) steps far from convergence
-(see /work/shared/measured.md, "1-D k-means").
+tens of milliseconds) instead of stopping after a handful of O(n) steps far from convergence.
+Measured on 10M weights and 32 clusters (2-core machine): plain O(n) Lloyd costs 0.23 s per
+step and is still 4.4x off the optimum after 20 steps; sorted with prefix sums, 0.35 s for
+the sort, then ~60 us per step, to the exact fixed point in under 0.5 s.
 
 All functions are pure: they take numpy arrays and return new numpy arrays.
 """

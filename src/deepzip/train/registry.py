@@ -161,8 +161,5 @@ def _unregistered_reason(site: module_state.Site) -> str:
     if site.is_buffer:
         return "buffer"
     if tensor.dtype not in FLOAT_DTYPES or tensor.dim() < 2:
-        return raw_reason(tensor, 0) or "not a weight"
-    cls = layer_type(site.module)
-    if site.tensor_name.startswith("bias"):
-        return "bias"
-    return f"unsupported layer type ({cls.__name__}.{site.tensor_name})"
+        return raw_reason(tensor, 0)
+    return f"unsupported layer type ({layer_type(site.module).__name__}.{site.tensor_name})"
