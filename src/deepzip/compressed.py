@@ -16,19 +16,24 @@ import torch
 from deepzip.summary import Summary
 
 
+_DECODE_CHUNK = 1 << 22  # codes widened to int64 per chunk, not for the whole tensor
+
+
 @dataclass(frozen=True)
 class CodebookTensor:
     """A pruned, weight-shared tensor: entry `positions[i]` (flat, row-major) is codebook[codes[i]].
 
-    All other entries are zero. `index_bits` is the width of the relative-index (gap)
-    symbols in the file; None lets the encoder pick the width that gives the smallest file.
+    All other entries are zero. `positions` None means dense: every entry is kept, and
+    entry i is codebook[codes[i]] (no position array is ever built, which matters for
+    billions of weights). `index_bits` is the width of the relative-index (gap) symbols
+    in the file; None lets the encoder pick the width that gives the smallest file.
     """
 
     shape: tuple[int, ...]
     dtype: torch.dtype
     codebook: np.ndarray  # float32 [k]
-    positions: np.ndarray  # int64 [nnz], strictly increasing, < numel
-    codes: np.ndarray  # uint16 [nnz], < k
+    positions: np.ndarray | None  # int64 [nnz], strictly increasing, < numel; None = all
+    codes: np.ndarray  # uint8 or uint16 [nnz], < k
     index_bits: int | None = None
 
     @property
@@ -37,15 +42,36 @@ class CodebookTensor:
         return int(np.prod(self.shape, dtype=np.int64))
 
     @property
+    def kept(self) -> int:
+        """Number of kept (stored) weights."""
+        return int(self.codes.size)
+
+    @property
     def bits(self) -> int:
         """Bits of a fixed-width weight code: ceil(log2 k)."""
         return max(1, int(np.ceil(np.log2(len(self.codebook)))))
 
+    def flat_positions(self) -> np.ndarray:
+        """The kept positions as int64, built for a dense tensor (small tensors only)."""
+        return np.arange(self.numel, dtype=np.int64) if self.positions is None else self.positions
+
     def to_dense(self) -> torch.Tensor:
-        """The dense tensor, bit-identical to centroids[codes] of the quantized model."""
-        flat = torch.zeros(self.numel, dtype=torch.float32)
-        flat[torch.from_numpy(self.positions)] = torch.from_numpy(self.codebook[self.codes])
-        return flat.view(self.shape).to(self.dtype)
+        """The dense tensor, bit-identical to centroids[codes] of the quantized model.
+
+        The codebook is converted to the tensor's dtype first (converting each value
+        before or after the lookup gives the same bits), so no float32 copy of the whole
+        tensor is made.
+        """
+        codebook = torch.from_numpy(np.ascontiguousarray(self.codebook, dtype=np.float32)).to(self.dtype)
+        if self.positions is None:
+            flat = torch.empty(self.numel, dtype=self.dtype)
+            for start in range(0, self.numel, _DECODE_CHUNK):
+                codes = torch.from_numpy(self.codes[start : start + _DECODE_CHUNK].astype(np.int64))
+                flat[start : start + len(codes)] = codebook[codes]
+        else:
+            flat = torch.zeros(self.numel, dtype=self.dtype)
+            flat[torch.from_numpy(self.positions)] = codebook[torch.from_numpy(self.codes.astype(np.int64))]
+        return flat.view(self.shape)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class SparseLinear(nn.Module):
         if len(weight.shape) != 2:
             raise ConfigError(f"SparseLinear needs a 2-D (out, in) weight, got shape {tuple(weight.shape)}")
         self.out_features, self.in_features = (int(d) for d in weight.shape)
-        self.packed = kernels.pack_linear(weight.shape, weight.codebook, weight.positions, weight.codes)
+        self.packed = kernels.pack_linear(weight.shape, weight.codebook, weight.flat_positions(), weight.codes)
         if bias is not None:
             if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (self.out_features,):
                 got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__

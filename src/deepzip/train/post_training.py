@@ -122,7 +122,7 @@ def compress_state_dict(
         if first in chosen:
             s = chosen[first]
             record = compress_tensor(tensor, s["sparsity"], s["bits"], init, index_bits=s["index_bits"])
-            kept = len(record.positions) / max(record.numel, 1)
+            kept = record.kept / max(record.numel, 1)
             rows.append(Row(label, tuple(tensor.shape), True, f"kept {100 * kept:.2f}%, {s['bits']} bits, {len(record.codebook)} centroids"))
         else:
             record = RawTensor(tensor.detach().contiguous())
