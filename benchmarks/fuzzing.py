@@ -5,28 +5,39 @@ The reader's contract (docs/FORMAT.md, "What a reader must reject"): for ANY byt
 (or a subclass); it never raises anything else, never crashes the process (the numba
 kernels do no bounds checks), never hangs and never allocates far more memory than
 decoding an undamaged file. This module provides the pieces to test that; it is quality
-tooling, used by ``tests/test_fuzz.py`` (a quick in-process run) and
+tooling, used by ``tests/container/test_fuzz.py`` (a quick in-process run) and
 ``benchmarks/fuzz_reader.py`` (long runs in a watched subprocess).
 
-- `seed_files()` builds a few real files in memory with deepzip's own API.
-- `parse_layout()` finds the offset of every field of a file, written from
-  docs/FORMAT.md alone (not from the reader), leniently: it describes as much of a
-  damaged file as it can. `recompute_crcs()` rewrites the header and section checksums
-  from the record sizes, so that mutations get past the crc32 checks and reach the
-  semantic checks behind them.
+- `seed_files()` builds a few real files in memory with deepzip's own API (format
+  version 2, as the writer writes it) and adds the committed version-1 golden file.
+- `parse_layout()` finds the offset of every field of a file of either version, written
+  from the format's description alone (not from the reader), leniently: it describes as
+  much of a damaged file as it can. `recompute_crcs()` rewrites the section and header
+  checksums from the record sizes, so that mutations get past the crc32 checks and reach
+  the semantic checks behind them.
 - `MUTATORS` maps a name to a pure function ``f(data, rng) -> bytes``; everything random
   comes from the numpy Generator, so an input is reproducible from its seed.
 - `generate()` derives one mutated input deterministically from (seed, index);
   `check_one()` runs the reader on it.
+
+The two layouts (docs/FORMAT.md): both start with a 16-byte preamble (magic, u16 version,
+u16 flags, u32 word). Version 1: the word is the header size H, the header (u32 record
+count, records with u32 section sizes) follows, then a u32 crc32 of preamble + header,
+then the sections. Version 2: the word is reserved (0); the sections follow the preamble,
+then the header body (u64 record count, records with u64 section sizes and, for codebook
+records, u64 E, K, C, G), then a 12-byte trailer: u64 body size H, u32 crc32 of preamble +
+body. A version-2 codebook record with b = 0 is dense: no gap table, no gap stream.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import struct
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +45,9 @@ from deepzip.errors import FormatError
 
 MAGIC = b"\x89DZIP\r\n\x1a"
 PREAMBLE_SIZE = 16
+TRAILER_SIZE = 12  # version 2: u64 header body size, u32 header crc32
+# The version-1 file committed for the compatibility test: a seed of the old layout.
+GOLDEN_V1 = Path(__file__).resolve().parents[1] / "tests" / "container" / "golden" / "v1.dzip"
 
 # ---------------------------------------------------------------- the reader under test
 
@@ -85,7 +99,8 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
         files["lenet_conv"] = container.to_bytes(deepzip.export(mid, index_bits={"fc3": 3}))
 
         # (c) raw tensors of every dtype and codebook tensors of the other float dtypes,
-        # with edge cases: a 0-d tensor, an empty tensor, all-zero codebook tensors.
+        # with edge cases: a 0-d tensor, an empty tensor, all-zero codebook tensors,
+        # dense codebook tensors (b = 0), tied tensors (aliases) and attached files.
         torch.manual_seed(2)
         gen = np.random.default_rng(2)
 
@@ -95,6 +110,10 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
             codes = gen.integers(0, k, positions.size).astype(np.uint16)
             codebook = np.sort(gen.normal(size=k)).astype(np.float32)
             return CodebookTensor(tuple(shape), dtype, codebook, positions, codes, index_bits)
+
+        def dense(shape, k, dtype):
+            codes = gen.integers(0, k, int(np.prod(shape))).astype(np.uint16)
+            return CodebookTensor(tuple(shape), dtype, np.sort(gen.normal(size=k)).astype(np.float32), None, codes)
 
         files["dtypes"] = container.to_bytes(
             CompressedModel(
@@ -113,25 +132,33 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
                     "proj.weight": sparse((3, 4, 5, 6), 0.3, 8, torch.bfloat16, index_bits=1),
                     "wide.weight": sparse((2, 3000), 0.02, 3, torch.float64, index_bits=12),
                     "zero.weight": sparse((4, 2), 0.0, 1, torch.float32, index_bits=3),
-                    "scalar.weight": sparse((), 1.0, 2, torch.float32),
+                    "scalar.weight": sparse((), 1.0, 2, torch.float32),  # every position kept: dense
                     "nil.weight": sparse((0, 7), 0.0, 1, torch.float32),
-                    # Tied tensors (alias records) and attached files.
+                    "dense.weight": dense((16, 12), 5, torch.float16),
+                    "dense_bf16.weight": dense((20, 30), 300, torch.bfloat16),
+                    "dense_one.weight": dense((9,), 1, torch.float32),
+                    # Tied tensors (alias records), one of them dense, and attached files.
                     **dict.fromkeys(["decoder.weight", "encoder.weight"], sparse((12, 9), 0.5, 4, torch.float32)),
+                    **dict.fromkeys(["lm_head.weight", "wte.weight"], dense((10, 6), 7, torch.float32)),
                     **dict.fromkeys(["head.bias", "tail.bias"], RawTensor(torch.randn(5))),
                 },
                 {"config.json": b'{"model_type": "bert", "hidden_size": 32}', "tok/vocab.txt": b"[PAD]\n[UNK]\n"},
             )
         )
+    files["golden_v1"] = GOLDEN_V1.read_bytes()
     return tuple(files.items())
 
 
 def seed_files() -> dict[str, bytes]:
     """A few real .dzip files, built in memory (and cached): {name: bytes}.
 
-    "mlp_small": Linear 64-32-10, 80% pruned, 4 bits. "lenet_conv": a conv layer (8 bits)
-    and Linear 784-300-100-10 (~92% pruned, 5-6 bits). "dtypes": raw tensors of all ten
-    dtypes and codebook tensors in float16/bfloat16/float64, index widths 1 to 12, a 0-d,
-    an empty and two all-zero tensors. Deterministic; the global torch RNG is left alone.
+    Version 2, written by this deepzip: "mlp_small": Linear 64-32-10, 80% pruned, 4 bits.
+    "lenet_conv": a conv layer (8 bits) and Linear 784-300-100-10 (~92% pruned, 5-6 bits).
+    "dtypes": raw tensors of all ten dtypes and codebook tensors in float16/bfloat16/float64,
+    index widths 1 to 12, dense records (b = 0, k from 1 to 300), a 0-d, an empty and two
+    all-zero tensors, aliases (of a sparse, a dense and a raw tensor) and two attached
+    files. Version 1: "golden_v1", tests/container/golden/v1.dzip (written by deepzip 0.1).
+    Deterministic; the global torch RNG is left alone.
     """
     return dict(_seed_files())
 
@@ -147,7 +174,7 @@ class Field:
     offset: int
     width: int
     value: int
-    record: int | None = None  # record index; None for preamble and tensor count
+    record: int | None = None  # record index; None for preamble, record count and trailer
 
     @property
     def max(self) -> int:
@@ -155,12 +182,21 @@ class Field:
         return (1 << (8 * self.width)) - 1
 
 
+# Per layout: widths of the record count and section size, and the coding parameters.
+_COUNT_WIDTH = {1: 4, 2: 8}
+_PARAMS = {
+    1: (("k", 2), ("b", 1), ("E", 4), ("C", 4), ("G", 4)),
+    2: (("k", 2), ("b", 1), ("E", 8), ("K", 8), ("C", 8), ("G", 8)),
+}
+
+
 @dataclass
 class RecordLayout:
-    """A tensor record as far as it could be parsed, and where its section lies."""
+    """A record as far as it could be parsed, and where its section lies."""
 
     index: int
-    fields: dict[str, Field] = field(default_factory=dict)  # name_len, dtype, ndim, encoding, size, crc, k, b, E, C, G
+    # name_len, dtype, ndim, encoding, size, crc, and for codebook records k, b, E, (K), C, G
+    fields: dict[str, Field] = field(default_factory=dict)
     dims: list[Field] = field(default_factory=list)
     name_offset: int | None = None
     name_size: int = 0
@@ -181,11 +217,13 @@ class RecordLayout:
 
     def parts(self) -> dict[str, tuple[int, int]]:
         """{part: (offset, size)} of a codebook section: codebook, code_lengths, gap_lengths,
-        code_stream, gap_stream; only for parts that lie inside the declared section."""
+        code_stream, gap_stream; only for parts that lie inside the declared section. A
+        dense record (b = 0) has an empty gap table and gap stream."""
         k, b, c, g = (self.value(n) for n in ("k", "b", "C", "G"))
         if self.value("encoding") != 1 or None in (k, b, c, g) or self.section_offset is None or b > 16:
             return {}
-        sizes = [("codebook", 4 * k), ("code_lengths", (k + 2) // 2), ("gap_lengths", ((1 << b) + 1) // 2)]
+        gap_table = ((1 << b) + 1) // 2 if b else 0
+        sizes = [("codebook", 4 * k), ("code_lengths", (k + 2) // 2), ("gap_lengths", gap_table)]
         sizes += [("code_stream", c), ("gap_stream", g)]
         parts, pos, end = {}, self.section_offset, self.section_offset + (self.section_size or 0)
         for name, size in sizes:
@@ -201,24 +239,40 @@ class Layout:
     """Where everything is in a (possibly damaged) .dzip file; see `parse_layout`."""
 
     size: int  # file size
-    fields: list[Field]  # every numeric field, in file order (preamble, count, records)
+    fields: list[Field]  # every numeric field, in file order (preamble, count, records, crc/trailer)
     records: list[RecordLayout]
-    header_end: int | None  # 16 + H, where the header crc32 starts; None if no preamble
-    complete: bool  # the header parsed exactly: all N records, ending at 16 + H
+    version: int | None  # the preamble's version; None if there is no whole preamble
+    body: tuple[int, int] | None  # [start, end) of the header (record count and records)
+    sections_end: int  # where the sections must end: the file's end (v1), the body's start (v2)
+    complete: bool  # the header parsed exactly: all N records, ending at the body's end
+
+    @property
+    def layout_version(self) -> int:
+        """1 for a version-1 file; every other version is laid out as version 2 (the current one)."""
+        return 1 if self.version == 1 else 2
+
+    def field(self, name: str) -> Field | None:
+        """The first field called `name` (header_size, reserved, count, body_size, header_crc...)."""
+        return next((f for f in self.fields if f.name == name), None)
+
+    @property
+    def size_field(self) -> Field | None:
+        """The field that holds the header's size: header_size (v1) or the trailer's body_size (v2)."""
+        return self.field("header_size" if self.layout_version == 1 else "body_size")
 
     def sections(self) -> list[tuple[RecordLayout, int, int]]:
-        """(record, offset, size) of each section that lies wholly inside the file."""
+        """(record, offset, size) of each section that lies wholly where sections may lie."""
         return [
             (r, r.section_offset, r.section_size)
             for r in self.records
-            if r.section_offset is not None and r.section_offset + r.section_size <= self.size
+            if r.section_offset is not None and r.section_offset + r.section_size <= self.sections_end
         ]
 
     def boundaries(self) -> list[int]:
-        """Offsets where a field, record, section or section part starts, and the file end."""
+        """Offsets where a field, record, section, section part or the header starts, and the file end."""
         points = {f.offset for f in self.fields} | {self.size}
-        if self.header_end is not None:
-            points |= {self.header_end, self.header_end + 4}
+        if self.body is not None:
+            points |= set(self.body)
         for r in self.records:
             if r.name_offset is not None:
                 points.add(r.name_offset)
@@ -231,78 +285,101 @@ class Layout:
 def parse_layout(data: bytes) -> Layout:
     """Parse the layout of `data` following docs/FORMAT.md, as far as the bytes allow.
 
-    Never raises: fields that do not fit in the header (16 + H, clipped to the file) are
-    left out, and records stop there. Section offsets follow the record sizes from the
-    end of the header crc32 on; `Layout.sections()` keeps those inside the file.
+    Never raises. Version 1: the header is bytes 16 .. 16 + H (H from the preamble),
+    clipped to the file; the sections follow its crc32. Version 2 (and any version other
+    than 1): the header body is the H bytes before the 12-byte trailer (H from the
+    trailer), none if they do not fit after the preamble; the sections start at byte 16.
+    Fields that do not fit in the header are left out and records stop there. Section
+    offsets follow the record sizes; `Layout.sections()` keeps those that fit.
     """
     data = bytes(data)
     n = len(data)
     fields: list[Field] = []
     records: list[RecordLayout] = []
     if n < PREAMBLE_SIZE:
-        return Layout(n, fields, records, None, False)
-    for name, offset, width in (("version", 8, 2), ("flags", 10, 2), ("header_size", 12, 4)):
-        fields.append(Field(name, offset, width, int.from_bytes(data[offset : offset + width], "little")))
-    header_end = PREAMBLE_SIZE + fields[-1].value
-    limit = min(header_end, n)
-    pos = PREAMBLE_SIZE
+        return Layout(n, fields, records, None, None, n, False)
 
-    def take(name: str, width: int, record: RecordLayout | None) -> Field | None:
-        nonlocal pos
-        if pos + width > limit:
-            return None
-        f = Field(name, pos, width, int.from_bytes(data[pos : pos + width], "little"), None if record is None else record.index)
-        pos += width
-        fields.append(f)
-        if record is not None:
-            if name == "dim":
-                record.dims.append(f)
-            else:
-                record.fields[name] = f
-        return f
+    def number(name: str, offset: int, width: int, record: int | None = None) -> Field:
+        return Field(name, offset, width, int.from_bytes(data[offset : offset + width], "little"), record)
 
-    count = take("count", 4, None)
+    version = int.from_bytes(data[8:10], "little")
+    v = 1 if version == 1 else 2
+    fields += [number("version", 8, 2), number("flags", 10, 2), number("header_size" if v == 1 else "reserved", 12, 4)]
+    tail: list[Field] = []
+    if v == 1:
+        start = PREAMBLE_SIZE
+        end = start + fields[-1].value
+        body = (start, end)
+        sections_start, sections_end = end + 4, n
+        if end + 4 <= n:
+            tail.append(number("header_crc", end, 4))
+    elif n >= PREAMBLE_SIZE + TRAILER_SIZE:
+        tail = [number("body_size", n - TRAILER_SIZE, 8), number("header_crc", n - 4, 4)]
+        end = n - TRAILER_SIZE
+        start = end - tail[0].value
+        body = (start, end) if start >= PREAMBLE_SIZE else None
+        sections_start, sections_end = PREAMBLE_SIZE, start if body else end
+    else:
+        body, sections_start, sections_end = None, PREAMBLE_SIZE, n
     complete = False
-    if count is not None:
-        complete = True
-        for index in range(count.value):
-            record = RecordLayout(index)
-            records.append(record)
-            name_len = take("name_len", 2, record)
-            if name_len is None or pos + name_len.value > limit:
-                complete = False
-                break
-            record.name_offset, record.name_size = pos, name_len.value
-            pos += name_len.value
-            if take("dtype", 1, record) is None or (ndim := take("ndim", 1, record)) is None:
-                complete = False
-                break
-            if any(take("dim", 4, record) is None for _ in range(ndim.value)):
-                complete = False
-                break
-            if None in (take("encoding", 1, record), take("size", 4, record), take("crc", 4, record)):
-                complete = False
-                break
-            if record.value("encoding") == 1:
-                widths = (("k", 2), ("b", 1), ("E", 4), ("C", 4), ("G", 4))
-                if any(take(name, width, record) is None for name, width in widths):
+    if body is not None:
+        limit = min(body[1], n)
+        pos = body[0]
+
+        def take(name: str, width: int, record: RecordLayout | None) -> Field | None:
+            nonlocal pos
+            if pos + width > limit:
+                return None
+            f = number(name, pos, width, None if record is None else record.index)
+            pos += width
+            fields.append(f)
+            if record is not None:
+                if name == "dim":
+                    record.dims.append(f)
+                else:
+                    record.fields[name] = f
+            return f
+
+        count = take("count", _COUNT_WIDTH[v], None)
+        if count is not None:
+            complete = True
+            for index in range(count.value):
+                record = RecordLayout(index)
+                records.append(record)
+                name_len = take("name_len", 2, record)
+                if name_len is None or pos + name_len.value > limit:
                     complete = False
                     break
-        complete = complete and pos == header_end
-    offset = header_end + 4
+                record.name_offset, record.name_size = pos, name_len.value
+                pos += name_len.value
+                if take("dtype", 1, record) is None or (ndim := take("ndim", 1, record)) is None:
+                    complete = False
+                    break
+                if any(take("dim", 4, record) is None for _ in range(ndim.value)):
+                    complete = False
+                    break
+                if None in (take("encoding", 1, record), take("size", 4 * v, record), take("crc", 4, record)):
+                    complete = False
+                    break
+                if record.value("encoding") == 1 and any(take(name, w, record) is None for name, w in _PARAMS[v]):
+                    complete = False
+                    break
+            complete = complete and pos == body[1]
+    fields += tail
+    offset = sections_start
     for record in records:
         if record.section_size is None:
             break
         record.section_offset = offset
         offset += record.section_size
-    return Layout(n, fields, records, header_end, complete)
+    return Layout(n, fields, records, version, body, sections_end, complete)
 
 
 def recompute_crcs(data: bytes) -> bytes:
     """`data` with every section crc32 and then the header crc32 rewritten to match.
 
-    Section positions come from the record sizes (see `parse_layout`); a section that runs
-    past the end of the file, or a header crc32 that does not fit, is left as it is.
+    Section positions come from the record sizes (see `parse_layout`); a section that does
+    not fit, or a header crc32 that does not, is left as it is.
     """
     layout = parse_layout(data)
     out = bytearray(data)
@@ -310,15 +387,31 @@ def recompute_crcs(data: bytes) -> bytes:
         crc = record.fields.get("crc")
         if crc is not None:
             out[crc.offset : crc.offset + 4] = struct.pack("<I", zlib.crc32(out[offset : offset + size]))
-    end = layout.header_end
-    if end is not None and end + 4 <= len(out):
-        out[end : end + 4] = struct.pack("<I", zlib.crc32(out[:end]))
+    header_crc = layout.field("header_crc")
+    if header_crc is not None and layout.body is not None:
+        start, end = layout.body
+        if layout.layout_version == 1:
+            value = zlib.crc32(out[:end])
+        else:
+            value = zlib.crc32(out[start:end], zlib.crc32(out[:PREAMBLE_SIZE]))
+        out[header_crc.offset : header_crc.offset + 4] = struct.pack("<I", value)
     return bytes(out)
 
 
 def _put(data: bytes, f: Field, value: int) -> bytes:
     return data[: f.offset] + (value & f.max).to_bytes(f.width, "little") + data[f.offset + f.width :]
 
+
+def _replace(data: bytes, start: int, end: int, new: bytes) -> tuple[bytes, Callable[[Field], Field]]:
+    """`data` with bytes [start, end) replaced by `new`, and a function that moves a field of
+    `data` to where it lies in the result: fields from `end` on shift by the size change
+    (in version 2 the header follows the sections, so a section edit moves it)."""
+    delta = len(new) - (end - start)
+
+    def moved(f: Field) -> Field:
+        return f if f.offset < end else dataclasses.replace(f, offset=f.offset + delta)
+
+    return data[:start] + new + data[end:], moved
 
 # ---------------------------------------------------------------- byte-level mutators
 
@@ -437,39 +530,55 @@ def _with_crcs(mutator: Callable[[bytes, np.random.Generator], bytes]):
 
 
 _LIMITS = {
-    "version": (0, 1, 2),
+    "version": (0, 1, 2, 3),
     "flags": (1,),
+    "reserved": (1,),
     "name_len": (1024, 1025),
     "dtype": (0, 1, 2, 3, 4, 5, 8, 9, 10, 11),
     "ndim": (0, 8, 9),
-    "encoding": (0, 1, 2),
+    "encoding": (0, 1, 2, 3, 4),
     "k": (4095, 4096, 4097),
-    "b": (1, 8, 12, 13, 16),
+    "b": (0, 1, 8, 12, 13, 16),
 }
 
 
 def _candidates(f: Field, layout: Layout, rng: np.random.Generator) -> list[int]:
-    """Boundary values for field `f`: 0, 1, max, max-1, old+-1, 2**31, 2**32-1, random, limits."""
-    values = [0, 1, f.max, f.max - 1, f.value + 1, f.value - 1, 1 << 31, (1 << 32) - 1, int(rng.integers(f.max + 1))]
-    values += [1 << 16, (1 << 16) - 1, f.value * 2, f.value // 2, f.value + 8, f.value - 8]
+    """Boundary values for field `f`: 0, 1, max, max-1, old+-1, 2**31, 2**32-1, random, limits,
+    and values at the edge of the checks that tie a record's fields together."""
+    values = [0, 1, f.max, f.max - 1, f.value + 1, f.value - 1, 1 << 31, (1 << 32) - 1, int(rng.integers(f.max, dtype=np.uint64, endpoint=True))]
+    values += [1 << 16, (1 << 16) - 1, f.value * 2, f.value // 2, f.value + 8, f.value - 8, 1 << 32, 1 << 40, 1 << 63]
     values += list(_LIMITS.get(f.name, ()))
+    if f.name in ("header_size", "body_size"):
+        room = layout.size - PREAMBLE_SIZE - (4 if f.name == "header_size" else TRAILER_SIZE)
+        values += [room, room + 1, 64 << 20, (64 << 20) + 1]
     if f.record is not None:
         record = layout.records[f.record]
+        numel, b = record.numel, record.value("b") or 0
+        entries, code, gap = (record.value(n) or 0 for n in ("E", "C", "G"))
         if f.name == "E":
-            values += [record.numel, record.numel + 1, 8 * (record.value("C") or 0), 8 * (record.value("G") or 0) + 1]
+            # E <= numel, E <= 8 C (and 8 G if sparse), numel <= (E + 1) 2^b - 1.
+            reach = -(-(numel + 1) // (1 << b)) - 1
+            values += [numel, numel + 1, 8 * code, 8 * code + 1, 8 * gap, 8 * gap + 1, reach, reach - 1]
+        if f.name == "K":
+            values += [entries, entries - 1, entries + 1, 0]
+        if f.name in ("C", "G"):
+            values += [-(-entries // 8), -(-entries // 8) - 1]
         if f.name == "dim":
-            values += [1 << 20, 1 << 30, f.value + (1 << (record.value("b") or 0))]
+            values += [1 << 20, 1 << 30, f.value + (1 << b)]
     return [v for v in values if 0 <= v <= f.max and v != f.value]
 
 
+_CHECKSUMS = ("crc", "header_crc")
+
+
 def field_edit(data: bytes, rng: np.random.Generator) -> bytes:
-    """Set one numeric field (header size, tensor count, name length, dtype, ndim, a dim,
-    encoding, section size, k, b, E, C, G, version, flags) to a boundary value, then
-    recompute the checksums."""
+    """Set one numeric field (header or body size, record count, name length, dtype, ndim, a
+    dim, encoding, section size, k, b, E, K, C, G; rarely version, flags or the reserved
+    word) to a boundary value, then recompute the checksums."""
     layout = parse_layout(data)
-    fields = [f for f in layout.fields if f.name not in ("crc", "version", "flags")]
+    fields = [f for f in layout.fields if f.name not in (*_CHECKSUMS, "version", "flags", "reserved")]
     if not fields or rng.random() < 0.02:
-        fields = [f for f in layout.fields if f.name != "crc"] or fields
+        fields = [f for f in layout.fields if f.name not in _CHECKSUMS] or fields
     if not fields:
         return byte_overwrite(data, rng)
     f = fields[rng.integers(len(fields))]
@@ -478,19 +587,18 @@ def field_edit(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 def _codebook_records(layout: Layout) -> list[RecordLayout]:
-    """Codebook records whose five section parts all lie inside the file."""
-    return [r for r in layout.records if len(r.parts()) == 5 and r.section_offset + r.section_size <= layout.size]
+    """Codebook records whose five section parts all lie where the sections may lie."""
+    return [r for r in layout.records if len(r.parts()) == 5 and r.section_offset + r.section_size <= layout.sections_end]
 
 
 def table_flip(data: bytes, rng: np.random.Generator) -> bytes:
     """Change a Huffman code-length table: flip bits or set a length nibble to 0, 1, 15 or
     old+-1, then recompute the checksums."""
     records = _codebook_records(parse_layout(data))
-    if not records:
+    tables = [r.parts()[p] for r in records for p in ("code_lengths", "gap_lengths") if r.parts()[p][1]]
+    if not tables:
         return field_edit(data, rng)
-    record = records[rng.integers(len(records))]
-    parts = record.parts()
-    offset, size = parts["code_lengths" if rng.random() < 0.5 or "gap_lengths" not in parts else "gap_lengths"]
+    offset, size = tables[rng.integers(len(tables))]
     out = bytearray(data)
     for _ in range(int(rng.integers(1, 4))):
         i = offset + int(rng.integers(size))
@@ -508,7 +616,7 @@ def stream_flip(data: bytes, rng: np.random.Generator) -> bytes:
     """Flip 1 to 8 bits of a code or gap stream (the padding bits included), then recompute
     the checksums."""
     records = _codebook_records(parse_layout(data))
-    streams = [r.parts()[p] for r in records for p in ("code_stream", "gap_stream") if r.parts().get(p, (0, 0))[1]]
+    streams = [r.parts()[p] for r in records for p in ("code_stream", "gap_stream") if r.parts()[p][1]]
     if not streams:
         return field_edit(data, rng)
     offset, size = streams[rng.integers(len(streams))]
@@ -535,19 +643,21 @@ def stream_resize(data: bytes, rng: np.random.Generator) -> bytes:
     i = offset + int(rng.integers(size + 1))
     if delta > 0:
         chunk = bytes(delta) if rng.random() < 0.5 else rng.integers(0, 256, delta, dtype=np.uint8).tobytes()
-        data = data[:i] + chunk + data[i:]
+        data, moved = _replace(data, i, i, chunk)
     else:
         i = min(i, offset + size + delta)
-        data = data[:i] + data[i - delta :]
-    # Both fields precede the section, so their offsets are unchanged.
-    data = _put(data, record.fields[size_field], size + delta)
-    data = _put(data, record.fields["size"], record.section_size + delta)
+        data, moved = _replace(data, i, i - delta, b"")
+    # Version 1: the fields precede the section and stay put; version 2: they move with the header.
+    data = _put(data, moved(record.fields[size_field]), size + delta)
+    data = _put(data, moved(record.fields["size"]), record.section_size + delta)
     return recompute_crcs(data)
 
 
 def section_splice(data: bytes, rng: np.random.Generator) -> bytes:
     """Replace a codebook section by one from another record or seed file, carrying over
-    its k, b, E, C, G and size but keeping this record's shape; recompute the checksums."""
+    its k, b, E, K, C, G and size but keeping this record's shape; recompute the checksums.
+
+    A donor of the other version lacks or adds K: a version-2 target then gets K = E."""
     layout = parse_layout(data)
     records = _codebook_records(layout)
     donors = []
@@ -561,9 +671,11 @@ def section_splice(data: bytes, rng: np.random.Generator) -> bytes:
     sections = [(donor[r.section_offset : r.section_offset + r.section_size], r) for donor, r in donors]
     sections = [(section, r) for section, r in sections if section != current] or sections
     section, source = sections[rng.integers(len(sections))]
-    out = data[: target.section_offset] + section + data[target.section_offset + target.section_size :]
-    for name in ("size", "k", "b", "E", "C", "G"):
-        out = _put(out, target.fields[name], source.value(name))
+    out, moved = _replace(data, target.section_offset, target.section_offset + target.section_size, section)
+    for name in ("size", "k", "b", "E", "K", "C", "G"):
+        if name in target.fields:
+            value = source.value(name) if name in source.fields else source.value("E")
+            out = _put(out, moved(target.fields[name]), value)
     return recompute_crcs(out)
 
 
@@ -572,6 +684,14 @@ _DIM_VALUES = (0, 1, 2, 3, 7, 1 << 16, (1 << 20), (1 << 20) + 1, 1 << 31, (1 << 
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, min(n, 4096) + 1) if n % d == 0]
+
+
+def _resize_header(data: bytes, layout: Layout, moved: Callable[[Field], Field], delta: int) -> bytes:
+    """After the header grew by `delta` bytes: fix its size (v1 preamble, v2 trailer)."""
+    size_field = layout.size_field
+    if size_field is None:
+        return data
+    return _put(data, moved(size_field), size_field.value + delta)
 
 
 def shape_edit(data: bytes, rng: np.random.Generator) -> bytes:
@@ -583,7 +703,7 @@ def shape_edit(data: bytes, rng: np.random.Generator) -> bytes:
     """
     layout = parse_layout(data)
     records = [r for r in layout.records if "ndim" in r.fields and len(r.dims) == r.fields["ndim"].value]
-    if not records or not layout.fields or layout.fields[0].name != "version":
+    if not records or layout.version is None:
         return field_edit(data, rng)
     record = records[rng.integers(len(records))]
     old = [d.value for d in record.dims]
@@ -619,11 +739,9 @@ def shape_edit(data: bytes, rng: np.random.Generator) -> bytes:
         dims = dims + [1] if len(dims) < 8 else dims[:-1]
     ndim = record.fields["ndim"]
     start = ndim.offset + 1
-    data = data[:start] + struct.pack(f"<{len(dims)}I", *dims) + data[start + 4 * len(old) :]
-    # ndim and the header size precede the dims: their offsets stay valid.
-    data = _put(data, ndim, len(dims))
-    header_size = layout.fields[2]
-    data = _put(data, header_size, header_size.value + 4 * (len(dims) - len(old)))
+    data, moved = _replace(data, start, start + 4 * len(old), struct.pack(f"<{len(dims)}I", *dims))
+    data = _put(data, moved(ndim), len(dims))
+    data = _resize_header(data, layout, moved, 4 * (len(dims) - len(old)))
     return recompute_crcs(data)
 
 
@@ -632,7 +750,7 @@ def name_edit(data: bytes, rng: np.random.Generator) -> bytes:
     non-UTF-8 or random name; fix the name length, the header size and the checksums."""
     layout = parse_layout(data)
     records = [r for r in layout.records if r.name_offset is not None and "name_len" in r.fields]
-    if not records or not layout.fields or layout.fields[0].name != "version":
+    if not records or layout.version is None:
         return field_edit(data, rng)
     target = records[rng.integers(len(records))]
     others = [r for r in records if r is not target]
@@ -648,13 +766,50 @@ def name_edit(data: bytes, rng: np.random.Generator) -> bytes:
         name = b"fc\xff\xfe" if rng.random() < 0.5 else b"\xc3"
     else:
         name = rng.integers(0, 256, _length(rng, 40), dtype=np.uint8).tobytes()
-    delta = len(name) - target.name_size
-    data = data[: target.name_offset] + name + data[target.name_offset + target.name_size :]
-    # The name length and header size fields precede the name: their offsets stay valid.
-    data = _put(data, target.fields["name_len"], len(name))
-    header_size = layout.fields[2]
-    data = _put(data, header_size, header_size.value + delta)
+    data, moved = _replace(data, target.name_offset, target.name_offset + target.name_size, name)
+    data = _put(data, moved(target.fields["name_len"]), len(name))
+    data = _resize_header(data, layout, moved, len(name) - target.name_size)
     return recompute_crcs(data)
+
+
+def relayout(data: bytes, version: int) -> bytes | None:
+    """`data` laid out as `version` (1 or 2), every record and section kept; checksums recomputed.
+
+    A version-2 record's K is dropped for version 1, and a version-1 record gets K = E
+    (right only when it has no fillers); a dense record (b = 0) is invalid in version 1.
+    None if the header does not parse whole or a section does not fit.
+    """
+    layout = parse_layout(data)
+    if not layout.complete or len(layout.sections()) != len(layout.records):
+        return None
+    v = layout.layout_version
+    body = len(layout.records).to_bytes(_COUNT_WIDTH[version], "little")
+    for r in layout.records:
+        body += data[r.fields["name_len"].offset : r.fields["encoding"].offset + 1]  # name_len .. encoding
+        body += (r.section_size & ((1 << (32 * version)) - 1)).to_bytes(4 * version, "little")
+        body += struct.pack("<I", r.value("crc"))
+        if r.value("encoding") == 1:
+            values = {name: r.value(name) for name, _ in _PARAMS[v]}
+            values.setdefault("K", values["E"])
+            body += b"".join((values[n] & ((1 << (8 * width)) - 1)).to_bytes(width, "little") for n, width in _PARAMS[version])
+    sections = b"".join(data[offset : offset + size] for _, offset, size in layout.sections())
+    flags = int.from_bytes(data[10:12], "little")
+    if version == 1:
+        out = MAGIC + struct.pack("<HHI", 1, flags, len(body) & 0xFFFFFFFF) + body + bytes(4) + sections
+    else:
+        out = MAGIC + struct.pack("<HHI", 2, flags, 0) + sections + body + struct.pack("<QI", len(body), 0)
+    return recompute_crcs(out)
+
+
+def version_swap(data: bytes, rng: np.random.Generator) -> bytes:
+    """Re-lay a file out in the other version's layout (see `relayout`), then a third of the
+    time make one field edit; checksums recomputed. A header that does not parse whole
+    gets a field edit instead."""
+    layout = parse_layout(data)
+    out = relayout(data, 3 - layout.layout_version) if layout.version is not None else None
+    if out is None:
+        return field_edit(data, rng)
+    return field_edit(out, rng) if rng.random() < 1 / 3 else out
 
 
 MUTATORS: dict[str, Callable[[bytes, np.random.Generator], bytes]] = {
@@ -678,9 +833,11 @@ MUTATORS: dict[str, Callable[[bytes, np.random.Generator], bytes]] = {
     "section_splice": section_splice,
     "name_edit": name_edit,
     "shape_edit": shape_edit,
+    "version_swap": version_swap,
 }
 """Every mutator by name. The ``*_crc`` ones and the structure-aware ones (field_edit,
-table_flip, stream_flip, stream_resize, section_splice, name_edit, shape_edit) leave valid checksums."""
+table_flip, stream_flip, stream_resize, section_splice, name_edit, shape_edit,
+version_swap) leave valid checksums."""
 
 CRC_FIXING = frozenset(name for name in MUTATORS if name.endswith("_crc")) | {
     "field_edit",
@@ -690,6 +847,7 @@ CRC_FIXING = frozenset(name for name in MUTATORS if name.endswith("_crc")) | {
     "section_splice",
     "name_edit",
     "shape_edit",
+    "version_swap",
 }
 
 

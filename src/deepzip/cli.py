@@ -75,13 +75,17 @@ def reproduce(model: str, data: Path | None, out: Path | None, seed: int, recipe
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 def info(file: Path) -> None:
-    """Print the per-layer table of a .dzip FILE, from the file alone."""
-    from deepzip import report
+    """Print the per-layer table of a .dzip FILE, from the file alone (its header, for version 2)."""
+    import mmap
+
+    from deepzip.report.tables import format_table
 
     if not file.is_file():
         raise DeepzipError(f"{file}: no such file")
-    data = file.read_bytes()
-    click.echo(report.format_table(data))
+    with open(file, "rb") as f:
+        # Mapped, not read: the header is at the end, and the sections need not be touched.
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if file.stat().st_size else b""
+    click.echo(format_table(data))
 
 
 def _settings(convert, form: str):

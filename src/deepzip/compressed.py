@@ -75,6 +75,17 @@ class CodebookTensor:
 
 
 @dataclass(frozen=True)
+class Alias:
+    """In a stream of records for the writer: this name is the tensor stored as `target`.
+
+    A CompressedModel spells a tie as one record object under several names; a writer fed
+    one record at a time (so as not to hold them all) is told with an Alias instead.
+    """
+
+    target: str
+
+
+@dataclass(frozen=True)
 class RawTensor:
     """A tensor stored as is (biases, normalization parameters, anything not compressed)."""
 

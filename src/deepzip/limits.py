@@ -15,6 +15,10 @@ MAX_NAME_BYTES = 1024
 MAX_NDIM = 8
 MAX_NUMEL = 1 << 40
 MAX_FILE_NAME_PARTS = 16
+# What a file may decode to, in all, unless the caller says otherwise: a small valid file
+# can declare a tensor of 65,000x its size (fillers cost 2 bits each), so readers refuse
+# a file above this before allocating (settable: max_decoded_size=, --max-decoded-size).
+DEFAULT_MAX_DECODED_SIZE = 64 << 30
 
 # ---------------------------------------------------------------- checkpoints
 # Attached files travel inside the .dzip and are held in memory: tokenizers of large

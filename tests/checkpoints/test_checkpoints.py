@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -417,13 +418,14 @@ def test_written_files_get_the_usual_permissions(tmp_path):
 
 
 def test_symlinked_files_are_read_like_the_hugging_face_cache(tmp_path):
-    # A hub cache snapshot is a directory of links into a blobs/ directory.
-    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
-    blobs.mkdir()
-    snapshot.mkdir()
+    # A hub cache snapshot, <repo>/snapshots/<rev>/, is a directory of links into <repo>/blobs/
+    # (links out of a model directory are refused elsewhere: tests/checkpoints/test_source.py).
+    blobs, snapshot = tmp_path / "models--org--name" / "blobs", tmp_path / "models--org--name" / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
     save_file(state_dict(), blobs / "a1")
     (blobs / "b2").write_text('{"model_type": "test"}')
-    (snapshot / "model.safetensors").symlink_to(blobs / "a1")
-    (snapshot / "config.json").symlink_to(blobs / "b2")
+    (snapshot / "model.safetensors").symlink_to(Path("../../blobs/a1"))
+    (snapshot / "config.json").symlink_to(Path("../../blobs/b2"))
     checkpoint = read_checkpoint(snapshot)
     assert checkpoint.files == {"config.json": b'{"model_type": "test"}'} and set(checkpoint.state_dict) == set(state_dict())

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from deepzip import container
+from deepzip.container import header
+from deepzip.container.spec import ENCODING_ALIAS, ENCODING_CODEBOOK
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.errors import ChecksumError, FormatError
 
@@ -27,15 +29,54 @@ def seeds():
 
 
 def test_seed_files_decode_and_parse(seeds):
-    assert len(seeds) >= 3
+    assert len(seeds) >= 4
+    versions = Counter()
     for name, data in seeds.items():
         assert fuzz.check_one(data) == "ok", name
         layout = fuzz.parse_layout(data)
         assert layout.complete, name
+        versions[layout.version] += 1
         parsed = container.from_bytes(data)
         assert len(layout.sections()) == len(layout.records) == len(parsed.tensors) + len(parsed.files)
-        assert layout.header_end + 4 + sum(size for _, _, size in layout.sections()) == len(data)
+        # The layout agrees with the reader's header, field for field.
+        for record, checked in zip(layout.records, header.parse(data).records, strict=True):
+            assert (record.section_offset, record.section_size) == (checked.offset, checked.size), name
+            if checked.encoding == ENCODING_CODEBOOK:
+                params = [record.value(n) for n in ("k", "b", "E", "K", "C", "G")]
+                assert params == [checked.k, checked.index_bits, checked.entries, checked.kept, checked.code_bytes, checked.gap_bytes]
+        sections = sum(size for _, _, size in layout.sections())
+        start, end = layout.body
+        if layout.version == 1:  # preamble, header, crc32, sections
+            assert (start, end + 4 + sections) == (16, len(data)), name
+        else:  # preamble, sections, header body, trailer
+            assert (16 + sections, end + 12) == (start, len(data)), name
         assert fuzz.recompute_crcs(data) == data, name
+    assert versions[1] >= 1 and versions[2] >= 3, versions
+
+
+def test_seed_files_hold_dense_records_and_aliases(seeds):
+    kinds = Counter()
+    for name, data in seeds.items():
+        for record in header.parse(data).records:
+            kinds["dense" if record.encoding == ENCODING_CODEBOOK and record.index_bits == 0 else record.encoding] += 1
+            kinds[f"v{data[8]} alias"] += record.encoding == ENCODING_ALIAS
+    assert kinds["dense"] >= 3 and kinds["v2 alias"] >= 2 and kinds["v1 alias"] >= 1, kinds
+
+
+def test_relayout_keeps_every_record_and_section(seeds):
+    for name in ("mlp_small", "lenet_conv"):  # version 2, no dense record
+        data = seeds[name]
+        as_v1 = fuzz.relayout(data, 1)
+        assert as_v1[8] == 1 and fuzz.parse_layout(as_v1).complete
+        expected, got = container.from_bytes(data).state_dict(), container.from_bytes(as_v1).state_dict()
+        assert sorted(got) == sorted(expected) and all(torch.equal(got[k], expected[k]) for k in expected), name
+    # Version 1 -> 2 -> 1 is the identity (K = E is dropped again); K = E is wrong where fillers are.
+    as_v2 = fuzz.relayout(seeds["golden_v1"], 2)
+    assert as_v2[8] == 2 and fuzz.relayout(as_v2, 1) == seeds["golden_v1"]
+    assert fuzz.check_one(as_v2) == "format_error"
+    # A dense record has no version-1 form: the version-1 reader refuses b = 0.
+    assert fuzz.check_one(fuzz.relayout(seeds["dtypes"], 1)) == "format_error"
+    assert fuzz.relayout(seeds["dtypes"][:-1], 1) is None
 
 
 def test_recompute_crcs_gets_past_the_checksums(seeds):

@@ -1,14 +1,17 @@
-"""Compatibility: a .dzip written by deepzip 0.1 (format version 1) stays readable, bit for bit.
+"""Compatibility: every .dzip format version deepzip wrote stays readable, bit for bit.
 
-tests/container/golden/v1.dzip was written once by `python tests/container/test_golden.py` and is committed with
-the tensors it must decode to (tests/container/golden/v1-expected.safetensors). Never regenerate the
-.dzip after a format change: a later deepzip must still read this file.
+tests/container/golden/v1.dzip was written by deepzip 0.1 (format version 1) and v2.dzip by
+`python tests/container/test_golden.py` (version 2, which adds a dense record); each is
+committed with the tensors it must decode to (vN-expected.safetensors, made from the
+records in memory, not from the file). Never regenerate a .dzip after a format change: a
+later deepzip must still read these files.
 """
 
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -19,7 +22,7 @@ GOLDEN = Path(__file__).parent / "golden"
 FILES = {"config.json": json.dumps({"model_type": "toy", "hidden_size": 8}).encode(), "tokenizer/vocab.txt": b"[PAD]\n[UNK]\n"}
 
 
-def build_golden_model() -> CompressedModel:
+def build_golden_model(version: int = 1) -> CompressedModel:
     """Hand-built records (no k-means), so the content never depends on a training run."""
     rng = np.random.default_rng(2016)
 
@@ -44,15 +47,24 @@ def build_golden_model() -> CompressedModel:
             "norm.weight": RawTensor(torch.from_numpy(rng.normal(size=8)).to(torch.bfloat16)),
             "steps": RawTensor(torch.tensor(1234567, dtype=torch.int64)),
             "flags": RawTensor(torch.tensor([True, False, True])),
-        },
+        }
+        | ({"dense.weight": dense_tensor(rng)} if version >= 2 else {}),
         dict(FILES),
     )
 
 
-def test_golden_file_decodes_to_its_expected_tensors():
-    data = (GOLDEN / "v1.dzip").read_bytes()
+def dense_tensor(rng) -> CodebookTensor:
+    """Every position kept: version 2 stores it with no position stream."""
+    codes = rng.integers(0, 6, 24 * 10).astype(np.uint8)
+    return CodebookTensor((24, 10), torch.float16, np.sort(rng.normal(size=6)).astype(np.float32), None, codes)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_golden_file_decodes_to_its_expected_tensors(version):
+    data = (GOLDEN / f"v{version}.dzip").read_bytes()
+    assert data[8] == version
     model = container.from_bytes(data)
-    expected = load_file(GOLDEN / "v1-expected.safetensors")
+    expected = load_file(GOLDEN / f"v{version}-expected.safetensors")
     state = model.state_dict()
     assert sorted(state) == sorted(expected)
     for name, tensor in expected.items():
@@ -64,15 +76,16 @@ def test_golden_file_decodes_to_its_expected_tensors():
 
 def test_golden_file_is_what_this_version_writes():
     # Not a compatibility requirement (a later writer may encode better), but while the
-    # format is version 1 a change here means the writer changed: look before updating.
-    assert container.to_bytes(build_golden_model()) == (GOLDEN / "v1.dzip").read_bytes()
+    # format is version 2 a change here means the writer changed: look before updating.
+    assert container.to_bytes(build_golden_model(2)) == (GOLDEN / "v2.dzip").read_bytes()
 
 
 if __name__ == "__main__":
-    model = build_golden_model()
+    model = build_golden_model(2)
     GOLDEN.mkdir(exist_ok=True)
-    (GOLDEN / "v1.dzip").write_bytes(container.to_bytes(model))
-    decoded = container.from_bytes((GOLDEN / "v1.dzip").read_bytes()).state_dict()
+    (GOLDEN / "v2.dzip").write_bytes(container.to_bytes(model))
+    # From the records in memory, so that the file is checked against an independent decode.
     # safetensors refuses shared storage: store the tied tensor's copy under each name.
-    save_file({name: tensor.clone().contiguous() for name, tensor in decoded.items()}, GOLDEN / "v1-expected.safetensors")
+    expected = {name: record.to_dense().clone().contiguous() for name, record in model.tensors.items()}
+    save_file(expected, GOLDEN / "v2-expected.safetensors")
     print("wrote", sorted(p.name for p in GOLDEN.iterdir()))

@@ -31,11 +31,11 @@ def ref_fillers(positions: list[int], index_bits: int) -> int:
 
 
 def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
-    """(header size H, {name: (section size S, index bits b or None)}) read per FORMAT.md."""
-    (header_size,) = struct.unpack_from("<I", data, 12)
-    pos = 16
-    (count,) = struct.unpack_from("<I", data, pos)
-    pos += 4
+    """(header body size H, {name: (section size S, index bits b or None)}) read per FORMAT.md, version 2."""
+    header_size, _crc = struct.unpack_from("<QI", data, len(data) - 12)
+    pos = len(data) - 12 - header_size
+    (count,) = struct.unpack_from("<Q", data, pos)
+    pos += 8
     out = {}
     for _ in range(count):
         (n,) = struct.unpack_from("<H", data, pos)
@@ -43,14 +43,14 @@ def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
         pos += 2 + n
         ndim = data[pos + 1]
         pos += 2 + 4 * ndim
-        encoding, size, _crc = struct.unpack_from("<BII", data, pos)
-        pos += 9
+        encoding, size, _crc = struct.unpack_from("<BQI", data, pos)
+        pos += 13
         b = None
         if encoding == 1:
             b = data[pos + 2]
-            pos += 15
+            pos += 2 + 1 + 4 * 8  # k, b, E, K, C, G
         out[name] = (size, b)
-    assert pos == 16 + header_size
+    assert pos == len(data) - 12
     return header_size, out
 
 
@@ -109,7 +109,7 @@ def test_file_bytes_plus_header_is_file_size(saved):
     _, data = saved
     header_size, _ = spec_sections(data)
     stats = layer_stats(data)
-    assert sum(s.file_bytes for s in stats) + 16 + header_size + 4 == len(data)
+    assert sum(s.file_bytes for s in stats) + 16 + header_size + 12 == len(data)  # preamble, header, trailer
 
 
 def test_summary(saved):

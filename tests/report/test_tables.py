@@ -19,10 +19,11 @@ def test_format_table(saved):
     (total,) = [row for row in table if row[0] == "total"]
     assert total[-1] == f"{summary(data)['ratio']:.1f}x"
     assert total[-2] == f"{len(data):,}"
-    # The overhead row carries preamble + header + crc, the header size read per FORMAT.md.
-    (header_size,) = struct.unpack_from("<I", data, 12)
+    # The overhead row carries preamble + header + trailer, the header size read per
+    # FORMAT.md (version 2: the trailer's u64 at 12 bytes before the end).
+    (header_size,) = struct.unpack_from("<Q", data, len(data) - 12)
     (overhead,) = [row for row in table if row[0] == "header+crc+aliases+files"]
-    assert overhead[-1] == f"{16 + header_size + 4:,}"
+    assert overhead[-1] == f"{16 + header_size + 12:,}"
 
 
 def test_format_table_of_edge_tensors(edge_file):

@@ -1,8 +1,13 @@
 """Real checkpoints in: safetensors files, torch state dicts and transformers directories.
 
+`open_checkpoint` opens any of them lazily: names, dtypes and shapes come from the files'
+headers, and a tensor is loaded only when asked for, one at a time, so a checkpoint of any
+size is read in bounded memory. `read_checkpoint` loads everything at once on top of it.
+
 Reading never executes code: safetensors files are plain tensors, torch files are loaded
 with `weights_only=True` only (a pickled model object is refused, not unpickled), and the
-small files of a transformers directory are carried as bytes.
+small files of a transformers directory are carried as bytes. A directory's symlinks
+never lead reading outside it (`deepzip.checkpoints.directory`).
 """
 
 from __future__ import annotations
@@ -14,26 +19,50 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import safetensors
-import safetensors.torch
 import torch
 
 from deepzip import container
+from deepzip.checkpoints.directory import walk
 from deepzip.errors import ConfigError, DeepzipError
 from deepzip.limits import MAX_ATTACHED_FILE_BYTES
+from deepzip.train.ties import group_tied
 
 Kind = Literal["safetensors", "torch", "transformers"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 WEIGHTS_FILE = "model.safetensors"  # what write_checkpoint writes into a directory
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+# transformers' own order of preference among the layouts of a directory's weights.
+_LAYOUTS = (WEIGHTS_FILE, SAFETENSORS_INDEX, "pytorch_model.bin", "pytorch_model.bin.index.json")
 # Files of a transformers directory that hold weights (read, or skipped as another format's
 # copy of them), never carried as attached files. training_args.bin is a pickled object:
 # its suffix keeps it out, and it is never loaded.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".tflite", ".ot")
 _WEIGHT_INDEXES = (".safetensors.index.json", ".bin.index.json")
 _STATE_DICT_KEYS = ("state_dict", "model")  # where training checkpoints nest the weights
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6; only it can be memory-mapped
+
+# The safetensors format's dtype names (its header's "dtype" field).
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U64": torch.uint64,
+    "U32": torch.uint32,
+    "U16": torch.uint16,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
 
 def is_weight_file(name: str) -> bool:
@@ -45,10 +74,12 @@ def is_weight_file(name: str) -> bool:
 class Checkpoint:
     """A model read from disk: its tensors, the small files that travel with it, and its kind.
 
-    `files` maps relative paths to bytes (a transformers directory's config.json, tokenizer
-    files...). `skipped` names the entries of a directory that were not carried (weights in
-    another format, subdirectories, files over MAX_ATTACHED_FILE_BYTES), so that a caller
-    can say so instead of dropping them silently.
+    `files` maps relative paths ('/'-separated) to bytes (a transformers directory's
+    config.json, tokenizer files, `1_Pooling/config.json`...). `skipped` names the entries
+    of a directory that were not carried (weights in another format, symlinks leading
+    outside it, files over MAX_ATTACHED_FILE_BYTES; a directory's name ends in '/'), so
+    that a caller can say so instead of dropping them silently; `CheckpointSource.skipped`
+    gives each one's reason.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -57,41 +88,163 @@ class Checkpoint:
     skipped: tuple[str, ...] = ()
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a `.safetensors` file, a torch state dict (`.pt`, `.pth`, `.bin`, `.ckpt`) or a
-    transformers model directory (config.json + model.safetensors, sharded safetensors with
-    their index, or pytorch_model.bin).
+class _SafetensorsFile:
+    """One safetensors file, kept open: safe_open maps it and reads a tensor on request."""
 
-    A torch file may hold a plain state dict or a training checkpoint that nests one under
-    "state_dict" or "model" (its other entries are ignored). Only the top level of a
-    directory is read; see `Checkpoint.skipped`. Dtypes are kept as stored.
+    def __init__(self, path: Path):
+        try:
+            self._file = safetensors.safe_open(str(path), framework="pt", device="cpu")
+            self.names = list(self._file.keys())
+        except (safetensors.SafetensorError, ValueError, TypeError, OSError) as error:
+            raise DeepzipError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+        self.path = path
+        _checked(self.names, path)
+
+    def meta(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        part = self._file.get_slice(name)
+        dtype = SAFETENSORS_DTYPES.get(part.get_dtype())
+        if dtype is None:
+            raise ConfigError(f"{self.path}: tensor {name!r} has dtype {part.get_dtype()}, which deepzip does not read")
+        return dtype, tuple(part.get_shape())
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self._file.get_tensor(name)
+
+
+class _TorchFile:
+    """One torch file, loaded with its storages memory-mapped: a tensor's bytes are read when used."""
+
+    def __init__(self, path: Path):
+        self.tensors = _state_dict_of(_load_torch(path), path)
+        self.names = list(self.tensors)
+        _checked(self.names, path)
+
+    def meta(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        tensor = self.tensors[name]
+        return tensor.dtype, tuple(tensor.shape)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+
+class CheckpointSource:
+    """A checkpoint opened lazily (see `open_checkpoint`): names and metadata now, tensors on request.
+
+    `kind` and `path` (absolute) say what was opened; `names` are the tensor names, sorted.
+    `meta(name)` gives (dtype, shape) without loading the tensor; `tensor(name)` loads that
+    one tensor (a safetensors tensor is read into memory, a torch file's is a view of its
+    memory-mapped storage). `ties` maps each name to its canonical name as
+    `deepzip.train.ties.group_tied` computes it: entries of a torch file that share storage
+    are one tensor; safetensors files have no ties. `files` maps the attached small files'
+    relative paths to bytes, and `skipped` maps each entry not carried to the reason.
+
+    A source holds open files: close it (or use it as a context manager). It cannot cross
+    a process boundary as such: pickling it pickles its path, and unpickling reopens it
+    with `open_checkpoint`, so a worker process reads the same checkpoint.
     """
-    path = Path(path)
+
+    def __init__(
+        self,
+        path: Path,
+        kind: Kind,
+        weights: list[_SafetensorsFile | _TorchFile],
+        files: dict[str, bytes],
+        skipped: dict[str, str],
+    ):
+        self.path = path
+        self.kind = kind
+        self.files = files
+        self.skipped = skipped
+        # Name -> the file holding it, in the files' own order (read_checkpoint keeps it).
+        self._where: dict[str, _SafetensorsFile | _TorchFile] = {}
+        for weight_file in weights:
+            self._where.update(dict.fromkeys(weight_file.names, weight_file))
+        self.names = tuple(sorted(self._where))
+        mapped = {name: f.tensors[name] for name, f in self._where.items() if isinstance(f, _TorchFile)}
+        tied = group_tied(mapped)  # data pointers of mapped storages: nothing is read
+        self.ties = {name: tied.get(name, name) for name in self.names}
+
+    def meta(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        """(dtype, shape) of tensor `name`, from the file's header; nothing is loaded."""
+        return self._file_of(name).meta(name)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Tensor `name`, and only it, loaded from its file (on the CPU, in its stored dtype)."""
+        return self._file_of(name).tensor(name)
+
+    def _file_of(self, name: str) -> _SafetensorsFile | _TorchFile:
+        if not self._where and self.names:
+            raise DeepzipError(f"{self.path}: the checkpoint source is closed")
+        if name not in self._where:
+            raise ConfigError(f"{self.path}: no tensor named {name!r}")
+        return self._where[name]
+
+    def close(self) -> None:
+        """Let go of the open files (tensors already returned stay valid)."""
+        self._where = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __reduce__(self):
+        # Open handles do not cross processes: the other side reopens from the path.
+        return open_checkpoint, (self.path,)
+
+    def __repr__(self) -> str:
+        return f"CheckpointSource({str(self.path)!r}, kind={self.kind!r}, {len(self.names)} tensors)"
+
+
+def open_checkpoint(path: str | os.PathLike) -> CheckpointSource:
+    """Open a checkpoint lazily: a `.safetensors` file, a torch state dict (`.pt`, `.pth`,
+    `.bin`, `.ckpt`) or a transformers model directory (config.json + model.safetensors,
+    sharded safetensors with model.safetensors.index.json, pytorch_model.bin, or sharded
+    torch files with pytorch_model.bin.index.json); see CheckpointSource.
+
+    Use it as a context manager: `with open_checkpoint(path) as source: ...`. Opening
+    reads headers only: safetensors headers, and the small pickle of a torch file, whose
+    storages are memory-mapped (torch files of the legacy pre-1.6 format cannot be mapped
+    and are loaded whole). A torch file may hold a plain state dict or a training
+    checkpoint that nests one under "state_dict" or "model" (its other entries are
+    ignored). In a directory, every file in it and its subdirectories that is no weight
+    file travels as an attached file, under its relative path; symlinks leading outside
+    the directory are refused (`deepzip.checkpoints.directory`), and a weights file that
+    is one is an error. Dtypes are kept as stored.
+    """
+    path = Path(path).absolute()  # absolute: a worker with another working directory reopens it
     if path.is_dir():
-        return _read_directory(path)
+        return _open_directory(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file or directory")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return Checkpoint(_read_safetensors(path), kind="safetensors")
+        return CheckpointSource(path, "safetensors", [_SafetensorsFile(path)], {}, {})
     if suffix in TORCH_SUFFIXES:
-        return Checkpoint(_read_torch(path), kind="torch")
+        return CheckpointSource(path, "torch", [_TorchFile(path)], {}, {})
     raise ConfigError(
         f"{path}: unknown kind of checkpoint (expected .safetensors, {', '.join(TORCH_SUFFIXES)} or a transformers directory)"
     )
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state_dict = safetensors.torch.load_file(path, device="cpu")
-    except (safetensors.SafetensorError, ValueError, TypeError) as error:
-        raise DeepzipError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
-    return _checked(state_dict, path)
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint whole: every tensor, in the order its files store them (see open_checkpoint).
+
+    Tied entries of a torch file stay one tensor under several names; a torch file's
+    tensors are views of its memory-mapped storage.
+    """
+    with open_checkpoint(path) as source:
+        state_dict = {name: source.tensor(name) for name in source._where}
+        return Checkpoint(state_dict, dict(source.files), source.kind, tuple(source.skipped))
 
 
-def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+def _load_torch(path: Path) -> object:
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            mappable = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+        # mmap: the storages map the file, so loading reads the pickle and no tensor data.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mappable)
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         if found:  # weights_only refused a class or function: the file pickles an object
@@ -104,7 +257,6 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
         raise DeepzipError(f"{path}: not a readable torch checkpoint ({_first_line(detail)})") from None
     except Exception as error:  # damaged files raise any of KeyError, EOFError, RuntimeError, ...
         raise DeepzipError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {_first_line(error)})") from None
-    return _checked(_state_dict_of(loaded, path), path)
 
 
 def _state_dict_of(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -122,53 +274,54 @@ def _state_dict_of(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def _checked(state_dict: dict, path: Path) -> dict[str, torch.Tensor]:
-    if not state_dict:
+def _checked(names: list, path: Path) -> None:
+    if not names:
         raise ConfigError(f"{path}: holds no tensors")
-    for name in state_dict:
+    for name in names:
         if not isinstance(name, str):
             raise ConfigError(f"{path}: tensor key {name!r} is not a string")
-    return state_dict
 
 
-def _read_directory(path: Path) -> Checkpoint:
-    if not (path / "config.json").is_file():
+def _open_directory(path: Path) -> CheckpointSource:
+    tree = walk(path)
+
+    def present(name: str) -> bool:
+        """Whether top-level file `name` is there to read; one refused is an error, not absent."""
+        if name in tree.refused:
+            raise ConfigError(f"{path / name}: {tree.refused[name]}")
+        return name in tree.found
+
+    if not present("config.json"):
         raise ConfigError(f"{path}: a directory without config.json is not a transformers model")
-    # transformers' own order of preference: one safetensors file, then shards, then torch.
-    if (path / WEIGHTS_FILE).is_file():
-        weight_files = [WEIGHTS_FILE]
-        state_dict = _read_safetensors(path / WEIGHTS_FILE)
-    elif (path / "model.safetensors.index.json").is_file():
-        weight_files, state_dict = _read_shards(path / "model.safetensors.index.json", _read_safetensors)
-    elif (path / "pytorch_model.bin").is_file():
-        weight_files = ["pytorch_model.bin"]
-        state_dict = _read_torch(path / "pytorch_model.bin")
-    elif (path / "pytorch_model.bin.index.json").is_file():
-        weight_files, state_dict = _read_shards(path / "pytorch_model.bin.index.json", _read_torch)
+    layout = next((name for name in _LAYOUTS if present(name)), None)
+    if layout is None:
+        raise ConfigError(f"{path}: no weights found (expected {WEIGHTS_FILE}, {SAFETENSORS_INDEX} or pytorch_model.bin)")
+    # Opened under the directory's path, not the resolved one: messages name what the user gave.
+    opener = _SafetensorsFile if layout.startswith("model.safetensors") else _TorchFile
+    if layout.endswith(".index.json"):
+        read, weights = _open_shards(path / layout, opener, present)
     else:
-        raise ConfigError(
-            f"{path}: no weights found (expected {WEIGHTS_FILE}, model.safetensors.index.json or pytorch_model.bin)"
-        )
-    files, skipped = {}, []
-    for entry in sorted(path.iterdir()):
-        name = entry.name
-        if name in weight_files:
+        read, weights = [layout], [opener(path / layout)]
+    files, skipped = {}, dict(tree.refused)
+    for name, real in tree.found.items():
+        if name in read:
             continue
-        # is_file() follows symlinks: the Hugging Face cache links every file to a blob.
-        if (
-            not entry.is_file()
-            or is_weight_file(name)
-            or entry.stat().st_size > MAX_ATTACHED_FILE_BYTES
-            or not _plain_file_name(name)
-        ):
-            skipped.append(name + ("/" if entry.is_dir() else ""))
-            continue
-        files[name] = entry.read_bytes()
-    return Checkpoint(state_dict, files, "transformers", tuple(skipped))
+        if is_weight_file(name.rpartition("/")[2]):
+            skipped[name] = "weights (or a pickled object) by its name, not attached"
+        elif not _plain_file_name(name):
+            skipped[name] = "a name a .dzip file cannot store, not attached"
+        else:
+            with open(real, "rb") as f:
+                data = f.read(MAX_ATTACHED_FILE_BYTES + 1)  # never more than the limit in memory
+            if len(data) > MAX_ATTACHED_FILE_BYTES:
+                skipped[name] = f"larger than {MAX_ATTACHED_FILE_BYTES:,} bytes, the limit of an attached file"
+            else:
+                files[name] = data
+    return CheckpointSource(path, "transformers", weights, files, dict(sorted(skipped.items())))
 
 
-def _read_shards(index_path: Path, read: Callable[[Path], dict[str, torch.Tensor]]) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Merge the shards an index file lists; every tensor it names must be in its shard."""
+def _open_shards(index_path: Path, opener: Callable[[Path], _SafetensorsFile | _TorchFile], present: Callable[[str], bool]):
+    """(files read, opened shards) of an index file; every tensor it names must be in its shard."""
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -176,21 +329,22 @@ def _read_shards(index_path: Path, read: Callable[[Path], dict[str, torch.Tensor
     except (ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"{index_path}: not a valid weight index ({_first_line(error)})") from None
     shards = list(dict.fromkeys(weight_map.values()))
-    state_dict: dict[str, torch.Tensor] = {}
+    opened, seen = [], set()
     for shard in shards:
         if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
             raise ConfigError(f"{index_path}: shard {shard!r} is not a file name in the model's directory")
-        shard_path = index_path.parent / shard
-        if not shard_path.is_file():
+        if not present(shard):
             raise ConfigError(f"{index_path}: shard {shard} is missing")
-        for name, tensor in read(shard_path).items():
-            if name in state_dict:
+        weight_file = opener(index_path.parent / shard)
+        for name in weight_file.names:
+            if name in seen:
                 raise ConfigError(f"{index_path}: tensor {name!r} is in more than one shard")
-            state_dict[name] = tensor
+            seen.add(name)
+        opened.append(weight_file)
     for name, shard in weight_map.items():
-        if name not in state_dict:
+        if name not in seen:
             raise ConfigError(f"{index_path}: tensor {name!r} is not in its shard {shard}")
-    return [index_path.name, *shards], state_dict
+    return [index_path.name, *shards], opened
 
 
 def _plain_file_name(name: str) -> bool:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepzip.codec import huffman, sparse
+from deepzip.codec.tables import lengths_table_size
+from deepzip.errors import FormatError
 
 # Widths tried when the caller leaves the choice to us. The paper uses 5 (fc) and 8 (conv);
 # the best width depends on the sparsity pattern, so we measure rather than guess.
@@ -90,6 +92,22 @@ def encode_layer_smallest(
     return best
 
 
+def encode_dense(codes: np.ndarray, k: int) -> tuple[bytes, bytes]:
+    """Encode the codes of a dense layer (every position kept, no gaps); return (lengths table, stream).
+
+    The table covers k + 1 symbols like a sparse layer's, with the filler symbol k unused.
+    """
+    return _huffman(codes, k + 1)
+
+
+def decode_dense(code_lengths: bytes, code_stream, k: int, count: int) -> np.ndarray:
+    """Decode the `count` codes of a dense layer; FormatError if damaged or if a filler appears."""
+    codes = huffman.decode(code_stream, huffman.unpack_lengths(code_lengths, k + 1), count)
+    if codes.size and int(codes.max()) >= k:
+        raise FormatError(f"a dense layer holds a filler symbol ({k})")
+    return codes
+
+
 def decode_layer(encoded: EncodedLayer, k: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode to (positions int64, codes uint16) of the kept entries; FormatError if damaged."""
     code_lengths = huffman.unpack_lengths(encoded.code_lengths, k + 1)
@@ -97,8 +115,3 @@ def decode_layer(encoded: EncodedLayer, k: int, numel: int) -> tuple[np.ndarray,
     code_symbols = huffman.decode(encoded.code_stream, code_lengths, encoded.entry_count)
     gaps = huffman.decode(encoded.gap_stream, gap_lengths, encoded.entry_count)
     return sparse.from_relative(gaps, code_symbols, encoded.index_bits, k, numel, ends_covered=True)
-
-
-def lengths_table_size(alphabet_size: int) -> int:
-    """Bytes of a packed code-length table (two 4-bit lengths per byte)."""
-    return (alphabet_size + 1) // 2

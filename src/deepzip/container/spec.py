@@ -1,43 +1,61 @@
-"""The constants of the .dzip format (docs/FORMAT.md), shared by the writer and the reader.
+"""The constants of the .dzip format (docs/FORMAT.md), shared by the writer and the readers.
 
-Both sides take the magic, the version, the encodings, the dtype codes and the rule for
-attached file names from here, so that what one writes the other reads. The numeric
-limits live in `deepzip.limits`.
+Both sides take the magic, the versions, the encodings, the dtype codes and the rule for
+attached file names from here, so that what one writes the other reads. No torch: the
+header reader behind `deepzip info` uses this alone. The numeric limits live in
+`deepzip.limits`; torch's dtypes for the codes are in `deepzip.container.dtypes`.
 """
 
 from __future__ import annotations
 
 import struct
 
-import torch
-
+from deepzip.codec.tables import lengths_table_size
 from deepzip.errors import FormatError
 from deepzip.limits import MAX_FILE_NAME_PARTS
 
 MAGIC = b"\x89DZIP\r\n\x1a"
-VERSION = 1
-PREAMBLE = struct.Struct("<8sHHI")  # magic, version, flags, header size
-
+VERSION = 2  # written; version 1 files are still read
+# The preamble: magic, version, flags, and a u32 that is the header size in version 1
+# and reserved (0) in version 2, whose header follows the sections.
+PREAMBLE = struct.Struct("<8sHHI")
+TRAILER = struct.Struct("<QI")  # version 2: header body size, crc32 of preamble + header body
 
 ENCODING_RAW = 0
 ENCODING_CODEBOOK = 1
 ENCODING_ALIAS = 2  # a tied tensor: the section names the record it shares
 ENCODING_FILE = 3  # an attached file (a model's config.json...): raw bytes, not a tensor
 
-DTYPE_CODES: dict[torch.dtype, int] = {
-    torch.float32: 1,
-    torch.float16: 2,
-    torch.bfloat16: 3,
-    torch.float64: 4,
-    torch.int64: 5,
-    torch.int32: 6,
-    torch.int16: 7,
-    torch.int8: 8,
-    torch.uint8: 9,
-    torch.bool: 10,
+DTYPE_NAMES = {
+    1: "float32",
+    2: "float16",
+    3: "bfloat16",
+    4: "float64",
+    5: "int64",
+    6: "int32",
+    7: "int16",
+    8: "int8",
+    9: "uint8",
+    10: "bool",
 }
-DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+DTYPE_ITEMSIZE = {1: 4, 2: 2, 3: 2, 4: 8, 5: 8, 6: 4, 7: 2, 8: 1, 9: 1, 10: 1}
 FLOAT_CODES = {1, 2, 3, 4}
+
+__all__ = [
+    "DTYPE_ITEMSIZE",
+    "DTYPE_NAMES",
+    "ENCODING_ALIAS",
+    "ENCODING_CODEBOOK",
+    "ENCODING_FILE",
+    "ENCODING_RAW",
+    "FLOAT_CODES",
+    "MAGIC",
+    "PREAMBLE",
+    "TRAILER",
+    "VERSION",
+    "check_file_name",
+    "lengths_table_size",
+]
 
 
 def check_file_name(name: str, error: type[Exception] = FormatError) -> None:

@@ -1,19 +1,29 @@
-"""CompressedModel -> .dzip bytes (docs/FORMAT.md), and an atomic write of them to a file."""
+"""CompressedModel (or a stream of records) -> .dzip bytes, version 2 (docs/FORMAT.md).
+
+Version 2 puts the header after the sections, so a file is written in one pass, section by
+section, as the records arrive: a writer never holds more than one record's bytes. `write`
+and `write_stream` write to a temporary file and rename it into place (atomic).
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import torch
 
-from deepzip.codec.layer import encode_layer_smallest
-from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.codec.layer import encode_dense, encode_layer_smallest
+from deepzip.compressed import Alias, CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import atomic
+from deepzip.container.dtypes import DTYPE_CODES
 from deepzip.container.spec import (
-    DTYPE_CODES,
     ENCODING_ALIAS,
     ENCODING_CODEBOOK,
     ENCODING_FILE,
@@ -21,48 +31,52 @@ from deepzip.container.spec import (
     FLOAT_CODES,
     MAGIC,
     PREAMBLE,
+    TRAILER,
     VERSION,
     check_file_name,
 )
 from deepzip.errors import ConfigError, DeepzipError
-from deepzip.limits import (
-    MAX_CODEBOOK,
-    MAX_HEADER_SIZE,
-    MAX_INDEX_BITS,
-    MAX_NAME_BYTES,
-    MAX_NDIM,
-)
+from deepzip.limits import MAX_CODEBOOK, MAX_HEADER_SIZE, MAX_INDEX_BITS, MAX_NAME_BYTES, MAX_NDIM
+
+@dataclass(frozen=True)
+class EncodedRecord:
+    """A record already encoded (`encode_record`): what a worker process hands the writer.
+
+    Encoding is the expensive part of writing; records encoded in parallel are written in
+    the order they are given, so the file's bytes do not depend on who encoded them.
+    """
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    encoding: int
+    chunks: tuple
+    params: bytes = b""
+
+
+Item = tuple[str, CodebookTensor | RawTensor | Alias | EncodedRecord]
+
+
+def records_of(model: CompressedModel) -> Iterator[Item]:
+    """`model`'s tensors sorted by name (equal models give equal bytes); ties as Alias items.
+
+    A record object under several names is stored under the first in sorted order.
+    """
+    stored: dict[int, str] = {}
+    for name in sorted(model.tensors):
+        record = model.tensors[name]
+        if id(record) in stored:
+            yield name, Alias(stored[id(record)])
+        else:
+            stored[id(record)] = name
+            yield name, record
 
 
 def to_bytes(model: CompressedModel) -> bytes:
-    """Serialize `model`. Records are sorted by name, so equal models give equal bytes.
-
-    A record object that appears under several names (tied weights) is stored once, under
-    the first name in sorted order; the other names become aliases of it.
-    """
-    overlap = set(model.tensors) & set(model.files)
-    if overlap:
-        raise ConfigError(f"name {sorted(overlap)[0]!r} is both a tensor and a file")
-    records, sections = [], []
-    stored: dict[int, str] = {}
-    for name in sorted(model.tensors):
-        tensor = model.tensors[name]
-        if id(tensor) in stored:
-            record, section = _encode_alias(name, tensor, stored[id(tensor)])
-        else:
-            stored[id(tensor)] = name
-            record, section = _encode_record(name, tensor)
-        records.append(record)
-        sections.append(section)
-    for name in sorted(model.files):
-        record, section = _encode_file(name, model.files[name])
-        records.append(record)
-        sections.append(section)
-    body = struct.pack("<I", len(records)) + b"".join(records)
-    if len(body) > MAX_HEADER_SIZE:
-        raise DeepzipError(f"header of {len(body)} bytes exceeds the format's limit of {MAX_HEADER_SIZE}")
-    head = PREAMBLE.pack(MAGIC, VERSION, 0, len(body)) + body
-    return head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
+    """Serialize `model` (see `records_of` for the order)."""
+    _check_names(model)
+    buffer = io.BytesIO()
+    write_to(buffer, records_of(model), model.files)
+    return buffer.getvalue()
 
 
 def write(model: CompressedModel, path: str | os.PathLike, overwrite: bool = False) -> int:
@@ -73,14 +87,80 @@ def write(model: CompressedModel, path: str | os.PathLike, overwrite: bool = Fal
     never leaves a partial file at `path`, and an existing file survives any failure. An
     existing `path` is replaced only with `overwrite=True`.
     """
+    _check_names(model)
+    return write_stream(path, records_of(model), model.files, overwrite=overwrite)
+
+
+def write_stream(path: str | os.PathLike, items: Iterable[Item], files: Mapping[str, bytes] = {}, overwrite: bool = False) -> int:
+    """Write records as `items` yields them (name, record or Alias) to `path`, atomically; return the size.
+
+    An Alias must name a record yielded before it. `files` are attached after the tensors.
+    """
     path = Path(path)
     atomic.check_overwrite(path, overwrite)
-    data = to_bytes(model)
-    atomic.replace_file(path, lambda tmp: atomic.write_bytes(tmp, data))
-    return len(data)
+    written = 0
+
+    def fill(tmp: Path) -> None:
+        nonlocal written
+        with open(tmp, "wb") as f:
+            written = write_to(f, items, files)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic.replace_file(path, fill)
+    return written
 
 
-def _record_head(name: str, dtype: torch.dtype, shape: tuple[int, ...], encoding: int, section: bytes) -> bytes:
+def write_to(f: BinaryIO, items: Iterable[Item], files: Mapping[str, bytes] = {}) -> int:
+    """Write a whole version-2 file to the binary stream `f`, one section at a time; return its size."""
+    preamble = PREAMBLE.pack(MAGIC, VERSION, 0, 0)
+    f.write(preamble)
+    size = len(preamble)
+    heads: list[bytes] = []
+    stored: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    names: set[str] = set()
+    for name, record in items:
+        if name in names:
+            raise ConfigError(f"name {name!r} is given twice")
+        names.add(name)
+        if isinstance(record, Alias):
+            if record.target not in stored:
+                raise ConfigError(f"tensor {name!r}: alias of {record.target!r}, which is not stored before it")
+            dtype, shape = stored[record.target]
+            record = EncodedRecord(dtype, shape, ENCODING_ALIAS, (record.target.encode("utf-8"),))
+        elif not isinstance(record, EncodedRecord):
+            record = encode_record(name, record)
+        stored[name] = (record.dtype, record.shape)
+        heads.append(_record_head(name, record.dtype, record.shape, record.encoding, record.chunks) + record.params)
+        size += _write_chunks(f, record.chunks)
+    for name in sorted(files):
+        if name in names:
+            raise ConfigError(f"name {name!r} is both a tensor and a file")
+        check_file_name(name, ConfigError)
+        content = bytes(files[name])
+        heads.append(_record_head(name, torch.uint8, (len(content),), ENCODING_FILE, (content,)))
+        size += _write_chunks(f, [content])
+    body = struct.pack("<Q", len(heads)) + b"".join(heads)
+    if len(body) > MAX_HEADER_SIZE:
+        raise DeepzipError(f"header of {len(body)} bytes exceeds the format's limit of {MAX_HEADER_SIZE}")
+    f.write(body)
+    f.write(TRAILER.pack(len(body), zlib.crc32(body, zlib.crc32(preamble))))
+    return size + len(body) + TRAILER.size
+
+
+def _check_names(model: CompressedModel) -> None:
+    overlap = set(model.tensors) & set(model.files)
+    if overlap:
+        raise ConfigError(f"name {sorted(overlap)[0]!r} is both a tensor and a file")
+
+
+def _write_chunks(f: BinaryIO, chunks: tuple) -> int:
+    for chunk in chunks:
+        f.write(chunk)
+    return sum(memoryview(chunk).nbytes for chunk in chunks)
+
+
+def _record_head(name: str, dtype: torch.dtype, shape: tuple[int, ...], encoding: int, chunks: tuple) -> bytes:
     encoded_name = name.encode("utf-8")
     if not 1 <= len(encoded_name) <= MAX_NAME_BYTES:
         raise ConfigError(f"tensor name {name!r} must be 1..{MAX_NAME_BYTES} bytes of UTF-8")
@@ -88,52 +168,44 @@ def _record_head(name: str, dtype: torch.dtype, shape: tuple[int, ...], encoding
         raise ConfigError(f"tensor {name!r}: dtype {dtype} cannot be stored in a .dzip file")
     if len(shape) > MAX_NDIM:
         raise ConfigError(f"tensor {name!r}: {len(shape)} dimensions exceed the format's {MAX_NDIM}")
+    if any(d >= 1 << 32 for d in shape):
+        raise ConfigError(f"tensor {name!r}: a dimension of {max(shape)} exceeds the format's 2^32 - 1")
+    crc = 0
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    size = sum(memoryview(chunk).nbytes for chunk in chunks)
     head = struct.pack("<H", len(encoded_name)) + encoded_name
     head += struct.pack(f"<BB{len(shape)}I", DTYPE_CODES[dtype], len(shape), *shape)
-    return head + struct.pack("<BII", encoding, len(section), zlib.crc32(section))
+    return head + struct.pack("<BQI", encoding, size, crc)
 
 
-def _encode_alias(name: str, tensor: CodebookTensor | RawTensor, target: str) -> tuple[bytes, bytes]:
-    section = target.encode("utf-8")
-    return _record_head(name, tensor.dtype, tuple(tensor.shape), ENCODING_ALIAS, section), section
-
-
-def _encode_file(name: str, content: bytes) -> tuple[bytes, bytes]:
-    check_file_name(name, ConfigError)
-    return _record_head(name, torch.uint8, (len(content),), ENCODING_FILE, bytes(content)), bytes(content)
-
-
-def _encode_record(name: str, record: CodebookTensor | RawTensor) -> tuple[bytes, bytes]:
-    if isinstance(record, CodebookTensor):
-        k = len(record.codebook)
-        # The writer enforces the reader's limits, so it never writes a file it cannot read.
-        if DTYPE_CODES.get(record.dtype) not in FLOAT_CODES:
-            raise ConfigError(f"tensor {name!r}: codebook encoding needs a floating dtype, got {record.dtype}")
-        if not 1 <= k <= MAX_CODEBOOK:
-            raise ConfigError(f"tensor {name!r}: codebook size {k} outside 1..{MAX_CODEBOOK}")
-        if record.index_bits is not None and not 1 <= record.index_bits <= MAX_INDEX_BITS:
-            raise ConfigError(f"tensor {name!r}: index bits {record.index_bits} outside 1..{MAX_INDEX_BITS}")
-        layer = encode_layer_smallest(record.positions, record.codes, k, record.numel, record.index_bits)
-        section = b"".join(
-            [
-                record.codebook.astype("<f4").tobytes(),
-                layer.code_lengths,
-                layer.gap_lengths,
-                layer.code_stream,
-                layer.gap_stream,
-            ]
-        )
-        params = struct.pack(
-            "<HBIII", k, layer.index_bits, layer.entry_count, len(layer.code_stream), len(layer.gap_stream)
-        )
-        head = _record_head(name, record.dtype, tuple(record.shape), ENCODING_CODEBOOK, section)
-        return head + params, section
-    tensor = record.tensor.detach().cpu().contiguous()
-    section = _tensor_bytes(tensor)
-    return _record_head(name, tensor.dtype, tuple(tensor.shape), ENCODING_RAW, section), section
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    # Viewing as uint8 handles every dtype, bfloat16 included, which numpy lacks.
-    # (Little-endian hosts only: torch supports no big-endian CPU.)
-    return tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecord:
+    """Encode one stored record: its section's chunks and its coding parameters (checked)."""
+    shape = tuple(record.shape)
+    if isinstance(record, RawTensor):
+        # Viewing as uint8 handles every dtype, bfloat16 included, which numpy lacks; the
+        # numpy view is written as it is, with no copy (little-endian hosts only: torch
+        # supports no big-endian CPU).
+        tensor = record.tensor.detach().cpu().contiguous()
+        return EncodedRecord(tensor.dtype, shape, ENCODING_RAW, (tensor.reshape(-1).view(torch.uint8).numpy(),))
+    k = len(record.codebook)
+    # The writer enforces the reader's limits, so it never writes a file it cannot read.
+    if DTYPE_CODES.get(record.dtype) not in FLOAT_CODES:
+        raise ConfigError(f"tensor {name!r}: codebook encoding needs a floating dtype, got {record.dtype}")
+    if not 1 <= k <= MAX_CODEBOOK:
+        raise ConfigError(f"tensor {name!r}: codebook size {k} outside 1..{MAX_CODEBOOK}")
+    if record.index_bits is not None and not 1 <= record.index_bits <= MAX_INDEX_BITS:
+        raise ConfigError(f"tensor {name!r}: index bits {record.index_bits} outside 1..{MAX_INDEX_BITS}")
+    codebook = np.ascontiguousarray(record.codebook, dtype="<f4").tobytes()
+    kept = record.kept
+    if record.index_bits is None and kept == record.numel and kept:
+        # Every position kept: no position stream at all (b = 0), not one gap symbol per weight.
+        code_lengths, code_stream = encode_dense(record.codes, k)
+        params = struct.pack("<HBQQQQ", k, 0, kept, kept, len(code_stream), 0)
+        return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, (codebook, code_lengths, code_stream), params)
+    layer = encode_layer_smallest(record.flat_positions(), record.codes, k, record.numel, record.index_bits)
+    params = struct.pack(
+        "<HBQQQQ", k, layer.index_bits, layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream)
+    )
+    chunks = (codebook, layer.code_lengths, layer.gap_lengths, layer.code_stream, layer.gap_stream)
+    return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, chunks, params)

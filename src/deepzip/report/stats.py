@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from deepzip import container
-from deepzip.codec.sparse import count_fillers
-from deepzip.compressed import CodebookTensor
+from deepzip.container import header
+from deepzip.container.spec import ENCODING_CODEBOOK, ENCODING_RAW
 
 
 @dataclass(frozen=True)
@@ -42,34 +41,37 @@ def layer_stats(data: bytes) -> list[LayerStats]:
     """Stats for every stored tensor of the .dzip file whose bytes are `data` (validated first).
 
     A tied tensor counts once, under the name it is stored as; its aliases and any attached
-    files count as overhead (see `deepzip.report.format_table`).
+    files count as overhead (see `deepzip.report.format_table`). A version-2 header says
+    all of it; a version-1 codebook record's kept count is read from its gap stream (which
+    needs the decoder, torch and numba: only old files pay for it).
     """
-    model = container.from_bytes(data)
-    sizes = container.section_sizes(data)
+    records = header.parse(data, None).records
     stats = []
-    seen: set[int] = set()
-    for name, record in sorted(model.tensors.items()):
-        if id(record) in seen:
-            continue  # an alias: the stored tensor was counted under its first name
-        seen.add(id(record))
-        if isinstance(record, CodebookTensor):
-            numel, kept = record.numel, len(record.positions)
-            fillers = count_fillers(record.positions, record.index_bits)
-            entries, b, bits = kept + fillers, record.index_bits, record.bits
+    for record in sorted(records, key=lambda r: r.name):
+        numel = record.numel
+        if record.encoding == ENCODING_CODEBOOK:
+            kept = record.kept if record.kept is not None else _kept_from_streams(data, record.name)
+            b, bits = record.index_bits, max(1, (record.k - 1).bit_length())
+            entries = record.entries
             stats.append(
                 LayerStats(
-                    name, record.shape, numel, kept, bits, b, fillers,
+                    record.name, record.shape, numel, kept, bits, b, entries - kept,
                     dense_bytes=4 * numel,
                     pruned_bytes=_bytes(entries * (32 + b)),
-                    quantized_bytes=_bytes(entries * (bits + b)) + 4 * len(record.codebook),
-                    file_bytes=sizes[name],
+                    quantized_bytes=_bytes(entries * (bits + b)) + 4 * record.k,
+                    file_bytes=record.size,
                 )
             )  # fmt: skip
-        else:
-            numel = record.tensor.numel()
-            stored = sizes[name]
-            stats.append(LayerStats(name, record.shape, numel, numel, None, None, 0, 4 * numel, stored, stored, stored))
+        elif record.encoding == ENCODING_RAW:
+            stored = record.size
+            stats.append(LayerStats(record.name, record.shape, numel, numel, None, None, 0, 4 * numel, stored, stored, stored))
     return stats
+
+
+def _kept_from_streams(data: bytes, name: str) -> int:
+    from deepzip.container.reader import DzipFile
+
+    return DzipFile(data, None).decode(name).kept
 
 
 def _bytes(bits: int) -> int:

@@ -17,6 +17,7 @@ from torch.nn.utils import parametrize
 from deepzip import container, module_state
 from deepzip.compressed import CodebookTensor
 from deepzip.errors import ConfigError
+from deepzip.limits import DEFAULT_MAX_DECODED_SIZE
 from deepzip.runtime.sparse_linear import SparseLinear
 
 __all__ = ["LAYOUTS", "SparseLinear", "load", "load_into"]
@@ -24,17 +25,25 @@ __all__ = ["LAYOUTS", "SparseLinear", "load", "load_into"]
 LAYOUTS = ("dense", "sparse")
 
 
-def load(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load(path: str | os.PathLike, max_decoded_size: int | None = DEFAULT_MAX_DECODED_SIZE) -> dict[str, torch.Tensor]:
     """Read a .dzip file into a dense state dict with the model's plain keys (`fc1.weight`).
 
     The decoded weights are bit-identical to those of the quantized model that was saved;
     tied names share one tensor. Reading never executes code; a damaged file raises
-    deepzip.FormatError.
+    deepzip.FormatError, and so does a file that would decode to more than
+    `max_decoded_size` bytes (64 GiB by default; None for no limit), before anything
+    is allocated.
     """
-    return container.read(path).state_dict()
+    return container.read(path, max_decoded_size).state_dict()
 
 
-def load_into(model: nn.Module, path: str | os.PathLike, layout: str = "dense", strict: bool = True) -> nn.Module:
+def load_into(
+    model: nn.Module,
+    path: str | os.PathLike,
+    layout: str = "dense",
+    strict: bool = True,
+    max_decoded_size: int | None = DEFAULT_MAX_DECODED_SIZE,
+) -> nn.Module:
     """Load the .dzip at `path` into `model` and return it.
 
     The file's keys are the model's plain keys (`fc1.weight`, `lstm.weight_ih_l0`), on any
@@ -57,13 +66,14 @@ def load_into(model: nn.Module, path: str | os.PathLike, layout: str = "dense", 
     lacks, or one the file lacks (with strict=True), or a shape that differs (always)
     raises ConfigError naming the keys, and the model is left as it was. With
     strict=False, tensors only one side has are skipped. A damaged file raises
-    deepzip.FormatError; an unknown layout raises ConfigError.
+    deepzip.FormatError, as does one that decodes to more than `max_decoded_size` bytes
+    (see `load`); an unknown layout raises ConfigError.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"load_into needs an nn.Module, got {type(model).__name__}")
-    records = container.read(path).tensors
+    records = container.read(path, max_decoded_size).tensors
     sites = {site.key: site for site in module_state.sites(model)}
     _check_keys(records, {key: tuple(site.value().shape) for key, site in sites.items()}, strict)
     loadable = {name: record for name, record in records.items() if name in sites}

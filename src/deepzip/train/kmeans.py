@@ -47,15 +47,28 @@ def _check_values(values) -> np.ndarray:
         raise ConfigError(f"k-means expects real numeric weights, got dtype {v.dtype}")
     if v.size == 0:
         raise ConfigError("k-means needs at least one value, got an empty array")
-    if v.dtype.kind == "f":
-        finite = np.isfinite(v)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            raise ConfigError(
-                f"k-means needs finite weights, but {bad.size} of {v.size} values are NaN or "
-                f"infinite (first at index {bad[0]}: {v[bad[0]]})"
-            )
+    # A chunk at a time: a bool per value for the whole layer would be a temporary as large
+    # as its uint8 codes.
+    if v.dtype.kind == "f" and not all(np.isfinite(v[i : i + _ASSIGN_CHUNK]).all() for i in range(0, v.size, _ASSIGN_CHUNK)):
+        bad = np.flatnonzero(~np.isfinite(v))
+        raise ConfigError(
+            f"k-means needs finite weights, but {bad.size} of {v.size} values are NaN or "
+            f"infinite (first at index {bad[0]}: {v[bad[0]]})"
+        )
     return v
+
+
+def _check_weights(weights, n: int) -> np.ndarray:
+    """Return ``weights`` as int64 counts for ``n`` values, raising ConfigError unless they are
+    non-negative integers, one per value, with a positive total."""
+    w = np.asarray(weights)
+    if w.shape != (n,):
+        raise ConfigError(f"k-means needs one weight per value ({n}), got shape {w.shape}")
+    if w.dtype.kind not in "iu":
+        raise ConfigError(f"k-means weights are counts and must be integers, got dtype {w.dtype}")
+    if (w < 0).any() or not w.any():
+        raise ConfigError("k-means weights must be >= 0 with at least one positive")
+    return w.astype(np.int64, copy=False)
 
 
 def _check_k(k) -> int:
@@ -105,52 +118,199 @@ def init_centroids(values, k, method="linear", seed=0) -> np.ndarray:
         # Only the extremes are needed; skip the O(n log n) sort.
         return np.linspace(float(v.min()), float(v.max()), k)
     # kmeans_1d initializes from the same sorted array, so both paths give identical centroids.
-    return _init_sorted(np.sort(v), k, method, seed)
+    return _init_sorted(_sorted_values(v), k, method, seed)
 
 
-def _init_sorted(x: np.ndarray, k: int, method: str, seed) -> np.ndarray:
-    """init_centroids on already sorted, validated values ``x``."""
-    n = x.size
+def _sorted_values(v: np.ndarray) -> np.ndarray:
+    """``v`` sorted, in the dtype the clustering searches (see `_search_dtype`)."""
+    return _search_dtype(np.sort(v))
+
+
+def _search_dtype(x: np.ndarray) -> np.ndarray:
+    """Sorted ``x`` as float32 or float64: float32 stays float32 (it sorts ~4x faster than
+    float64 and takes half the memory; every later step widens what it reads), anything else
+    is widened (the cast is monotone, so the result is still sorted)."""
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
+
+
+def _init_sorted(x: np.ndarray, k: int, method: str, seed, cum_weights: np.ndarray | None = None) -> np.ndarray:
+    """init_centroids on already sorted, validated values ``x`` (each counted as often as
+    ``cum_weights``, their running counts, say; once each without)."""
+    n = x.size if cum_weights is None else int(cum_weights[-1])
+    at_rank = _rank_value(x, cum_weights)
     if method == "linear":
         return np.linspace(float(x[0]), float(x[-1]), k)
     if method == "density":
         # floor((i + 0.5) * n / k) is the inverse empirical CDF at level (i + 0.5) / k: at most
         # that many values lie strictly below the centroid and more lie at or below it.
         idx = ((2 * np.arange(k, dtype=np.int64) + 1) * n) // (2 * k)
-        return x[np.minimum(idx, n - 1)].astype(np.float64)
-    return np.sort(_forgy(x, k, np.random.default_rng(seed))).astype(np.float64)
+        return at_rank(np.minimum(idx, n - 1)).astype(np.float64)
+    return np.sort(_forgy(at_rank, n, k, np.random.default_rng(seed))).astype(np.float64)
 
 
-def _forgy(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """The first ``k`` distinct values in a random sequence of draws from ``x``.
+# Ranks of a random permutation turned into values at a time, where Forgy needs one.
+_PERMUTATION_CHUNK = 1 << 20
+
+
+def _forgy(at_rank, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The first ``k`` distinct values in a random sequence of draws from the ``n`` ranks.
 
     Drawing observations (not distinct values) keeps Forgy's weighting by frequency.
     """
-    n = x.size
-    drawn = np.empty(0, dtype=x.dtype)
+    drawn = at_rank(np.zeros(0, dtype=np.int64))
     # Usually one batch of draws with replacement holds k distinct values; a few rounds cover
     # moderately repetitive data without touching all n values.
     for _ in range(8):
-        drawn = np.concatenate([drawn, x[rng.integers(0, n, size=2 * k + 16)]])
+        drawn = np.concatenate([drawn, at_rank(rng.integers(0, n, size=2 * k + 16))])
         first = np.unique(drawn, return_index=True)[1]
         if first.size >= k:
             return drawn[np.sort(first)[:k]]
     # Very repetitive data (or fewer than k distinct values): a full random permutation gives
-    # the same "first k distinct in random order" rule exactly.
-    perm = x[rng.permutation(n)]
-    first = np.sort(np.unique(perm, return_index=True)[1])
-    chosen = perm[first[:k]]
-    if chosen.size < k:
-        # Fewer distinct values than k: repeat some; the repeats become empty clusters.
-        chosen = np.concatenate([chosen, rng.choice(chosen, size=k - chosen.size)])
-    return chosen
+    # the same "first k distinct in random order" rule exactly. Its values are looked at a
+    # chunk at a time, stopping once k distinct ones are found.
+    perm = rng.permutation(n)
+    chosen = drawn[:0]
+    for start in range(0, n, _PERMUTATION_CHUNK):
+        values = at_rank(perm[start : start + _PERMUTATION_CHUNK])
+        distinct, first = np.unique(values, return_index=True)
+        chosen = np.concatenate([chosen, values[np.sort(first[~np.isin(distinct, chosen)])]])
+        if chosen.size >= k:
+            return chosen[:k]
+    # Fewer distinct values than k: repeat some; the repeats become empty clusters.
+    return np.concatenate([chosen, rng.choice(chosen, size=k - chosen.size)])
 
 
 # --------------------------------------------------------------------------- Lloyd
 
+# Up to this many values the running sums are stored for every cut point (8 bytes a value,
+# 32 MiB at most); above it only every _PREFIX_BLOCK-th one is, and a cut's sum is finished
+# from the nearest stored one (at most _PREFIX_BLOCK - 1 additions): 0.5 bytes a value
+# instead of 8, for a Lloyd step up to twice as slow (measured at k=256).
+_FULL_PREFIX = 1 << 22
+_PREFIX_BLOCK = 16
+# Values widened to float64 at a time while the running sums are built (8 MiB).
+_SUM_CHUNK = 1 << 20
 
-def _lloyd_sorted(x: np.ndarray, c: np.ndarray, max_iter: int):
-    """Lloyd's algorithm on sorted float64 ``x`` from sorted initial centroids ``c``.
+
+def _rank_value(x: np.ndarray, cum_weights: np.ndarray | None):
+    """A function from ranks in the expanded data (each x[i] repeated weights[i] times) to values.
+
+    Without weights every value counts once and rank i is x[i]; with them, rank r falls on
+    the first value whose running count exceeds r. Init and Lloyd read the data through
+    this, so a histogram (distinct values and counts) behaves exactly like its expansion.
+    """
+    if cum_weights is None:
+        return lambda ranks: x[ranks]
+    return lambda ranks: x[np.searchsorted(cum_weights, ranks, side="right")]
+
+
+class _RunningSums:
+    """Left-to-right running sums of ``w * (x - shift)`` (w = 1 without weights) at any cut.
+
+    ``at(cuts)`` gives exactly ``np.cumsum`` of the whole term array read at ``cuts - 1`` (0.0
+    at cut 0), without holding that array: every ``block``-th running sum is stored, and a
+    cut between two is reached by adding the remaining terms in the same order, so the
+    floating-point result is bit-identical to the full cumulative sum.
+    """
+
+    def __init__(self, x: np.ndarray, weights: np.ndarray | None, shift: float):
+        self.x, self.weights, self.shift = x, weights, shift
+        n = x.size
+        self.block = 1 if n <= _FULL_PREFIX else _PREFIX_BLOCK
+        self.stored = np.empty(n // self.block + 1, dtype=np.float64)
+        # -0.0 is the exact identity of IEEE addition (0.0 + -0.0 would be 0.0), so sums
+        # started from it equal np.cumsum's, whose first element is the first term itself.
+        carry = -0.0
+        chunk = self.block * max(1, _SUM_CHUNK // self.block)
+        for start in range(0, n, chunk):
+            running = np.cumsum(np.concatenate(([carry], self._terms(slice(start, start + chunk)))))
+            kept = running[:: self.block]
+            self.stored[start // self.block : start // self.block + kept.size] = kept
+            carry = float(running[-1])
+        self.total = carry
+        if self.block == 1:
+            self.stored[0] = 0.0  # read directly, never a start: np.cumsum's prefix array has 0.0
+        self._last = None  # (cuts, sums) of the last call to at()
+
+    def _terms(self, index) -> np.ndarray:
+        # float32 minus a Python float stays float32 under NumPy 2's promotion rules: widen first.
+        terms = self.x[index].astype(np.float64) - self.shift
+        return terms if self.weights is None else terms * self.weights[index]
+
+    def at(self, cuts: np.ndarray) -> np.ndarray:
+        """Running sums of the first ``cuts[j]`` terms, for each j (0.0 for an empty prefix).
+
+        Sums of the cuts that did not move since the last call are reused: late Lloyd steps
+        move few cuts.
+        """
+        if self.block == 1:
+            return self.stored[cuts]
+        if self._last is not None and self._last[0].shape == cuts.shape:
+            sums = self._last[1].copy()
+            moved = np.flatnonzero(cuts != self._last[0])
+            sums[moved] = self._sums(cuts[moved])
+        else:
+            sums = self._sums(cuts)
+        self._last = (cuts.copy(), sums)
+        return sums
+
+    def _sums(self, cuts: np.ndarray) -> np.ndarray:
+        j = cuts // self.block
+        rest = cuts - j * self.block
+        sums = self.stored[j]
+        partial = np.flatnonzero(rest)
+        if partial.size:
+            index = (j[partial] * self.block)[:, None] + np.arange(self.block - 1)[None, :]
+            terms = self._terms(np.minimum(index, self.x.size - 1))
+            running = np.cumsum(np.concatenate([sums[partial, None], terms], axis=1), axis=1)
+            sums[partial] = running[np.arange(partial.size), rest[partial]]
+        # np.cumsum's prefix array starts with a real 0.0 (which, unlike -0.0, changes the
+        # sign of a zero difference).
+        sums[cuts == 0] = 0.0
+        return sums
+
+
+def _cut_points(x: np.ndarray, shift: float, mids: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(x - shift, mids, side="right")`` in float64, without building ``x - shift``.
+
+    ``v -> fl(v - shift)`` is monotone, so each answer is a plain search of ``x`` (in its own
+    dtype) for the largest float ``t`` with ``fl(t - shift) <= mid``: every value up to ``t``
+    is at or below the midpoint and every value above it is not. ``t`` is ``mid + shift``
+    rounded to that dtype and nudged by an ulp or so; where a few nudges do not reach it
+    (``shift`` so far from the values that many floats round alike), bisection over ``x``
+    with the rule itself finds the cut.
+    """
+    n = x.size
+    lowest, highest = x.dtype.type(-np.inf), x.dtype.type(np.inf)
+
+    def at_or_below(v, limit):  # fl(v - shift) <= limit, exactly as the float64 search decides
+        return v.astype(np.float64, copy=False) - shift <= limit
+
+    with np.errstate(over="ignore"):  # a key past float32's range becomes inf: nudged back below
+        key = (mids + shift).astype(x.dtype)
+    for _ in range(4):
+        fits, up = at_or_below(key, mids), np.nextafter(key, highest)
+        up_fits = at_or_below(up, mids)
+        exact = fits & ~up_fits
+        if exact.all():
+            return np.searchsorted(x, key, side="right")
+        key = np.where(up_fits, up, np.where(fits, key, np.nextafter(key, lowest)))
+    cuts = np.searchsorted(x, key, side="right")
+    bad = np.flatnonzero(~exact)
+    lo, hi, limit = np.zeros(bad.size, np.intp), np.full(bad.size, n, np.intp), mids[bad]
+    while (lo < hi).any():
+        middle = (lo + hi) // 2
+        below = at_or_below(x[np.minimum(middle, n - 1)], limit)
+        lo, hi = np.where((lo < hi) & below, middle + 1, lo), np.where((lo < hi) & ~below, middle, hi)
+    cuts[bad] = lo
+    return cuts
+
+
+def _lloyd_sorted(x: np.ndarray, c: np.ndarray, max_iter: int, weights: np.ndarray | None = None):
+    """Lloyd's algorithm on sorted float32/float64 ``x`` from sorted initial centroids ``c``.
+
+    ``weights`` (integer counts, > 0) make ``x[i]`` count ``weights[i]`` times: a histogram of
+    the data clusters like the data itself, to floating-point rounding of the sums.
 
     Returns ``(centroids float64, iterations, converged)``; ``iterations`` counts assignment
     steps, the last of which found the partition unchanged when ``converged``.
@@ -161,18 +321,20 @@ def _lloyd_sorted(x: np.ndarray, c: np.ndarray, max_iter: int):
     would give everything to the first copy, which can leave the centroids unsorted).
     """
     n, k = x.size, c.size
-    # Prefix sums of values shifted by the median: cluster sums are differences of prefix
-    # sums, and shifting keeps those sums small when the weights sit on a large offset, so
-    # the cancellation error stays small.
-    shift = float(x[n // 2])
-    xs = x - shift
-    prefix = np.empty(n + 1, dtype=np.float64)
-    prefix[0] = 0.0
-    np.cumsum(xs, out=prefix[1:])
+    cum_weights = None if weights is None else np.cumsum(weights, dtype=np.int64)
+    total = n if cum_weights is None else int(cum_weights[-1])
+    # Cluster sums are differences of running sums of the values shifted by the median:
+    # shifting keeps those sums small when the weights sit on a large offset, so the
+    # cancellation error stays small.
+    shift = float(_rank_value(x, cum_weights)(total // 2))
+    sums_at = _RunningSums(x, None if weights is None else weights.astype(np.float64), shift)
+    count_at = None if cum_weights is None else np.concatenate(([0], cum_weights))
     c = c.astype(np.float64) - shift
 
     bounds = np.empty(k + 1, dtype=np.intp)
     bounds[0], bounds[-1] = 0, n
+    running = np.empty(k + 1, dtype=np.float64)
+    running[0], running[-1] = 0.0, sums_at.total
     prev_cuts = None
     # Hashes of every partition seen: floating-point rounding can in principle make Lloyd
     # cycle between partitions instead of reaching a fixed point; stop if it does.
@@ -180,7 +342,7 @@ def _lloyd_sorted(x: np.ndarray, c: np.ndarray, max_iter: int):
     for it in range(1, max_iter + 1):
         mids = (c[:-1] + c[1:]) * 0.5
         # side="right": a value exactly on a midpoint goes to the lower cluster.
-        cuts = np.searchsorted(xs, mids, side="right")
+        cuts = _cut_points(x, shift, mids)
         if prev_cuts is not None and np.array_equal(cuts, prev_cuts):
             # Same partition as last step, so c (its means) is an exact fixed point.
             return c + shift, it, True
@@ -190,8 +352,10 @@ def _lloyd_sorted(x: np.ndarray, c: np.ndarray, max_iter: int):
         seen.add(key)
         prev_cuts = cuts
         bounds[1:-1] = cuts
-        counts = np.diff(bounds)
-        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
+        counted = bounds if count_at is None else count_at[bounds]
+        counts = counted[1:] - counted[:-1]
+        running[1:-1] = sums_at.at(cuts)
+        sums = running[1:] - running[:-1]
         # Empty clusters keep their centroid.  That keeps the centroids sorted, which the
         # midpoint search relies on: cluster j is the interval (mids[j-1], mids[j]], so a
         # non-empty cluster's new mean lies inside it, and an empty cluster's old centroid
@@ -263,7 +427,7 @@ def _assign_nearest(v: np.ndarray, c32: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- public entry
 
 
-def kmeans_1d(values, k, init="linear", seed=0, max_iter=100_000):
+def kmeans_1d(values, k, init="linear", seed=0, max_iter=100_000, weights=None):
     """Cluster 1-D ``values`` into ``k`` shared values with Lloyd's algorithm.
 
     Returns ``(centroids, codes)``: ``centroids`` is float32 of length ``k``, sorted ascending;
@@ -274,37 +438,68 @@ def kmeans_1d(values, k, init="linear", seed=0, max_iter=100_000):
     Lloyd runs to its exact fixed point (the partition stops changing), or ``max_iter``
     assignment steps.  ``init`` and ``seed`` pick the initial centroids as in
     :func:`init_centroids`.  A cluster that becomes empty keeps its centroid; with fewer
-    distinct values than ``k`` some clusters stay empty.  Raises ConfigError for non-1-D,
-    empty or non-finite ``values``, ``k`` outside 1..65536, an unknown ``init`` or
-    ``max_iter < 1``.
+    distinct values than ``k`` some clusters stay empty.
+
+    ``weights`` (integer counts, one per value, >= 0) cluster a histogram: the result is that
+    of the data in which ``values[i]`` occurs ``weights[i]`` times (same initial centroids,
+    same partitions, centroids equal to floating-point rounding of the cluster sums), and
+    ``codes`` still has one entry per value. A value of count 0 takes no part in the
+    clustering but gets a code.
+
+    Raises ConfigError for non-1-D, empty or non-finite ``values``, ``k`` outside 1..65536,
+    an unknown ``init``, ``max_iter < 1`` or unusable ``weights``.
     """
     v = _check_values(values)
     k = _check_k(k)
     _check_method(init)
     if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
         raise ConfigError(f"max_iter must be a positive integer, got {max_iter!r}")
-    # Sort in the input dtype (float32 sorts ~4x faster than float64), then widen: the cast
-    # is monotone, so the result is still sorted.
-    x = np.sort(v).astype(np.float64)
-    c0 = _init_sorted(x, k, init, seed)
-    c, _, _ = _lloyd_sorted(x, c0, int(max_iter))
+    if weights is None:
+        x, w = _sorted_values(v), None
+    else:
+        w = _check_weights(weights, v.size)
+        present = np.flatnonzero(w)
+        order = present[np.argsort(v[present], kind="stable")]
+        x, w = _search_dtype(v[order]), w[order]
+    c0 = _init_sorted(x, k, init, seed, None if w is None else np.cumsum(w))
+    c, _, _ = _lloyd_sorted(x, c0, int(max_iter), w)
+    del x  # the sorted copy is as large as the values: gone before the codes are made
     c32 = c.astype(np.float32)
     # Casting is monotone, so the float32 centroids are still sorted (maybe with new ties).
     return c32, _assign_nearest(v, c32)
 
 
-def drop_empty_clusters(centroids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def drop_empty_clusters(centroids: np.ndarray, codes: np.ndarray, weights=None) -> tuple[np.ndarray, np.ndarray]:
     """Keep only the centroids some value uses, and renumber the codes to match (order kept).
 
     k-means on a small or pruned layer leaves clusters empty (LeNet-5's conv1: 330 weights
     for 256 clusters; pruned layers: the centroids initialized in the pruned gap around 0),
-    and a stored codebook entry costs 4 bytes each.
+    and a stored codebook entry costs 4 bytes each. With ``weights`` (counts, one per code,
+    as for :func:`kmeans_1d`), a code of count 0 does not count as a use. The new codes are
+    uint8 if at most 256 centroids remain, else uint16.
     """
     codes = np.asarray(codes)
-    counts = np.bincount(codes, minlength=len(centroids)) if codes.size else np.zeros(len(centroids), np.int64)
+    counts = np.zeros(len(centroids), dtype=np.int64)
+    # A chunk at a time: bincount widens its input to intp (8 bytes a code).
+    for i in range(0, codes.size, _ASSIGN_CHUNK):
+        part = None if weights is None else np.asarray(weights)[i : i + _ASSIGN_CHUNK] > 0
+        counts += np.bincount(codes[i : i + _ASSIGN_CHUNK], weights=part, minlength=len(centroids)).astype(np.int64)
     used = np.flatnonzero(counts)
     if used.size == 0:  # nothing kept: one centroid keeps the codebook non-empty
-        return np.asarray(centroids[:1], dtype=np.float32), codes.astype(np.uint16)
-    renumber = np.zeros(len(centroids), dtype=np.uint16)
-    renumber[used] = np.arange(used.size, dtype=np.uint16)
-    return np.asarray(centroids[used], dtype=np.float32), renumber[codes]
+        return np.asarray(centroids[:1], dtype=np.float32), codes.astype(np.uint8)
+    code_dtype = np.uint8 if used.size <= 256 else np.uint16
+    renumber = np.zeros(len(centroids), dtype=code_dtype)
+    renumber[used] = np.arange(used.size, dtype=code_dtype)
+    return np.asarray(centroids[used], dtype=np.float32), apply_table(renumber, codes)
+
+
+def apply_table(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``table[keys]`` (keys: unsigned integers below ``len(table)``), a chunk at a time.
+
+    numpy widens an index array to intp, 8 bytes a key: chunking bounds that temporary for
+    layers of hundreds of millions of weights.
+    """
+    out = np.empty(keys.shape, dtype=table.dtype)
+    for i in range(0, keys.size, _ASSIGN_CHUNK):
+        out[i : i + _ASSIGN_CHUNK] = table[keys[i : i + _ASSIGN_CHUNK]]
+    return out

@@ -1,0 +1,279 @@
+"""Parse and check a .dzip file's preamble and header (versions 1 and 2), with struct alone.
+
+No torch, numpy or numba here: `deepzip info` answers from the header without importing
+them, and the reader checks every record before it allocates anything. Every size a
+record declares is checked against the file, the format's limits and the decoded-size cap
+here; what needs the streams (Huffman codes, positions) is checked when they are decoded.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from deepzip.container.spec import (
+    DTYPE_ITEMSIZE,
+    DTYPE_NAMES,
+    ENCODING_ALIAS,
+    ENCODING_CODEBOOK,
+    ENCODING_FILE,
+    ENCODING_RAW,
+    FLOAT_CODES,
+    MAGIC,
+    PREAMBLE,
+    TRAILER,
+    VERSION,
+    check_file_name,
+    lengths_table_size,
+)
+from deepzip.errors import ChecksumError, FormatError, TruncatedError, VersionError
+from deepzip.limits import (
+    DEFAULT_MAX_DECODED_SIZE,
+    MAX_CODEBOOK,
+    MAX_HEADER_SIZE,
+    MAX_INDEX_BITS,
+    MAX_NAME_BYTES,
+    MAX_NDIM,
+    MAX_NUMEL,
+)
+
+# Per version: the struct codes of (section size) and of the coding parameters.
+_SIZE = {1: "I", 2: "Q"}
+_PARAMS = {1: "HBIII", 2: "HBQQQQ"}  # v1: k, b, E, C, G; v2: k, b, E, K, C, G
+
+
+@dataclass(frozen=True)
+class Record:
+    """One header record: where its section lies and what it declares.
+
+    `kept` is the number of kept weights of a codebook record (E minus fillers), known
+    from a version-2 header; None for version 1, where only the gap stream tells.
+    `index_bits` 0 marks a dense codebook record (version 2): no gap stream at all.
+    """
+
+    name: str
+    dtype_code: int
+    shape: tuple[int, ...]
+    encoding: int
+    offset: int
+    size: int
+    crc: int
+    k: int = 0
+    index_bits: int = 0
+    entries: int = 0
+    kept: int | None = None
+    code_bytes: int = 0
+    gap_bytes: int = 0
+
+    @property
+    def numel(self) -> int:
+        """Element count: the plain product of the dims (1 for a scalar)."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes the record takes once decoded (a file's bytes, a tensor's elements)."""
+        if self.encoding == ENCODING_ALIAS:
+            return 0
+        return self.numel * DTYPE_ITEMSIZE[self.dtype_code]
+
+    @property
+    def dtype_name(self) -> str:
+        """The dtype's name, as torch spells it without the prefix (`float16`)."""
+        return DTYPE_NAMES[self.dtype_code]
+
+
+@dataclass(frozen=True)
+class Header:
+    """A checked header: the version, the records in file order, and the file's size."""
+
+    version: int
+    records: tuple[Record, ...]
+    file_size: int
+
+
+def parse(data: Sequence[int] | memoryview | bytes, max_decoded_size: int | None = DEFAULT_MAX_DECODED_SIZE) -> Header:
+    """Check the preamble and parse the header of the whole file `data` (bytes or a memoryview).
+
+    The preamble is the first 16 bytes: magic, version, flags and (version 1) the header
+    size. They are checked in that order: not a .dzip file, a version this reader does not
+    know, unknown flags. Then the header's checksum, then every record, then that the
+    sections tile the file exactly. `max_decoded_size` (bytes; None = no cap) bounds the
+    sum of what the tensors and files decode to, so that a small file cannot make a reader
+    allocate without limit: a file above it is refused here, before any allocation, naming
+    the tensor that crosses it.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+    size = len(view)
+    if bytes(view[:8]) != MAGIC:
+        raise FormatError("not a .dzip file (bad magic bytes)")
+    if size < PREAMBLE.size:
+        raise TruncatedError(f"preamble: the file ends after {size} bytes")
+    _, version, flags, header_size = PREAMBLE.unpack(view[: PREAMBLE.size])
+    if version > VERSION:
+        raise VersionError(f"file format version {version} was written by a newer deepzip (this one reads 1..{VERSION})")
+    if version not in (1, 2):
+        raise VersionError(f"unknown file format version {version}")
+    if flags:
+        raise FormatError(f"preamble: unknown flags {flags:#06x}")
+    if version == 1:
+        if header_size > MAX_HEADER_SIZE or PREAMBLE.size + header_size + 4 > size:
+            raise TruncatedError(f"header: size {header_size} runs past the end of the {size}-byte file")
+        body_start, body_end = PREAMBLE.size, PREAMBLE.size + header_size
+        (crc,) = struct.unpack("<I", view[body_end : body_end + 4])
+        if zlib.crc32(view[:body_end]) != crc:
+            raise ChecksumError("header: checksum mismatch")
+        sections_start, sections_end = body_end + 4, size
+    else:
+        if header_size != 0:
+            raise FormatError(f"preamble: the reserved field is {header_size}, must be 0 in version 2")
+        if size < PREAMBLE.size + TRAILER.size:
+            raise TruncatedError(f"trailer: the file ends after {size} bytes")
+        body_size, crc = TRAILER.unpack(view[size - TRAILER.size :])
+        if body_size > MAX_HEADER_SIZE or PREAMBLE.size + body_size + TRAILER.size > size:
+            raise TruncatedError(f"header: size {body_size} does not fit in the {size}-byte file")
+        body_start, body_end = size - TRAILER.size - body_size, size - TRAILER.size
+        if zlib.crc32(view[body_start:body_end], zlib.crc32(view[: PREAMBLE.size])) != crc:
+            raise ChecksumError("header: checksum mismatch")
+        sections_start, sections_end = PREAMBLE.size, body_start
+    records = _parse_records(_Cursor(view, body_start, body_end, "header"), version, sections_start)
+    offset = sections_start
+    for record in records:
+        if record.size > sections_end - offset:
+            raise TruncatedError(f"tensor {record.name!r}, data section: runs past the end of the sections")
+        offset += record.size
+    if offset != sections_end:
+        raise FormatError(f"{sections_end - offset} trailing bytes after the last section")
+    if max_decoded_size is not None:
+        total = 0
+        for record in records:
+            total += record.decoded_bytes
+            if total > max_decoded_size:
+                raise FormatError(
+                    f"tensor {record.name!r}: decodes to {_gib(record.decoded_bytes)} (shape {list(record.shape)}), "
+                    f"which takes the file past the decoded-size limit of {_gib(max_decoded_size)} "
+                    "(raise max_decoded_size / --max-decoded-size if you trust the file)"
+                )
+    return Header(version, tuple(records), size)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n:,} bytes"
+
+
+class _Cursor:
+    """Reads little-endian fields from a buffer, checking every length before using it."""
+
+    def __init__(self, data: memoryview, start: int, end: int, where: str):
+        self.data, self.pos, self.end, self.where = data, start, end, where
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or n > self.end - self.pos:
+            raise TruncatedError(f"{self.where}: {what} needs {n} bytes but only {self.end - self.pos} remain")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, fmt: str, what: str) -> tuple:
+        s = struct.Struct("<" + fmt)
+        return s.unpack(self.take(s.size, what))
+
+
+def _parse_records(cur: _Cursor, version: int, offset: int) -> list[Record]:
+    (count,) = cur.unpack("I" if version == 1 else "Q", "record count")
+    # Each record takes at least 12 bytes, so a count beyond that is damage, not a big model.
+    if count > (cur.end - cur.pos) // 12:
+        raise FormatError(f"header: record count {count} does not fit in the header")
+    records, names = [], set()
+    for index in range(count):
+        cur.where = f"header, record {index}"
+        (name_len,) = cur.unpack("H", "name length")
+        if not 1 <= name_len <= MAX_NAME_BYTES:
+            raise FormatError(f"{cur.where}: name length {name_len} outside 1..{MAX_NAME_BYTES}")
+        try:
+            name = bytes(cur.take(name_len, "name")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"{cur.where}: name is not UTF-8") from None
+        if name in names:  # across tensor, alias and file records alike
+            raise FormatError(f"tensor {name!r}, header: duplicate name")
+        names.add(name)
+        cur.where = f"tensor {name!r}, header"
+        record = _parse_record(cur, name, version, offset)
+        offset += record.size
+        records.append(record)
+    if cur.pos != cur.end:
+        raise FormatError(f"header: {cur.end - cur.pos} unused bytes after the last record")
+    return records
+
+
+def _parse_record(cur: _Cursor, name: str, version: int, offset: int) -> Record:
+    dtype_code, ndim = cur.unpack("BB", "dtype and ndim")
+    if dtype_code not in DTYPE_NAMES:
+        raise FormatError(f"{cur.where}: unknown dtype code {dtype_code}")
+    if ndim > MAX_NDIM:
+        raise FormatError(f"{cur.where}: {ndim} dimensions exceed {MAX_NDIM}")
+    shape = cur.unpack(f"{ndim}I", "shape")
+    numel, extent = 1, 1
+    for dim in shape:
+        numel *= dim  # Python ints: no overflow, checked against the limit below
+        extent *= max(dim, 1)  # an empty tensor's other dims still size its strides
+    if extent > MAX_NUMEL:
+        raise FormatError(f"{cur.where}: shape {list(shape)} exceeds {MAX_NUMEL} elements")
+    encoding, size, crc = cur.unpack(f"B{_SIZE[version]}I", "encoding and section size")
+    fields = dict(name=name, dtype_code=dtype_code, shape=tuple(shape), encoding=encoding, offset=offset, size=size, crc=crc)
+    if encoding == ENCODING_CODEBOOK:
+        return _parse_codebook(cur, version, numel, fields)
+    if encoding == ENCODING_RAW:
+        expected = numel * DTYPE_ITEMSIZE[dtype_code]
+        if size != expected:
+            raise FormatError(f"{cur.where}: raw section size {size} != {expected} for shape {list(shape)}")
+    elif encoding == ENCODING_ALIAS:
+        if not 1 <= size <= MAX_NAME_BYTES:
+            raise FormatError(f"{cur.where}: alias target name of {size} bytes outside 1..{MAX_NAME_BYTES}")
+    elif encoding == ENCODING_FILE:
+        if DTYPE_NAMES[dtype_code] != "uint8" or len(shape) != 1 or shape[0] != size:
+            raise FormatError(f"{cur.where}: a file record must be uint8 of shape [section size]")
+        check_file_name(name)
+    else:
+        raise FormatError(f"{cur.where}: unknown encoding {encoding}")
+    return Record(**fields)
+
+
+def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Record:
+    if fields["dtype_code"] not in FLOAT_CODES:
+        raise FormatError(f"{cur.where}: codebook encoding needs a floating dtype, got {DTYPE_NAMES[fields['dtype_code']]}")
+    if version == 1:
+        k, b, entries, code_bytes, gap_bytes = cur.unpack(_PARAMS[1], "coding parameters")
+        kept = None
+    else:
+        k, b, entries, kept, code_bytes, gap_bytes = cur.unpack(_PARAMS[2], "coding parameters")
+    if not 1 <= k <= MAX_CODEBOOK:
+        raise FormatError(f"{cur.where}: codebook size {k} outside 1..{MAX_CODEBOOK}")
+    low = 0 if version == 2 else 1  # b = 0: a dense record (version 2)
+    if not low <= b <= MAX_INDEX_BITS:
+        raise FormatError(f"{cur.where}: index bits {b} outside {low}..{MAX_INDEX_BITS}")
+    if entries > numel:
+        raise FormatError(f"{cur.where}: {entries} entries for {numel} elements")
+    # Every entry costs at least one bit of the code stream (a lone symbol has length 1 or
+    # more), and, when sparse, of the gap stream: a stream bounds its entry count.
+    if entries > 8 * code_bytes or (b and entries > 8 * gap_bytes):
+        raise FormatError(f"{cur.where}: {entries} entries cannot fit in streams of {code_bytes} and {gap_bytes} bytes")
+    if b == 0:
+        if entries != numel or kept != entries or gap_bytes:
+            raise FormatError(f"{cur.where}: a dense record keeps every one of its {numel} elements, with no gap stream")
+    else:
+        # The entries reach the tensor's end (docs/FORMAT.md), so n <= (E + 1) * 2^b - 1.
+        if numel > (entries + 1) * (1 << b) - 1:
+            raise FormatError(f"{cur.where}: {entries} entries of {b}-bit gaps cannot reach {numel} elements")
+        if kept is not None and kept > entries:
+            raise FormatError(f"{cur.where}: {kept} kept weights among {entries} entries")
+    gap_table = lengths_table_size(1 << b) if b else 0
+    expected = 4 * k + lengths_table_size(k + 1) + gap_table + code_bytes + gap_bytes
+    if fields["size"] != expected:
+        raise FormatError(f"{cur.where}: section size {fields['size']} != {expected}, the sum of its parts")
+    return Record(**fields, k=k, index_bits=b, entries=entries, kept=kept, code_bytes=code_bytes, gap_bytes=gap_bytes)
