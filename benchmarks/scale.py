@@ -34,9 +34,7 @@ lines of its stderr (the JSON then holds what was measured so far). Outputs go t
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import shlex
 import shutil
 import subprocess
@@ -46,10 +44,26 @@ import time
 from pathlib import Path
 
 import click
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_checkpoint import DTYPES, FORMAT_VERSION, build_llama, build_raw, ensure_built, plan_llama, tensor_digest  # noqa: E402
-from scale_measure import PhaseFailed, Progress, gb, run_measured, tail  # noqa: E402
+from scale_checkpoint import (
+    DTYPES,
+    FORMAT_VERSION,
+    build_llama,
+    build_raw,
+    ensure_built,
+    file_sha256,
+    plan_llama,
+    tensor_digest,
+)
+from scale_measure import (
+    PHASE_HEADER,
+    PhaseFailed,
+    Progress,
+    available_memory,
+    check_disk,
+    gb,
+    phase_row,
+    run_measured,
+)
 
 VGG16_SHAPES = {
     **{
@@ -151,9 +165,9 @@ def run_phase(name: str, path: str) -> dict:
         "result['peak_rss_bytes'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024; "
         "print(json.dumps(result))"
     )
-    out = subprocess.run([sys.executable, "-c", code, name, path, str(Path(__file__).parent)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, name, path, str(Path(__file__).parent)], capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise PhaseFailed(name, f"exited with status {out.returncode}", [l for l in out.stderr.splitlines() if l.strip()][-8:])
+        raise PhaseFailed(name, f"exited with status {out.returncode}", [line for line in out.stderr.splitlines() if line.strip()][-8:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -180,15 +194,6 @@ def run_vgg16(workdir: str | None, log: Progress) -> dict:
     return results
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read 64 MB at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(64 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def clear(*paths: Path) -> None:
     """Remove files or directories left by an earlier run (so no stale shard is read)."""
     for path in paths:
@@ -198,28 +203,7 @@ def clear(*paths: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def check_disk(work: Path, need: int, label: str) -> None:
-    """Fail before the work, not during it, when `work` lacks `need` bytes."""
-    work.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(work).free
-    if free < need:
-        raise PhaseFailed(label, f"needs about {gb(need)} free under {work}, {gb(free)} there (choose --dir)")
-
-
-def phase_row(label: str, jobs, m: dict, parameters: int | None, reference: int) -> str:
-    """One Markdown row of a measured phase (rates and ratios where they apply)."""
-    rate = "" if parameters is None else f"{parameters / m['wall_s'] / 1e6:.1f}"
-    peak = max(v for v in (m["peak_rss_bytes"], m["peak_tree_rss_bytes"]) if v is not None)
-    return (
-        f"| {label} | {jobs} | {m['wall_s']:.1f} | {rate} | {gb(m['peak_rss_bytes'])} | {gb(m['peak_tree_rss_bytes'])} "
-        f"| {gb(m['peak_tree_pss_bytes'])} | {m['peak_processes']} | {peak / reference:.2f}x |"
-    )
-
-
-PHASE_HEADER = "| phase | jobs | wall s | M weights/s | peak RSS (time -v) | peak tree RSS | peak tree PSS | processes | peak / input size |\n" + "|---" * 9 + "|"
-
-
-def run_checkpoint(spec, jobs_list, bits, shard_size, work: Path, deepzip, log, result: dict) -> None:
+def run_checkpoint(spec, jobs_list, bits, shard_size, work: Path, deepzip, log, result: dict, max_rss: int | None) -> None:
     """The --params mode: build (cached), then compress / decompress / verify per --jobs value.
 
     Fills `result` as it goes, so a failure leaves what was measured."""
@@ -234,38 +218,48 @@ def run_checkpoint(spec, jobs_list, bits, shard_size, work: Path, deepzip, log, 
     dzip, decoded = out / "llama.dzip", out / "llama-decoded"
     shard_args = ["--shard-size", shard_size] if shard_size else []
     first_sha = None
-    for jobs in jobs_list:
-        clear(dzip, decoded)
-        out.mkdir(parents=True, exist_ok=True)
-        run = {"jobs": jobs}
-        result["runs"].append(run)
-        argv = [*deepzip, "compress", str(source), "-o", str(dzip), "--bits", str(bits), "--jobs", str(jobs)]
-        run["compress"] = run_measured(f"compress --jobs {jobs}", argv, logs, log)
-        run["file_bytes"] = file_bytes = dzip.stat().st_size
-        run["sha256"] = file_sha256(dzip)
-        first_sha = first_sha or run["sha256"]
-        run.update(ratio_fp32=4 * params / file_bytes, ratio_fp16=2 * params / file_bytes, same_bytes_as_first=run["sha256"] == first_sha)
-        argv = [*deepzip, "decompress", str(dzip), "-o", str(decoded), "--force", *shard_args]
-        run["decompress"] = run_measured(f"decompress (jobs {jobs} file)", argv, logs, log)
-        argv = [sys.executable, str(Path(__file__).with_name("scale_checkpoint.py")), "verify", str(source), str(decoded), "--bits", str(bits)]
-        run["verify"] = run_measured(f"verify (jobs {jobs} file)", argv, logs, log)
-        run["verify"].update(json.loads(Path(run["verify"]["stdout"]).read_text().strip().splitlines()[-1]))
-    click.echo(f"\nLlama-shaped checkpoint ({source.name}): {params:,} parameters, {spec.num_hidden_layers} layers x hidden "
+    try:
+        for jobs in jobs_list:
+            clear(dzip, decoded)
+            out.mkdir(parents=True, exist_ok=True)
+            run = {"jobs": jobs}
+            result["runs"].append(run)
+            argv = [*deepzip, "compress", str(source), "-o", str(dzip), "--bits", str(bits), "--jobs", str(jobs)]
+            run["compress"] = run_measured(f"compress --jobs {jobs}", argv, logs, log, max_rss)
+            run["file_bytes"] = file_bytes = dzip.stat().st_size
+            run["sha256"] = file_sha256(dzip)
+            first_sha = first_sha or run["sha256"]
+            run.update(ratio_fp32=4 * params / file_bytes, ratio_fp16=2 * params / file_bytes, same_bytes_as_first=run["sha256"] == first_sha)
+            argv = [*deepzip, "decompress", str(dzip), "-o", str(decoded), "--force", *shard_args]
+            run["decompress"] = run_measured(f"decompress (.dzip of jobs {jobs})", argv, logs, log, max_rss)
+            argv = [sys.executable, str(Path(__file__).with_name("scale_checkpoint.py")), "verify", str(source), str(decoded), "--bits", str(bits)]
+            run["verify"] = run_measured(f"verify (.dzip of jobs {jobs})", argv, logs, log, max_rss)
+            run["verify"].update(json.loads(Path(run["verify"]["stdout"]).read_text().strip().splitlines()[-1]))
+    finally:  # the table of the runs that finished, also when a later one failed
+        print_checkpoint(spec, source.name, [run for run in result["runs"] if "transformers_load_s" in run.get("verify", {})], bits, shard_args)
+
+
+def print_checkpoint(spec, name: str, runs: list[dict], bits: int, shard_args: list[str]) -> None:
+    """The Markdown tables of the --params mode: one row per phase and jobs, then the files."""
+    if not runs:
+        return
+    params, size = spec.parameters(), DTYPES[spec.dtype][2]
+    click.echo(f"\nLlama-shaped checkpoint ({name}): {params:,} parameters, {spec.num_hidden_layers} layers x hidden "
                f"{spec.hidden_size} (intermediate {spec.intermediate_size}, vocab {spec.vocab_size}), {spec.dtype}, {spec.shards} "
                f"shards, {gb(params * size)} ({gb(4 * params)} fp32); --bits {bits}\n")  # fmt: skip
     click.echo(PHASE_HEADER)
-    for run in result["runs"]:
+    for run in runs:
         click.echo(phase_row(f"compress --bits {bits}", run["jobs"], run["compress"], params, params * size))
-        click.echo(phase_row(f"decompress {' '.join(shard_args)}".strip(), run["jobs"], run["decompress"], params, params * size))
+        click.echo(phase_row(" ".join(["decompress", *shard_args]), run["jobs"], run["decompress"], params, params * size))
         click.echo(phase_row("verify (from_pretrained + sample)", run["jobs"], run["verify"], None, params * size))
     click.echo("\n| jobs | .dzip bytes | fp32 / file | fp16 / file | same bytes as first | transformers load s | max distinct | max rel. RMS error |\n" + "|---" * 8 + "|")
-    for run in result["runs"]:
+    for run in runs:
         v = run["verify"]
         click.echo(f"| {run['jobs']} | {run['file_bytes']:,} | {run['ratio_fp32']:.2f}x | {run['ratio_fp16']:.2f}x | "
                    f"{'yes' if run['same_bytes_as_first'] else 'NO'} | {v['transformers_load_s']:.1f} | {v['max_distinct']} | {v['max_relative_rms_error']:.3f} |")  # fmt: skip
 
 
-def run_raw(elements: int, work: Path, deepzip, log, result: dict) -> None:
+def run_raw(elements: int, work: Path, deepzip, log, result: dict, max_rss: int | None) -> None:
     """The --raw-4gib mode: one fp32 tensor through compress --exclude '*' and decompress, bit-exact."""
     elements = elements // 1000 * 1000
     source = work / f"raw-{elements}.safetensors"
@@ -278,9 +272,9 @@ def run_raw(elements: int, work: Path, deepzip, log, result: dict) -> None:
     dzip, back = out / "raw.dzip", out / "raw-back.safetensors"
     clear(dzip, back)
     out.mkdir(parents=True, exist_ok=True)
-    result["compress"] = run_measured("raw: compress --exclude '*'", [*deepzip, "compress", str(source), "-o", str(dzip), "--exclude", "*"], logs, log)
+    result["compress"] = run_measured("raw: compress --exclude '*'", [*deepzip, "compress", str(source), "-o", str(dzip), "--exclude", "*"], logs, log, max_rss)
     result["file_bytes"] = dzip.stat().st_size
-    result["decompress"] = run_measured("raw: decompress", [*deepzip, "decompress", str(dzip), "-o", str(back)], logs, log)
+    result["decompress"] = run_measured("raw: decompress", [*deepzip, "decompress", str(dzip), "-o", str(back)], logs, log, max_rss)
     log("raw: comparing the tensor's bytes (sha256, 64 MB at a time)")
     started = time.perf_counter()
     want, got = tensor_digest(source, "weight"), tensor_digest(back, "weight")
@@ -290,8 +284,8 @@ def run_raw(elements: int, work: Path, deepzip, log, result: dict) -> None:
     click.echo(f"\nOne fp32 tensor of {elements:,} elements ({4 * elements / 2**30:.2f} GiB); .dzip {result['file_bytes']:,} bytes; "
                f"bit-exact after the round trip (sha256 {got['sha256'][:16]}..., compared in {result['compare_s']:.1f} s)\n")  # fmt: skip
     click.echo(PHASE_HEADER)
-    click.echo(phase_row("compress --exclude '*'", 1, result["compress"], elements, 4 * elements))
-    click.echo(phase_row("decompress", 1, result["decompress"], elements, 4 * elements))
+    click.echo(phase_row("compress --exclude '*'", "-", result["compress"], elements, 4 * elements))
+    click.echo(phase_row("decompress", "-", result["decompress"], elements, 4 * elements))
 
 
 def default_deepzip() -> list[str]:
@@ -325,12 +319,14 @@ def parse_jobs(ctx, param, text: str) -> list[int]:
 @click.option("--dir", "work", type=click.Path(path_type=Path), default=Path(tempfile.gettempdir()) / "deepzip-scale",
               show_default=True, help="--params/--raw-4gib: where built inputs are cached and outputs written.")  # fmt: skip
 @click.option("--keep-outputs", is_flag=True, help="Keep the .dzip files and decoded checkpoints under --dir/out.")
+@click.option("--max-rss", type=float, default=None, help="Kill a phase whose process tree passes this many GB of RSS (default: 90% of the memory available at the start; 0: no limit).")
 @click.option("--deepzip", "deepzip_cmd", default=None, hidden=True, help="The deepzip command to measure (default: the venv's).")
-def main(json_path, workdir, params, dtype, shards, jobs_list, bits, shard_size, raw, raw_elements, work, keep_outputs, deepzip_cmd) -> None:
+def main(json_path, workdir, params, dtype, shards, jobs_list, bits, shard_size, raw, raw_elements, work, keep_outputs, max_rss, deepzip_cmd) -> None:
     """Time deepzip on VGG-16 (default), a Llama-shaped sharded checkpoint (--params) or a >4 GiB tensor (--raw-4gib)."""
     log = Progress()
     deepzip = shlex.split(deepzip_cmd) if deepzip_cmd else default_deepzip()
-    results: dict = {}
+    limit = int(0.9 * available_memory()) if max_rss is None else int(max_rss * 1e9) or None
+    results: dict = {} if params is None and not raw else {"max_rss_limit_bytes": limit}
     try:
         if params is None and not raw:
             results = run_vgg16(workdir, log)
@@ -339,11 +335,11 @@ def main(json_path, workdir, params, dtype, shards, jobs_list, bits, shard_size,
                 spec = plan_llama(params, dtype, shards)
             except ValueError as error:
                 raise click.BadParameter(str(error), param_hint="--params") from None
-            run_checkpoint(spec, jobs_list, bits, shard_size, work, deepzip, log, results.setdefault("checkpoint", {}))
+            run_checkpoint(spec, jobs_list, bits, shard_size, work, deepzip, log, results.setdefault("checkpoint", {}), limit)
         if raw:
-            run_raw(raw_elements, work, deepzip, log, results.setdefault("raw_4gib", {}))
-    except (PhaseFailed, OSError) as error:
-        message = str(error) if isinstance(error, PhaseFailed) else f"FAILED: {type(error).__name__}: {error}"
+            run_raw(raw_elements, work, deepzip, log, results.setdefault("raw_4gib", {}), limit)
+    except (PhaseFailed, OSError, KeyboardInterrupt) as error:
+        message = str(error) if isinstance(error, PhaseFailed) else f"FAILED: {type(error).__name__}: {error}".rstrip(": ")
         results["failed"] = message
         click.echo(message, err=True)
     finally:

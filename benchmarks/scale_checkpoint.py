@@ -7,7 +7,8 @@
   safetensors files are written by hand (8-byte header length, JSON header, data), so the
   builder's memory stays at one chunk whatever the model's size.
 - `build_raw`: one safetensors file holding one fp32 tensor (past 4 GiB at full size).
-- `tensor_digest`: sha256 of one tensor's bytes in a safetensors file, read in chunks.
+- `tensor_digest`, `file_sha256`: sha256 of one tensor's bytes in a safetensors file, or of
+  a whole file, read 64 MB at a time (never a whole tensor in memory).
 - `python scale_checkpoint.py verify ORIGINAL DECODED --bits N` (run by scale.py in its own
   process): transformers loads DECODED, every tensor has the original's name, shape and
   dtype, and a sample of rows of each 2-D tensor holds at most 2**N distinct values close
@@ -124,8 +125,7 @@ def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], str]
     with open(path, "wb") as f:
         f.write(header)
         for name, shape, dtype in entries:
-            for chunk in _chunks(shape, dtype, generator, std(name)):
-                f.write(chunk)
+            f.writelines(_chunks(shape, dtype, generator, std(name)))
     return len(header) + size
 
 
@@ -230,6 +230,15 @@ def tensor_digest(path: Path, name: str) -> dict:
     return {"dtype": entry["dtype"], "shape": entry["shape"], "bytes": end - begin, "sha256": digest.hexdigest()}
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read 64 MB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(64 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _tensor_files(directory: Path) -> dict[str, Path]:
     """tensor name -> the safetensors file of `directory` that holds it."""
     found = {}
@@ -301,7 +310,7 @@ def main(argv: list[str]) -> int:
     try:
         result = verify(Path(argv[1]), Path(argv[2]), int(argv[4]))
         result.update(load_with_transformers(Path(argv[2])))
-    except Exception as error:  # one line for scale.py to show, not a traceback
+    except Exception as error:  # noqa: BLE001 - one line for scale.py to show, not a traceback
         print(f"verify: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     print(json.dumps(result))

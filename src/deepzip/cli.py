@@ -6,6 +6,8 @@ errors (click's own), 1 for everything else. `--debug` shows the traceback inste
 
 from __future__ import annotations
 
+import mmap
+import re
 import sys
 from pathlib import Path
 
@@ -170,76 +172,110 @@ def _bits(text: str) -> int:
 )
 @click.option("--include", multiple=True, metavar="PATTERN", help="Compress only tensors matching a PATTERN (repeatable).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Store tensors matching a PATTERN raw (repeatable).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Processes compressing tensors in parallel (the file's bytes do not depend on it).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits, include, exclude, force: bool) -> None:
+def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits, include, exclude, jobs: int, force: bool) -> None:
     """Compress a trained model post-training (prune + share weights, no retraining) to a .dzip file.
 
     INPUT is a .safetensors file, a torch state dict (.pt, .pth, .bin, .ckpt) or a
-    transformers model directory, whose config and tokenizer files travel in the .dzip.
+    transformers model directory (sharded or not), whose config and tokenizer files
+    travel in the .dzip. Tensors are read and compressed one at a time.
     Patterns are fnmatch-style tensor or layer names (`encoder.*.dense`); explicit
     --sparsity/--bits win over the recipe. Prints what became of every tensor (and why a
     tensor was left raw), then the per-tensor byte table of the written file.
     """
+    import math
+
     from tqdm import tqdm
 
-    from deepzip import container as fileformat
-    from deepzip import report
-    from deepzip.checkpoints import compress_checkpoint, group_tied, read_checkpoint
+    from deepzip.checkpoints import open_checkpoint
+    from deepzip.checkpoints.compress import compress_file, settings
+    from deepzip.report.tables import format_table
 
     # Checked before the work, not after minutes of compression.
     if output.exists() and not force:
         raise DeepzipError(f"{output} exists; pass --force to replace it")
-    checkpoint = read_checkpoint(input_path)
-    if checkpoint.skipped:
-        click.echo(f"deepzip: note: not carried into {output}: {', '.join(checkpoint.skipped)}", err=True)
-    distinct = [checkpoint.state_dict[name] for name in set(group_tied(checkpoint.state_dict).values())]
-    started = False
+    merged = settings(recipe, sparsity, bits, include=list(include) or None, exclude=exclude)
+    with open_checkpoint(input_path) as source:
+        skipped = dict(source.skipped)
+        distinct = {source.ties.get(name, name) for name in source.names}
+        metas = [source.meta(name) for name in sorted(distinct)]
+    if skipped:
+        shown = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        click.echo(f"deepzip: note: not carried into {output}: {shown}", err=True)
     # disable=None: the bar shows on a terminal only, never in logs or pipes.
     with tqdm(total=len(distinct), unit="tensor", file=sys.stderr, leave=False, disable=None) as bar:
 
         def progress(name: str) -> None:
-            nonlocal started
-            if started:  # called before each tensor: the previous one is done
-                bar.update(1)
-            started = True
+            bar.update(1)
             bar.set_postfix_str(name)
 
-        compressed = compress_checkpoint(
-            checkpoint, recipe, sparsity, bits, include=list(include) or None, exclude=exclude, progress=progress
-        )
-        bar.update(1)
-    size = fileformat.write(compressed, output, overwrite=force)
-    click.echo(compressed.summary.format())
+        size, summary = compress_file(input_path, output, merged, jobs=jobs, overwrite=force, progress=progress)
+    click.echo(summary.format())
     click.echo("")
-    click.echo(report.format_table(output.read_bytes()))
-    dense = compressed.parameter_bytes()
+    with open(output, "rb") as f:
+        click.echo(format_table(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)))
+    dense = sum(4 * math.prod(shape) for _, shape in metas)
     line = f"{input_path}: {dense:,} bytes fp32 -> {size:,} bytes ({dense / size:.1f}x)"
-    stored = sum(t.numel() * t.element_size() for t in distinct)
+    stored = sum(dtype.itemsize * math.prod(shape) for dtype, shape in metas)
     if stored != dense:  # fp16/bf16 input: also give the ratio to what it really took
         line += f"; {stored:,} bytes in the input's dtypes ({stored / size:.1f}x)"
     click.echo(line)
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(?:([kmgt])(i)?)?b?\s*$", re.IGNORECASE)
+
+
+def _size(text: str) -> int:
+    """Bytes from '64GB', '2GiB', '500MB', '123456': decimal units, binary with an i."""
+    match = _SIZE.match(text)
+    if not match or not float(match.group(1)) > 0:
+        raise ValueError("give a positive size such as 500MB, 2GB or 64GiB")
+    number, unit, binary = match.groups()
+    power = "kmgt".index(unit.lower()) + 1 if unit else 0
+    return int(float(number) * ((1024 if binary else 1000) ** power))
+
+
+def _size_option(ctx: click.Context, param: click.Parameter, text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return _size(text)
+    except ValueError as error:
+        raise click.BadParameter(f"{text!r}: {error}") from None
+
+
 @main.command()
 @click.argument("input_path", metavar="IN.dzip", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="A .safetensors file or a directory.")
+@click.option("--shard-size", default="5GB", show_default=True, callback=_size_option, help="Largest safetensors shard of a directory (e.g. 2GB).")
+@click.option(
+    "--max-decoded-size",
+    default="64GiB",
+    show_default=True,
+    callback=_size_option,
+    help="Refuse a file that would decode to more than this (a small file can declare a huge tensor).",
+)
 @click.option("--force", is_flag=True, help="Replace OUTPUT's files if they exist.")
-def decompress(input_path: Path, output: Path, force: bool) -> None:
+def decompress(input_path: Path, output: Path, shard_size: int, max_decoded_size: int, force: bool) -> None:
     """Decode a .dzip file to dense tensors: a .safetensors file or a transformers directory.
 
     A model with attached files (config.json, tokenizer...) becomes a directory that
-    `from_pretrained` loads, unless OUTPUT ends in .safetensors. Tensors keep their dtypes.
+    `from_pretrained` loads, unless OUTPUT ends in .safetensors; a large model is written
+    in shards with an index. Tensors keep their dtypes and are decoded one at a time.
     """
-    from deepzip import container as fileformat
-    from deepzip.checkpoints import target_kind, write_checkpoint
+    from deepzip import container
+    from deepzip.checkpoints.write import MIN_SHARD_BYTES, target_kind, write_checkpoint
 
-    compressed = fileformat.read(input_path)
-    kind = target_kind(compressed, output)
-    written = write_checkpoint(compressed, output, kind, overwrite=force)
+    if shard_size < MIN_SHARD_BYTES:
+        raise click.BadParameter(f"{shard_size:,} bytes: shards must be at least {MIN_SHARD_BYTES:,} bytes", param_hint="--shard-size")
+    source = container.open_file(input_path, max_decoded_size)
+    kind = target_kind(source, output)
+    written = write_checkpoint(source, output, kind, shard_bytes=shard_size, overwrite=force)
     for path in written:
         click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
-    if kind == "safetensors" and compressed.files:
-        names = ", ".join(sorted(compressed.files))
+    if kind == "safetensors" and source.files:
+        names = ", ".join(sorted(source.files))
         click.echo(f"deepzip: note: attached files not written ({names}); give a directory to restore them", err=True)
 
 

@@ -276,8 +276,8 @@ def test_recipe_settings_and_explicit_overrides(tmp_path):
     checkpoint = Checkpoint(state_dict())
     from_recipe = compress_checkpoint(checkpoint, recipe)
     fc1, fc2 = from_recipe.tensors["fc1.weight"], from_recipe.tensors["fc2.weight"]
-    assert len(fc1.positions) == 48 * 32 // 2 and len(fc1.codebook) <= 16 and fc1.index_bits == 3
-    assert len(fc2.positions) == 32 * 48 and len(fc2.codebook) <= 8 and fc2.index_bits is None
+    assert fc1.kept == 48 * 32 // 2 and len(fc1.codebook) <= 16 and fc1.index_bits == 3
+    assert fc2.kept == 32 * 48 and len(fc2.codebook) <= 8 and fc2.index_bits is None
     assert isinstance(from_recipe.tensors["fc1.bias"], RawTensor)
 
     # An explicit pattern wins where it matches; the recipe fills in the rest.
@@ -285,7 +285,7 @@ def test_recipe_settings_and_explicit_overrides(tmp_path):
     assert len(mixed.tensors["fc2.weight"].codebook) > 8 and len(mixed.tensors["fc1.weight"].codebook) <= 16
     # A single explicit value replaces the recipe's rules for that setting.
     single = compress_checkpoint(checkpoint, recipe, sparsity=0.75)
-    assert len(single.tensors["fc2.weight"].positions) == 32 * 48 // 4
+    assert single.tensors["fc2.weight"].kept == 32 * 48 // 4
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ CHILD = textwrap.dedent(
     """
     import os, sys, time, torch
     from deepzip import container
-    from deepzip.container import atomic
     from deepzip.compressed import CompressedModel, RawTensor
 
     stage = sys.argv[2]
@@ -32,7 +31,10 @@ CHILD = textwrap.dedent(
     os.fsync = stall
     model = CompressedModel({"w": RawTensor(torch.arange(4_000_000, dtype=torch.float32))})
     if stage == "write":
-        # Stall inside the byte copy itself: the temporary file holds only part of the data.
+        # Stall inside the byte copy itself: the writer opens the temporary file that
+        # atomic.replace_file created and writes the sections into it; the 16 MB tensor
+        # section is written half, then the writer stalls. The preamble before it is whole.
+        from deepzip.container import writer
         real_open = open
 
         class HalfThenStall:
@@ -43,7 +45,9 @@ CHILD = textwrap.dedent(
             def __exit__(self, *exc):
                 return self.f.__exit__(*exc)
             def write(self, data):
-                self.f.write(data[: len(data) // 2])
+                if memoryview(data).nbytes < 1 << 20:
+                    return self.f.write(data)
+                self.f.write(memoryview(data).cast("B")[: memoryview(data).nbytes // 2])
                 self.f.flush()
                 print("stalled", flush=True)
                 time.sleep(60)
@@ -51,7 +55,7 @@ CHILD = textwrap.dedent(
                 return getattr(self.f, name)
 
         # A module global shadows the builtin for the writer's module alone.
-        atomic.open = lambda path, mode: HalfThenStall(real_open(path, mode))
+        writer.open = lambda path, mode: HalfThenStall(real_open(path, mode))
     container.write(model, sys.argv[1], overwrite=True)
     """
 )
@@ -69,6 +73,8 @@ def test_sigkill_mid_write_keeps_the_old_file(tmp_path, stage):
         assert child.stdout.readline().strip() == "stalled"
         temporaries = [p for p in tmp_path.iterdir() if p.name != "model.dzip"]
         assert temporaries, "the writer should be writing a temporary file beside the target"
+        if stage == "write":  # the preamble and half of the 16 MB section, no header yet
+            assert temporaries[0].stat().st_size == 16 + 8_000_000
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(timeout=30) == -signal.SIGKILL
     finally:

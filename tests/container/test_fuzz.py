@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from deepzip import container
+from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import header
 from deepzip.container.spec import ENCODING_ALIAS, ENCODING_CODEBOOK
-from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.errors import ChecksumError, FormatError
 
 SEED = 1
@@ -56,7 +56,7 @@ def test_seed_files_decode_and_parse(seeds):
 
 def test_seed_files_hold_dense_records_and_aliases(seeds):
     kinds = Counter()
-    for name, data in seeds.items():
+    for data in seeds.values():
         for record in header.parse(data).records:
             kinds["dense" if record.encoding == ENCODING_CODEBOOK and record.index_bits == 0 else record.encoding] += 1
             kinds[f"v{data[8]} alias"] += record.encoding == ENCODING_ALIAS

@@ -4,12 +4,18 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from deepzip.errors import ConfigError
+from deepzip.train import kmeans
 from deepzip.train.kmeans import (
     INIT_METHODS,
     _assign_nearest,
+    _cut_points,
     _lloyd_sorted,
+    _RunningSums,
+    apply_table,
+    drop_empty_clusters,
     init_centroids,
     kmeans_1d,
 )
@@ -158,6 +164,131 @@ def test_max_iter_bounds_the_work():
     c, codes = kmeans_1d(v, 16, max_iter=3)
     assert np.all(np.diff(c) >= 0)
     assert_nearest(v, c, codes)
+
+
+def test_float32_values_cluster_exactly_as_their_float64_copy():
+    # share_tensor hands fp32 weights over without widening them: the result must not change.
+    for dist, k, init in itertools.product(("normal", "offset", "duplicates"), (2, 16, 300), INIT_METHODS):
+        v = make_values(dist, 5000, k)
+        c32, codes32 = kmeans_1d(v, k, init=init, seed=1)
+        c64, codes64 = kmeans_1d(v.astype(np.float64), k, init=init, seed=1)
+        assert c32.tobytes() == c64.tobytes() and np.array_equal(codes32, codes64)
+
+
+# --------------------------------------------------------------------------- bounded memory, same results
+
+
+def reference_cuts(x, shift, mids):
+    """The search the Lloyd step used to run, on a float64 copy of the shifted values."""
+    return np.searchsorted(x.astype(np.float64) - shift, mids, side="right")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cut_points_match_the_search_on_shifted_values(dtype):
+    rng = np.random.default_rng(3)
+    sets = [
+        rng.normal(0.0, 0.05, 5000),
+        100.0 + rng.normal(0.0, 1e-2, 5000),
+        # Values far from the shift: many floats round to the same difference, where the
+        # nudged key misses and the bisection has to find the cut.
+        np.concatenate([rng.normal(0.0, 1e-8, 3000), rng.normal(1e12, 1.0, 3000)]),
+        np.concatenate([rng.normal(0.0, 1e-30, 3000), [3e29, 1e30]]),
+        rng.choice(rng.normal(0.0, 1.0, 7), 4000),
+    ]
+    for values in sets:
+        x = np.sort(values.astype(dtype))
+        for shift in (float(x[x.size // 2]), float(x[0]), float(x[-1]), 0.0):
+            xs = x.astype(np.float64) - shift
+            # Midpoints on, and an ulp around, the shifted values themselves, and random ones.
+            on = xs[rng.integers(0, x.size, 200)]
+            mids = np.sort(np.concatenate([on, np.nextafter(on, np.inf), np.nextafter(on, -np.inf), rng.uniform(xs[0] - 1, xs[-1] + 1, 200)]))
+            assert np.array_equal(_cut_points(x, shift, mids), reference_cuts(x, shift, mids))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_running_sums_are_bit_identical_to_a_full_cumsum(monkeypatch, weighted):
+    monkeypatch.setattr(kmeans, "_FULL_PREFIX", 100)  # stored every _PREFIX_BLOCK-th sum
+    monkeypatch.setattr(kmeans, "_SUM_CHUNK", 64)  # and built over many chunks
+    rng = np.random.default_rng(4)
+    x = np.sort(np.concatenate([[-0.0, 0.0, 0.0], rng.normal(0.0, 1.0, 5000)]).astype(np.float32))
+    w = rng.integers(1, 50, x.size) if weighted else None
+    shift = 0.0
+    terms = x.astype(np.float64) - shift
+    if weighted:
+        terms = terms * w.astype(np.float64)
+    prefix = np.concatenate([[0.0], np.cumsum(terms)])
+    sums = _RunningSums(x, None if w is None else w.astype(np.float64), shift)
+    assert sums.block > 1
+    assert sums.total == prefix[-1]
+    for _ in range(3):  # repeated calls reuse the cuts that did not move
+        cuts = np.sort(rng.integers(0, x.size + 1, 300))
+        cuts[:3] = 0
+        assert sums.at(cuts).tobytes() == prefix[cuts].tobytes()
+
+
+def test_block_sums_give_the_same_clustering(monkeypatch):
+    v = np.concatenate([make_values("bimodal", 30_000, 9), make_values("offset", 3000, 2)])
+    expected = [kmeans_1d(v, k, init=init, seed=2) for k, init in ((16, "linear"), (64, "density"), (8, "random"))]
+    monkeypatch.setattr(kmeans, "_FULL_PREFIX", 1000)
+    for (c, codes), (k, init) in zip(expected, ((16, "linear"), (64, "density"), (8, "random"))):
+        c2, codes2 = kmeans_1d(v, k, init=init, seed=2)
+        assert c.tobytes() == c2.tobytes() and np.array_equal(codes, codes2)
+
+
+def half_values(dtype_name, n, seed):
+    """Random weights rounded to fp16 or bf16 (numpy lacks bf16), as float64: exact."""
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, generator=g) * 0.05).to(getattr(torch, dtype_name))
+    return w.double().numpy()
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("init", INIT_METHODS)
+def test_histogram_clusters_like_the_expanded_values(dtype_name, init):
+    for n, k, seed in ((3000, 4, 0), (20_000, 16, 1), (50_000, 64, 2)):
+        v = half_values(dtype_name, n, seed)
+        distinct, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+        c_hist, codes_hist = kmeans_1d(distinct, k, init=init, seed=seed, weights=counts)
+        c_full, codes_full = kmeans_1d(v, k, init=init, seed=seed)
+        np.testing.assert_allclose(c_hist, c_full, rtol=1e-6, atol=1e-12)
+        # The same partition: every value's code is the code of its distinct value.
+        assert np.array_equal(codes_hist[inverse], codes_full)
+        # Every code is the nearest centroid in float64, ties to the lower one (argmin's rule).
+        d = np.abs(distinct[:, None] - c_hist.astype(np.float64)[None, :])
+        assert np.array_equal(codes_hist, d.argmin(axis=1))
+
+
+def test_weights_count_values_and_zero_counts_only_get_codes():
+    v = np.array([0.0, 1.0, 2.0, 10.0, -50.0], dtype=np.float64)
+    w = np.array([3, 1, 1, 2, 0])
+    c, codes = kmeans_1d(v, 2, weights=w)
+    expanded = np.repeat(v[:4], w[:4])
+    c_full, _ = kmeans_1d(expanded, 2)
+    np.testing.assert_allclose(c, c_full, rtol=1e-7)  # -50 with count 0 moved no centroid
+    assert codes.tolist() == [0, 0, 0, 1, 0]
+
+
+@pytest.mark.parametrize("bad", [np.array([1, 2]), np.array([1.0, 2.0, 3.0]), np.array([1, -1, 2]), np.zeros(3, int)])
+def test_bad_weights_raise_config_error(bad):
+    with pytest.raises(ConfigError):
+        kmeans_1d(np.array([0.1, 0.2, 0.3]), 2, weights=bad)
+
+
+def test_drop_empty_clusters_renumbers_to_the_narrowest_codes():
+    centroids = np.arange(300, dtype=np.float32)
+    codes = np.array([299, 5, 5, 17], dtype=np.uint16)
+    kept, renumbered = drop_empty_clusters(centroids, codes)
+    assert kept.tolist() == [5.0, 17.0, 299.0]
+    assert renumbered.dtype == np.uint8 and renumbered.tolist() == [2, 0, 0, 1]
+    _, wide = drop_empty_clusters(centroids, np.arange(300, dtype=np.uint16))
+    assert wide.dtype == np.uint16 and np.array_equal(wide, np.arange(300))
+
+
+def test_apply_table_over_many_chunks(monkeypatch):
+    monkeypatch.setattr(kmeans, "_TABLE_CHUNK", 7)
+    keys = np.random.default_rng(0).integers(0, 1 << 16, 1000).astype(np.uint16)
+    table = (np.arange(1 << 16) % 251).astype(np.uint8)
+    assert np.array_equal(apply_table(table, keys), table[keys])
 
 
 # --------------------------------------------------------------------------- vs exhaustive optimum

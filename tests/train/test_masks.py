@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from deepzip.errors import ConfigError
-from deepzip.train.masks import quality_mask, sparsity_mask
+from deepzip.train import masks
+from deepzip.train.masks import _torch_mask, quality_mask, sparsity_mask, sparsity_positions
 
 
 def reference_positions(weight: torch.Tensor, sparsity: float, alive: np.ndarray | None = None) -> np.ndarray:
@@ -51,6 +52,47 @@ def test_sparsity_mask_counts_the_whole_tensor_and_never_revives():
     assert not (second & ~first).any()
     assert np.array_equal(np.flatnonzero(second.numpy()), reference_positions(boosted, 0.9, first.numpy()))
     assert torch.equal(sparsity_mask(weight, 0.5, first), first)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_cpu_selection_is_the_torch_selection_across_chunks(monkeypatch, dtype):
+    # The CPU path counts bit patterns chunk by chunk; GPUs keep torch's kthvalue. Both must
+    # give the same mask: with ties, zeros of both signs, a current mask, chunk boundaries.
+    monkeypatch.setattr(masks, "_CHUNK", 333)
+    g = torch.Generator().manual_seed(1)
+    for kind in ("normal", "ties", "signed zeros", "tiny"):
+        weight = torch.randn(61, 47, generator=g)
+        if kind == "ties":
+            weight = (weight * 4).round() / 4
+        elif kind == "signed zeros":
+            weight = torch.where(torch.rand(61, 47, generator=g) < 0.6, 0.0, weight) * torch.where(torch.rand(61, 47, generator=g) < 0.5, -1.0, 1.0)
+        elif kind == "tiny":
+            weight = weight * 1e-6
+        weight = weight.to(dtype)
+        current = torch.rand(61, 47, generator=g) < 0.7
+        for sparsity in (0.0, 0.2, 0.5, 0.77, 0.95, 0.9999, 1.0):
+            for mask in (None, current):
+                keep = round((1 - sparsity) * weight.numel())
+                assert torch.equal(sparsity_mask(weight, sparsity, mask), _torch_mask(weight, keep, mask)), (kind, sparsity)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_sparsity_positions_are_the_masks_positions(monkeypatch, dtype):
+    monkeypatch.setattr(masks, "_CHUNK", 1000)
+    weight = (torch.randn(120, 90) * 0.01).to(dtype)
+    for sparsity in (0.3, 0.77, 0.999, 1.0):
+        positions = sparsity_positions(weight, sparsity)
+        assert positions.dtype == np.int64
+        assert np.array_equal(positions, np.flatnonzero(sparsity_mask(weight, sparsity).numpy()))
+        assert np.array_equal(positions, reference_positions(weight.double(), sparsity))
+    # Keeping every weight (sparsity 0, or one that rounds to keeping all) builds nothing.
+    assert sparsity_positions(weight, 0.0) is None
+    assert sparsity_positions(weight, 1e-9) is None
+
+
+def test_nan_ranks_above_every_magnitude_on_the_cpu():
+    weight = torch.tensor([0.5, float("nan"), -3.0, float("-inf"), 1.0])
+    assert sparsity_positions(weight, 0.4).tolist() == [1, 2, 3]
 
 
 def test_quality_mask_is_the_papers_threshold():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,6 +20,8 @@ from deepzip import container
 from deepzip.checkpoints.read import SAFETENSORS_DTYPES, SAFETENSORS_INDEX, WEIGHTS_FILE, Kind, is_weight_file
 from deepzip.compressed import CompressedModel
 from deepzip.container import atomic
+from deepzip.container.dtypes import DTYPES
+from deepzip.container.reader import DzipFile
 from deepzip.errors import ConfigError, DeepzipError
 
 Entry = tuple[str, torch.dtype, tuple[int, ...]]  # (name, dtype, shape) of a tensor to write
@@ -31,7 +32,7 @@ MIN_SHARD_BYTES = 1 << 20  # smaller shards only multiply files (and headers)
 _CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 
 
-def target_kind(compressed: CompressedModel, out_path: str | os.PathLike) -> Kind:
+def target_kind(compressed: CompressedModel | DzipFile, out_path: str | os.PathLike) -> Kind:
     """What write_checkpoint writes at `out_path` when no kind is given.
 
     A path ending in `.safetensors` gets one safetensors file (attached files are then not
@@ -47,19 +48,23 @@ def target_kind(compressed: CompressedModel, out_path: str | os.PathLike) -> Kin
 
 
 def write_checkpoint(
-    compressed: CompressedModel,
+    compressed: CompressedModel | DzipFile,
     out_path: str | os.PathLike,
     kind: Literal["safetensors", "transformers"] | None = None,
     *,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
 ) -> list[Path]:
     """Decode `compressed` to dense tensors in their own dtypes and write them; return the paths.
 
-    kind "safetensors" writes one safetensors file at `out_path`. kind "transformers"
-    writes a directory: `model.safetensors` plus every attached file at its relative path
+    `compressed` is a CompressedModel, or an open .dzip file (`deepzip.container.open_file`)
+    whose records are decoded only as they are written. kind "safetensors" writes one
+    safetensors file at `out_path`. kind "transformers" writes a directory of safetensors
+    shards of at most `shard_bytes` each (one shard: `model.safetensors`; more: numbered
+    shards and `model.safetensors.index.json`) plus every attached file at its relative path
     (which must stay inside the directory), so `from_pretrained(out_path)` loads it; see
-    `write_sharded`, which this calls with one shard. None picks one with `target_kind`.
-    Tensors are decoded one at a time as they are written. Tied tensors are written under
+    `write_sharded`. None picks the kind with `target_kind`. One tensor at a time is decoded
+    and in memory. Tied tensors are written under
     each of their names as equal copies, since safetensors refuses shared memory: any
     loader finds every key, and transformers re-ties them on load.
 
@@ -73,13 +78,21 @@ def write_checkpoint(
     kind = kind or target_kind(compressed, out_path)
     if kind not in ("safetensors", "transformers"):
         raise ConfigError(f"cannot write a checkpoint of kind {kind!r} (safetensors or transformers)")
-    entries = [(name, record.dtype, tuple(record.shape)) for name, record in compressed.tensors.items()]
+    if isinstance(compressed, DzipFile):
+        records = {r.name: r for r in compressed.header.records}
+        entries = [(name, DTYPES[records[name].dtype_code], records[name].shape) for name in compressed.tensor_names]
 
-    def produce(name: str) -> torch.Tensor:
-        return compressed.tensors[name].to_dense()
+        def produce(name: str) -> torch.Tensor:
+            return compressed.decode(name).to_dense()
+
+    else:
+        entries = [(name, record.dtype, tuple(record.shape)) for name, record in compressed.tensors.items()]
+
+        def produce(name: str) -> torch.Tensor:
+            return compressed.tensors[name].to_dense()
 
     if kind == "transformers":
-        return write_sharded(out_path, entries, produce, compressed.files, shard_bytes=sys.maxsize, overwrite=overwrite)
+        return write_sharded(out_path, entries, produce, compressed.files, shard_bytes=shard_bytes, overwrite=overwrite)
     if out_path.is_dir():
         raise ConfigError(f"{out_path} is a directory; give a file path ending in .safetensors")
     _check_entries(entries)
@@ -175,6 +188,8 @@ def _check_entries(entries: Sequence[Entry]) -> None:
     for name, dtype, _ in entries:
         if name in seen:
             raise ConfigError(f"tensor {name!r} is listed twice")
+        if name == "__metadata__":  # the header's own key
+            raise ConfigError("a tensor cannot be named '__metadata__' in a safetensors file")
         seen.add(name)
         if dtype not in _CODES:
             raise ConfigError(f"tensor {name!r}: dtype {dtype} cannot be written to a safetensors file")

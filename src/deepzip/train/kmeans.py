@@ -33,6 +33,9 @@ _MAX_K = 1 << 16
 # Keys per np.searchsorted call in the final assignment: keeps the intp temporary small
 # (8 MiB) instead of 8 bytes per weight for the whole layer.
 _ASSIGN_CHUNK = 1 << 20
+# Keys per table lookup in apply_table: small enough for the intp copy (2 MiB) to stay in
+# cache, which makes the lookup about twice as fast as with 1M-key chunks (measured).
+_TABLE_CHUNK = 1 << 18
 
 
 # --------------------------------------------------------------------------- validation
@@ -469,21 +472,19 @@ def kmeans_1d(values, k, init="linear", seed=0, max_iter=100_000, weights=None):
     return c32, _assign_nearest(v, c32)
 
 
-def drop_empty_clusters(centroids: np.ndarray, codes: np.ndarray, weights=None) -> tuple[np.ndarray, np.ndarray]:
+def drop_empty_clusters(centroids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keep only the centroids some value uses, and renumber the codes to match (order kept).
 
     k-means on a small or pruned layer leaves clusters empty (LeNet-5's conv1: 330 weights
     for 256 clusters; pruned layers: the centroids initialized in the pruned gap around 0),
-    and a stored codebook entry costs 4 bytes each. With ``weights`` (counts, one per code,
-    as for :func:`kmeans_1d`), a code of count 0 does not count as a use. The new codes are
-    uint8 if at most 256 centroids remain, else uint16.
+    and a stored codebook entry costs 4 bytes each. The new codes are uint8 if at most 256
+    centroids remain, else uint16.
     """
     codes = np.asarray(codes)
     counts = np.zeros(len(centroids), dtype=np.int64)
     # A chunk at a time: bincount widens its input to intp (8 bytes a code).
     for i in range(0, codes.size, _ASSIGN_CHUNK):
-        part = None if weights is None else np.asarray(weights)[i : i + _ASSIGN_CHUNK] > 0
-        counts += np.bincount(codes[i : i + _ASSIGN_CHUNK], weights=part, minlength=len(centroids)).astype(np.int64)
+        counts += np.bincount(codes[i : i + _ASSIGN_CHUNK], minlength=len(centroids))
     used = np.flatnonzero(counts)
     if used.size == 0:  # nothing kept: one centroid keeps the codebook non-empty
         return np.asarray(centroids[:1], dtype=np.float32), codes.astype(np.uint8)
@@ -497,9 +498,9 @@ def apply_table(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """``table[keys]`` (keys: unsigned integers below ``len(table)``), a chunk at a time.
 
     numpy widens an index array to intp, 8 bytes a key: chunking bounds that temporary for
-    layers of hundreds of millions of weights.
+    layers of hundreds of millions of weights, and chunks of this size stay in cache.
     """
     out = np.empty(keys.shape, dtype=table.dtype)
-    for i in range(0, keys.size, _ASSIGN_CHUNK):
-        out[i : i + _ASSIGN_CHUNK] = table[keys[i : i + _ASSIGN_CHUNK]]
+    for i in range(0, keys.size, _TABLE_CHUNK):
+        np.take(table, keys[i : i + _TABLE_CHUNK], out=out[i : i + _TABLE_CHUNK])
     return out

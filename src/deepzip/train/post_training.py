@@ -1,16 +1,22 @@
 """Post-training compression of tensors: the training side's own functions, without retraining.
 
-Pure functions from tensors to a CompressedModel: `sparsity_mask` prunes, `share_values`
-clusters, exactly as `prune_` and `quantize_` do on a model, but with no parametrizations,
-so it needs little memory beyond the tensors themselves. This is the path for large models
-and for `deepzip compress`.
+Pure functions from tensors to a CompressedModel: `sparsity_positions` prunes (the
+selection of `sparsity_mask`), `share_tensor` clusters, exactly as `prune_` and `quantize_`
+do on a model, but with no parametrizations, so it needs little memory beyond the tensors
+themselves. This is the path for large models and for `deepzip compress`.
+
+Memory per tensor beyond the tensor itself, on the CPU: the codes (1 byte a kept weight for
+at most 256 centroids), the kept positions of a pruned tensor (8 bytes a kept weight; none
+for a dense one), and a few MiB of chunk-sized temporaries for fp16/bf16; fp32 and fp64 add
+a sorted copy of the kept values (4 or 8 bytes each) while they are clustered.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
@@ -18,14 +24,14 @@ from deepzip.errors import ConfigError
 from deepzip.limits import MAX_BITS, MAX_INDEX_BITS
 from deepzip.summary import Row, Summary
 from deepzip.train import patterns
-from deepzip.train.masks import sparsity_mask
+from deepzip.train.masks import sparsity_positions
 from deepzip.train.registry import (
     DEFAULT_MIN_SIZE,
     FLOAT_DTYPES,
     POST_TRAINING_BITS,
-    raw_reason,
+    raw_reason_for,
 )
-from deepzip.train.sharing import check_bits, check_init, share_values
+from deepzip.train.sharing import check_bits, check_init, share_tensor
 from deepzip.train.ties import group_tied
 
 __all__ = ["compress_state_dict", "compress_tensor"]
@@ -43,18 +49,95 @@ def compress_tensor(
 
     The result decodes to the original dtype (fp32, fp16, bf16 or fp64); centroids are
     stored as float32, so an fp16/bf16 tensor decodes to its centroids rounded to its dtype.
+    When every weight is kept (sparsity 0, or one that rounds to keeping all), the record
+    is dense: `positions` is None. NaN or infinite weights are a ConfigError (they rank
+    above every finite magnitude, so pruning never hides them).
     """
     if weight.dtype not in FLOAT_DTYPES:
         raise ConfigError(f"only floating tensors can be quantized, got {weight.dtype}")
-    bits = check_bits(bits)
-    mask = sparsity_mask(weight, sparsity).flatten()
-    positions = torch.nonzero(mask).flatten().cpu().numpy().astype(np.int64)
-    values = weight.detach().flatten()[mask].double().cpu().numpy()
-    del mask
-    if not np.isfinite(values).all():
+    bits, init = check_bits(bits), check_init(init)
+    weight = weight.detach()
+    if weight.device.type != "cpu" and not bool(torch.isfinite(weight).all()):
+        # torch's selection on a device never keeps a NaN, so the check cannot wait for the survivors.
         raise ConfigError("weights contain NaN or infinity")
-    codebook, codes = share_values(values, bits, init, seed)
+    positions = sparsity_positions(weight, sparsity)
+    kept = weight.reshape(-1)  # a view of a contiguous tensor: a dense one is never copied
+    if positions is not None:
+        kept = kept[torch.from_numpy(positions).to(kept.device)]
+    codebook, codes = share_tensor(kept.cpu(), bits, init, seed)
     return CodebookTensor(tuple(weight.shape), weight.dtype, codebook, positions, codes, index_bits)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What post-training compression does to each distinct tensor, decided from names, dtypes and shapes.
+
+    `groups` maps each stored name to all its names (tied tensors: several); `chosen` the
+    names to compress to their {"sparsity", "bits", "index_bits"}; `reasons` the others to
+    why they stay raw.
+    """
+
+    groups: dict[str, list[str]]
+    chosen: dict[str, dict]
+    reasons: dict[str, str]
+
+    def row(self, first: str, shape: tuple[int, ...], kept: int | None = None, centroids: int | None = None) -> Row:
+        """The summary row of the stored tensor `first`: raw, or compressed keeping `kept` weights."""
+        label = " = ".join(self.groups[first])
+        if first not in self.chosen:
+            return Row(label, shape, False, self.reasons[first])
+        fraction = kept / max(math.prod(shape), 1)
+        bits = self.chosen[first]["bits"]
+        return Row(label, shape, True, f"kept {100 * fraction:.2f}%, {bits} bits, {centroids} centroids")
+
+    def summary(self, rows: Iterable[Row]) -> Summary:
+        """The Summary of a run that produced `rows`."""
+        return Summary("compress", tuple(rows), {first: s["bits"] for first, s in self.chosen.items()})
+
+
+def plan(
+    metas: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    canonical: Mapping[str, str],
+    sparsity: float | Mapping[str, float] = 0.0,
+    bits: int | Mapping[str, int] = POST_TRAINING_BITS,
+    *,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    index_bits: int | Mapping[str, int] | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+) -> Plan:
+    """Resolve every setting for tensors known by {name: (dtype, shape)} and {name: canonical name}.
+
+    No tensor is read: a checkpoint of any size is planned from its header, and every value
+    and pattern is checked before the first tensor is compressed (see `compress_state_dict`).
+    """
+    _check_values(sparsity, bits, index_bits)
+    groups: dict[str, list[str]] = {}
+    for name in metas:
+        groups.setdefault(canonical.get(name, name), []).append(name)
+    targets = {first: [patterns.site_names(n) for n in names] for first, names in groups.items()}
+    included = patterns.select(targets, None if include is None else list(include), "include")
+    excluded = patterns.select(targets, list(exclude), "exclude") if exclude else {}
+    settings = {
+        "sparsity": (patterns.resolve(targets, sparsity, "sparsity"), 0.0),
+        "bits": (patterns.resolve(targets, bits, "bits"), POST_TRAINING_BITS),
+        "index_bits": (patterns.resolve(targets, index_bits, "index_bits"), None),
+    }
+    reasons: dict[str, str] = {}
+    for first in targets:
+        reason = raw_reason_for(*metas[first], min_size)
+        if reason is None and first not in included:
+            reason = "not included (--include)"
+        if reason is None and first in excluded:
+            reason = "excluded by pattern"
+        if reason is not None:
+            reasons[first] = reason
+    chosen = {
+        first: {what: values.get(first, default) for what, (values, default) in settings.items()}
+        for first in targets
+        if first not in reasons
+    }
+    return Plan(groups, chosen, reasons)
 
 
 def compress_state_dict(
@@ -80,57 +163,33 @@ def compress_state_dict(
 
     Tied tensors (entries sharing memory, see `group_tied`) are compressed once and stay one
     record under all their names; a pattern reaching one of the names reaches the tensor
-    (so excluding one name excludes it), and different values for one tensor are an error. `progress(name)` is called before each
-    distinct tensor. The result's `summary` lists every tensor and what became of it.
+    (so excluding one name excludes it), and different values for one tensor are an error.
+    `progress(name)` is called before each distinct tensor. The result's `summary` lists
+    every tensor and what became of it.
     """
     check_init(init)
-    _check_values(sparsity, bits, index_bits)
-    canonical = group_tied(state_dict)
-    groups: dict[str, list[str]] = {}
-    for name, first in canonical.items():
-        groups.setdefault(first, []).append(name)
-    targets = {first: [patterns.site_names(n) for n in names] for first, names in groups.items()}
-    included = patterns.select(targets, None if include is None else list(include), "include")
-    excluded = patterns.select(targets, list(exclude), "exclude") if exclude else {}
-    settings = {
-        "sparsity": (patterns.resolve(targets, sparsity, "sparsity"), 0.0),
-        "bits": (patterns.resolve(targets, bits, "bits"), POST_TRAINING_BITS),
-        "index_bits": (patterns.resolve(targets, index_bits, "index_bits"), None),
-    }
-    reasons: dict[str, str] = {}
-    for first in targets:
-        reason = raw_reason(state_dict[first], min_size)
-        if reason is None and first not in included:
-            reason = "not included (--include)"
-        if reason is None and first in excluded:
-            reason = "excluded by pattern"
-        if reason is not None:
-            reasons[first] = reason
-    chosen = {
-        first: {what: values.get(first, default) for what, (values, default) in settings.items()}
-        for first in targets
-        if first not in reasons
-    }
-
+    metas = {name: (t.dtype, tuple(t.shape)) for name, t in state_dict.items()}
+    decided = plan(metas, group_tied(state_dict), sparsity, bits, include=include, exclude=exclude, index_bits=index_bits, min_size=min_size)
     records: dict[str, CodebookTensor | RawTensor] = {}
     rows = []
-    for first, names in groups.items():
-        tensor = state_dict[first]
-        label = " = ".join(names)
+    for first, names in decided.groups.items():
         if progress is not None:
             progress(first)
-        if first in chosen:
-            s = chosen[first]
-            record = compress_tensor(tensor, s["sparsity"], s["bits"], init, index_bits=s["index_bits"])
-            kept = record.kept / max(record.numel, 1)
-            rows.append(Row(label, tuple(tensor.shape), True, f"kept {100 * kept:.2f}%, {s['bits']} bits, {len(record.codebook)} centroids"))
+        record = compress_planned(state_dict[first], decided.chosen.get(first), init)
+        if isinstance(record, CodebookTensor):
+            rows.append(decided.row(first, metas[first][1], record.kept, len(record.codebook)))
         else:
-            record = RawTensor(tensor.detach().contiguous())
-            rows.append(Row(label, tuple(tensor.shape), False, reasons[first]))
+            rows.append(decided.row(first, metas[first][1]))
         for name in names:
             records[name] = record
-    values = {first: s["bits"] for first, s in chosen.items()}
-    return CompressedModel({name: records[name] for name in state_dict}, summary=Summary("compress", tuple(rows), values))
+    return CompressedModel({name: records[name] for name in state_dict}, summary=decided.summary(rows))
+
+
+def compress_planned(tensor: torch.Tensor, setting: dict | None, init: str = "linear") -> CodebookTensor | RawTensor:
+    """One tensor as its plan says: compressed with `setting`, or raw where it has none."""
+    if setting is None:
+        return RawTensor(tensor.detach().contiguous())
+    return compress_tensor(tensor, setting["sparsity"], setting["bits"], init, index_bits=setting["index_bits"])
 
 
 def _check_values(sparsity, bits, index_bits) -> None:

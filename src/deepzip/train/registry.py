@@ -20,6 +20,7 @@ listed here (a custom module may use a parameter in a way that entry-wise prunin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,12 +90,18 @@ def is_compressible(tensor: torch.Tensor, min_size: int = DEFAULT_MIN_SIZE) -> b
 
 def raw_reason(tensor: torch.Tensor, min_size: int = DEFAULT_MIN_SIZE) -> str | None:
     """Why a tensor's values alone keep it raw, or None if they do not."""
-    if tensor.dtype not in FLOAT_DTYPES:
-        return f"not floating point ({str(tensor.dtype).removeprefix('torch.')})"
-    if tensor.dim() < 2:
-        return f"{tensor.dim()}-D"
-    if tensor.numel() < min_size:
-        return f"too small ({tensor.numel()} < {min_size} entries)"
+    return raw_reason_for(tensor.dtype, tuple(tensor.shape), min_size)
+
+
+def raw_reason_for(dtype: torch.dtype, shape: tuple[int, ...], min_size: int = DEFAULT_MIN_SIZE) -> str | None:
+    """`raw_reason` from a tensor's dtype and shape alone (a checkpoint's header, say)."""
+    numel = math.prod(shape)
+    if dtype not in FLOAT_DTYPES:
+        return f"not floating point ({str(dtype).removeprefix('torch.')})"
+    if len(shape) < 2:
+        return f"{len(shape)}-D"
+    if numel < min_size:
+        return f"too small ({numel} < {min_size} entries)"
     return None
 
 

@@ -1,0 +1,295 @@
+"""What version 2 of the .dzip format adds, written and read: dense records, K, the trailer.
+
+A codebook record with b = 0 is dense: every element kept, E = K = element count, no gap
+table and no gap stream; its code stream never holds the filler symbol k. Every codebook
+record states K, its kept weights (E minus the fillers), which must agree with the gap
+stream. The header body follows the sections and a 12-byte trailer (u64 body size H, u32
+crc32 of preamble + body) ends the file; the preamble's last u32 is reserved (0).
+Checks that both versions share are in test_rejections.py.
+"""
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from layout import (
+    WEIGHT,
+    assert_rejected,
+    bits_equal,
+    build_layout,
+    crafted,
+    header_body,
+    parse_layout,
+    seal,
+    small_bytes,
+)
+
+from deepzip import container
+from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.container import header
+from deepzip.errors import ChecksumError, FormatError, TruncatedError
+from deepzip.limits import MAX_HEADER_SIZE
+
+GOLDEN_V2 = Path(__file__).parent / "golden" / "v2.dzip"
+
+
+def dense_record(shape, k, dtype=torch.float32, seed=0) -> CodebookTensor:
+    """Every position kept (positions None): the writer stores it dense, b = 0."""
+    rng = np.random.default_rng(seed)
+    numel = int(np.prod(shape))
+    codebook = (rng.standard_normal(k) * 10).astype(np.float32)
+    codebook[: min(k, 3)] = [-0.0, np.inf, 1e-40][: min(k, 3)]  # bit patterns a conversion could lose
+    codes = rng.integers(0, k, numel).astype(np.uint16)
+    codes[: min(k, numel)] = rng.permutation(k)[: min(k, numel)]  # every code used when it fits
+    return CodebookTensor(tuple(shape), dtype, codebook, None, codes)
+
+
+def dense_file(shape, k, dtype=torch.float32) -> bytes:
+    return container.to_bytes(CompressedModel({"d.weight": dense_record(shape, k, dtype)}))
+
+
+# ---------------------------------------------------------------- dense records (b = 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 2, 3, 16, 255, 256, 257, 4095, 4096])
+def test_dense_round_trip_is_bit_exact(dtype, k):
+    shape = (3, 2000) if k > 256 else (7, 13)
+    record = dense_record(shape, k, dtype, seed=k)
+    data = container.to_bytes(CompressedModel({"d.weight": record}))
+    # The layout: b = 0, E = K = numel, G = 0, and the section is codebook (4k bytes),
+    # code-length table (ceil((k+1)/2) bytes) and code stream (C bytes), nothing else.
+    (r,) = parse_layout(data)["records"]
+    params, numel = r["params"], int(np.prod(shape))
+    assert (params["k"], params["b"], params["E"], params["K"], params["G"]) == (k, 0, numel, numel, 0)
+    assert r["size"] == 4 * k + (k + 2) // 2 + params["C"]
+    assert parse_layout(data)["sections"][0][: 4 * k] == record.codebook.astype("<f4").tobytes()
+    back = container.from_bytes(data).tensors["d.weight"]
+    assert back.positions is None and back.index_bits is None
+    assert (back.shape, back.dtype) == (record.shape, dtype)
+    assert back.codebook.tobytes() == record.codebook.tobytes()
+    assert np.array_equal(back.codes, record.codes)
+    codebook = torch.from_numpy(record.codebook).to(dtype)
+    expected = codebook[torch.from_numpy(record.codes.astype(np.int64))].reshape(shape)
+    assert bits_equal(back.to_dense(), expected)
+    assert bits_equal(container.from_bytes(data).state_dict()["d.weight"], expected)
+
+
+def test_every_position_kept_is_written_dense_unless_the_width_is_given():
+    codes = np.array([1, 0, 1, 1, 0, 0], np.uint16)
+    every = np.arange(6)
+    for positions, index_bits, b in [(None, None, 0), (every, None, 0), (every, 3, 3)]:
+        record = CodebookTensor((2, 3), torch.float32, np.array([2.0, -1.0], np.float32), positions, codes, index_bits)
+        data = container.to_bytes(CompressedModel({"w": record}))
+        assert parse_layout(data)["records"][0]["params"]["b"] == b
+        assert container.from_bytes(data).state_dict()["w"].tolist() == [[-1.0, 2.0, -1.0], [-1.0, 2.0, 2.0]]
+
+
+def test_dense_record_with_an_alias():
+    record = dense_record((10, 6), 7)
+    data = container.to_bytes(CompressedModel({"wte.weight": record, "lm_head.weight": record}))
+    assert [r["enc"] for r in parse_layout(data)["records"]] == [1, 2]  # lm_head stored, wte its alias
+    state = container.from_bytes(data).state_dict()
+    assert state["wte.weight"] is state["lm_head.weight"]
+    assert bits_equal(state["wte.weight"], record.to_dense())
+
+
+def test_dense_codes_of_the_golden_file_decode_to_its_expected_tensor():
+    from safetensors.torch import load_file
+
+    data = GOLDEN_V2.read_bytes()
+    dense = [r for r in parse_layout(data)["records"] if r["params"] and r["params"]["b"] == 0]
+    assert [r["name"] for r in dense] == [b"dense.weight"]
+    expected = load_file(GOLDEN_V2.with_name("v2-expected.safetensors"))["dense.weight"]
+    assert bits_equal(container.from_bytes(data).state_dict()["dense.weight"], expected)
+
+
+# A dense record of k = 1 and 8 elements: codebook [x] | table of 2 symbols, [1, 0] ->
+# 0x10 | code stream, eight 1-bit '0' codes -> 0x00. With the table [1, 1] (0x11) the
+# filler symbol 1 gets the code '1', so a stream with a 1 bit holds a filler.
+
+
+@pytest.mark.parametrize("stream", [0x01, 0x80, 0xFF])
+def test_dense_stream_holding_the_filler_symbol_is_rejected(stream):
+    layout = parse_layout(dense_file((8,), 1))
+    assert layout["sections"][0][4:] == bytes([0x10, 0x00])
+    layout["sections"][0] = layout["sections"][0][:4] + bytes([0x11, stream])
+    assert_rejected(build_layout(layout), "d.weight", "filler")
+    layout["sections"][0] = layout["sections"][0][:4] + bytes([0x11, 0x00])  # the same table, no filler
+    assert container.from_bytes(build_layout(layout)).state_dict()["d.weight"].tolist() == [-0.0] * 8
+
+
+def test_dense_stream_of_a_larger_codebook_holding_the_filler_is_rejected():
+    # k = 3: alphabet of 4; give the unused filler symbol a code and put it in the stream.
+    data = dense_file((4, 4), 3)
+    layout = parse_layout(data)
+    section = layout["sections"][0]
+    lengths = [section[12] >> 4, section[12] & 15, section[13] >> 4, section[13] & 15]
+    assert lengths[3] == 0 and sorted(lengths[:3]) == [1, 2, 2]
+    # Lengths [2, 2, 2, 2]: codes 00, 01, 10, 11 (= the filler 3); 16 codes = 4 bytes.
+    stream = bytes([0b00011011]) + bytes(3)
+    layout["sections"][0] = section[:12] + bytes([0x22, 0x22]) + stream
+    layout["records"][0]["params"]["C"] = 4
+    layout["records"][0]["size"] = 12 + 2 + 4
+    assert_rejected(build_layout(layout), "d.weight", "filler")
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("E", 63, "dense record keeps every one"),  # fewer entries than elements
+        ("K", 63, "dense record keeps every one"),
+        ("K", 65, "dense record keeps every one"),
+        ("G", 1, "dense record keeps every one"),  # (with one more byte: still no gap stream)
+    ],
+)
+def test_dense_record_must_keep_every_element_and_have_no_gaps(field, value, words):
+    layout = parse_layout(dense_file((8, 8), 2))
+    layout["records"][0]["params"][field] = value
+    if field == "G":
+        layout["sections"][0] += b"\x00"
+        layout["records"][0]["size"] += 1
+    assert_rejected(build_layout(layout), "d.weight", words)
+
+
+# ---------------------------------------------------------------- E, numel and the streams
+
+
+def test_more_entries_than_a_dense_code_stream_has_bits():
+    # 64 elements of k = 1: 64 one-bit codes, C = 8. Declaring 65 elements (E = K = 65)
+    # needs 65 bits: refused from the header, behind valid crcs.
+    layout = parse_layout(dense_file((64,), 1))
+    assert layout["records"][0]["params"]["C"] == 8
+    layout["records"][0]["dims"] = [65]
+    layout["records"][0]["params"].update(E=65, K=65)
+    assert_rejected(build_layout(layout), "d.weight", "cannot fit in streams of 8 and 0 bytes")
+
+
+def test_more_entries_than_the_gap_stream_has_bits():
+    # small_model's weight with a 2-byte code stream (room for 16 one-bit codes) and the
+    # 1-byte gap stream: E = 9 fits the code stream but not the gap stream (E <= 8 G).
+    def edit(records, sections):
+        sections[WEIGHT] = sections[WEIGHT][:13] + b"\x00" + sections[WEIGHT][13:]
+        records[WEIGHT]["size"] += 1
+        records[WEIGHT]["dims"] = [4, 3]
+        records[WEIGHT]["params"].update(E=9, C=2)
+
+    assert_rejected(crafted(edit, 2), "fc.weight", "cannot fit in streams of 2 and 1 bytes")
+
+
+def test_element_count_beyond_what_the_entries_reach():
+    # E = 2 entries of 2-bit gaps reach (E + 1) * 2**2 - 1 = 11 elements at most.
+    def with_numel(n):
+        def edit(records, sections):
+            records[WEIGHT]["ndim"], records[WEIGHT]["dims"] = 1, [n]
+
+        return crafted(edit, 2)
+
+    header.parse(with_numel(11))  # the header allows it (the gap stream then does not)
+    assert_rejected(with_numel(11), "fc.weight", "code or gap stream")
+    for n in (12, 1 << 30):
+        with pytest.raises(FormatError, match="2 entries of 2-bit gaps cannot reach") as err:
+            header.parse(with_numel(n))
+        assert "fc.weight" in str(err.value) and not isinstance(err.value, ChecksumError)
+
+
+# ---------------------------------------------------------------- K, the kept weights
+
+
+def test_kept_count_above_the_entry_count_is_rejected():
+    def edit(records, sections):
+        records[WEIGHT]["params"]["K"] = 3
+
+    assert_rejected(crafted(edit, 2), "fc.weight", "3 kept weights among 2 entries")
+
+
+@pytest.mark.parametrize("kept", [0, 1])
+def test_kept_count_disagreeing_with_the_gap_stream_is_rejected(kept):
+    def edit(records, sections):
+        records[WEIGHT]["params"]["K"] = kept
+
+    assert_rejected(crafted(edit, 2), "fc.weight", f"gap stream: 2 kept weights, the header says {kept}")
+
+
+def test_kept_count_must_not_count_the_fillers():
+    # 2 kept weights and 4 fillers (E = 6): K = E would count the fillers as weights.
+    record = CodebookTensor((20,), torch.float16, np.array([0.25], np.float32), np.array([1, 10]), np.zeros(2, np.uint16), 2)
+    layout = parse_layout(container.to_bytes(CompressedModel({"w": record})))
+    assert (layout["records"][0]["params"]["E"], layout["records"][0]["params"]["K"]) == (6, 2)
+    layout["records"][0]["params"]["K"] = 6
+    assert_rejected(build_layout(layout), "w", "2 kept weights, the header says 6")
+
+
+# ---------------------------------------------------------------- preamble and trailer
+
+
+@pytest.mark.parametrize("reserved", [1, 155, 0xFFFFFFFF])
+def test_reserved_field_must_be_zero(reserved):
+    # The crc covers the preamble, and it is valid here: the reserved field itself is refused.
+    with pytest.raises(FormatError, match="reserved field") as err:
+        container.from_bytes(build_layout(parse_layout(small_bytes(2)), word=reserved))
+    assert not isinstance(err.value, ChecksumError)
+
+
+def with_trailer(data: bytes, body_size: int) -> bytes:
+    """`data` with the trailer's H set to `body_size` and a crc32 valid for the bytes it then names."""
+    end = len(data) - 12
+    start = max(end - body_size, 0)
+    crc = zlib.crc32(data[start:end], zlib.crc32(data[:16]))
+    return data[:end] + struct.pack("<QI", body_size, crc)
+
+
+def test_trailer_body_size_too_large_or_not_fitting():
+    data = small_bytes(2)
+    assert struct.unpack_from("<Q", data, len(data) - 12)[0] == 105
+    room = len(data) - 16 - 12  # the most H can be: the body right after the preamble
+    for body_size in ((1 << 64) - 1, 1 << 63, MAX_HEADER_SIZE + 1, room + 1, room + 1000):
+        with pytest.raises(TruncatedError, match="does not fit"):
+            container.from_bytes(with_trailer(data, body_size))
+
+
+@pytest.mark.parametrize("delta", [-105, -1, 1, 2, 22])
+def test_trailer_body_size_wrong_behind_a_valid_crc(delta):
+    # An H that fits but names other bytes than the header body (22: the sections too).
+    data = with_trailer(small_bytes(2), 105 + delta)
+    with pytest.raises(FormatError) as err:
+        container.from_bytes(data)
+    assert not isinstance(err.value, ChecksumError), err.value
+
+
+def test_trailer_damage_is_a_checksum_error():
+    data = small_bytes(2)
+    for offset in range(len(data) - 4, len(data)):  # the header crc itself
+        damaged = bytearray(data)
+        damaged[offset] ^= 0x10
+        with pytest.raises(ChecksumError):
+            container.from_bytes(bytes(damaged))
+
+
+def test_bytes_between_the_sections_and_the_header_are_rejected():
+    layout = parse_layout(small_bytes(2))
+    data = seal(2, header_body(layout, 2), [*layout["sections"], b"junk"])
+    with pytest.raises(FormatError, match="4 trailing bytes after the last section"):
+        container.from_bytes(data)
+
+
+def test_every_proper_prefix_of_a_rich_file_is_rejected():
+    # The committed version-2 golden: codebook records of several widths, a dense record,
+    # an alias and attached files. No prefix parses, whatever its last 12 bytes say.
+    data = GOLDEN_V2.read_bytes()
+    container.from_bytes(data)
+    for cut in range(len(data)):
+        with pytest.raises(FormatError):
+            container.from_bytes(data[:cut])
+
+
+def test_header_follows_the_sections():
+    # Sections are written as they come: the first section starts right after the preamble.
+    model = CompressedModel({"a": RawTensor(torch.arange(3, dtype=torch.int16)), "b": dense_record((4,), 2)})
+    data = container.to_bytes(model)
+    assert data[16:22] == struct.pack("<3h", 0, 1, 2)
+    layout = parse_layout(data)
+    assert data[16 : 16 + sum(r["size"] for r in layout["records"])] == b"".join(layout["sections"])
