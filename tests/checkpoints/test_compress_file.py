@@ -125,3 +125,16 @@ def test_info_imports_neither_torch_nor_numba(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
     assert "w " in out and out.strip().endswith("heavy: []"), out
+
+
+def test_cli_keeps_subfolders_and_refuses_a_symlink_out_of_the_model(sharded, tmp_path):
+    root, _ = sharded
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    (root / "id_rsa").symlink_to(secret)
+    result = run("compress", root, "-o", tmp_path / "m.dzip")  # the output holds stderr's note too
+    assert result.exit_code == 0, result.output
+    assert "not carried" in result.output and "id_rsa: symlink to a path outside the model directory" in result.output
+    files = container.read(tmp_path / "m.dzip").files
+    assert set(files) == {"config.json", "tokenizer/vocab.txt"}
+    assert b"PRIVATE KEY" not in (tmp_path / "m.dzip").read_bytes()

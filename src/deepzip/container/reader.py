@@ -64,9 +64,22 @@ class DzipFile:
             raise ChecksumError(f"tensor {record.name!r}, data section: checksum mismatch")
         return section
 
+    def verify(self) -> None:
+        """Check every section's checksum (ChecksumError naming the first bad one), decoding nothing."""
+        for record in self.header.records:
+            self._section(record)
+
+    def stored_name(self, name: str) -> str:
+        """The record `name` is stored as: its alias target, or itself."""
+        return self.aliases.get(name, name)
+
+    def record(self, name: str) -> header_.Record:
+        """The header record stored under `name` (an alias's target's)."""
+        return self._records[self.stored_name(name)]
+
     def decode(self, name: str) -> CodebookTensor | RawTensor:
         """The record stored under `name` (an alias's target's record), checked and decoded."""
-        record = self._records[self.aliases.get(name, name)]
+        record = self.record(name)
         return _decode_section(record, self._section(record))
 
     def model(self) -> CompressedModel:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepzip import container, module_state
-from deepzip.compressed import CodebookTensor
+from deepzip.container.spec import ENCODING_CODEBOOK
 from deepzip.errors import ConfigError
 from deepzip.limits import DEFAULT_MAX_DECODED_SIZE
 from deepzip.runtime.sparse_linear import SparseLinear
@@ -46,7 +46,10 @@ def load_into(
 ) -> nn.Module:
     """Load the .dzip at `path` into `model` and return it.
 
-    The file's keys are the model's plain keys (`fc1.weight`, `lstm.weight_ih_l0`), on any
+    The file is memory-mapped and every checksum checked before the model changes; then
+    tensors are decoded and loaded one at a time, so memory holds the model and one
+    tensor. (A crafted file whose checksums hold but whose streams are broken raises
+    FormatError part way, with the tensors before it loaded.) The file's keys are the model's plain keys (`fc1.weight`, `lstm.weight_ih_l0`), on any
     device the model is on. A tensor of the model that is computed by a parametrization
     (a user's weight_norm, or deepzip's own on a model still being compressed) becomes a
     plain tensor holding the file's values: the file stores values, not a
@@ -73,37 +76,38 @@ def load_into(
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"load_into needs an nn.Module, got {type(model).__name__}")
-    records = container.read(path, max_decoded_size).tensors
+    source = container.open_file(path, max_decoded_size)
+    shapes = {name: source.record(name).shape for name in source.tensor_names}
     sites = {site.key: site for site in module_state.sites(model)}
-    _check_keys(records, {key: tuple(site.value().shape) for key, site in sites.items()}, strict)
-    loadable = {name: record for name, record in records.items() if name in sites}
-    tie_groups: dict[int, list[str]] = {}
-    for name, record in loadable.items():
-        tie_groups.setdefault(id(record), []).append(name)
-
-    sparse_names = _sparse_layers(model, loadable, tie_groups) if layout == "sparse" else []
+    _check_keys(shapes, {key: tuple(site.value().shape) for key, site in sites.items()}, strict)
+    tie_groups: dict[str, list[str]] = {}  # stored name -> every name of it the model has
+    for name in source.tensor_names:
+        if name in sites:
+            tie_groups.setdefault(source.stored_name(name), []).append(name)
+    codebook = {name: source.record(name).encoding == ENCODING_CODEBOOK for name in source.tensor_names}
+    sparse_names = _sparse_layers(model, codebook, lambda n: len(tie_groups[source.stored_name(n)])) if layout == "sparse" else []
     if sparse_names and any(t.device.type != "cpu" for t in model.parameters()):
         raise ConfigError("layout='sparse' runs on the CPU: move the model there first, or use layout='dense'")
     if "" in sparse_names:
         raise ConfigError("the model itself is an nn.Linear; load_into can only replace layers inside a model")
     replaced = {f"{name}.weight" for name in sparse_names} | {f"{name}.bias" for name in sparse_names}
-    # Decode before mutating, so a decode failure leaves the model untouched.
-    decoded: dict[int, torch.Tensor] = {}
-    dense = {}
-    for name, record in loadable.items():
-        if name not in replaced:
-            dense[name] = decoded.setdefault(id(record), record.to_dense())
+    # Every checksum before the model changes; then one tensor decoded and in memory at a time.
+    source.verify()
     modules = dict(model.named_modules())
     for name in sparse_names:
-        bias_record = loadable.get(f"{name}.bias")
-        bias = bias_record.to_dense() if bias_record is not None else modules[name].bias
-        _set_submodule(model, name, SparseLinear(loadable[f"{name}.weight"], bias))
-    for name in dense:
-        site = sites[name]
-        if site.parametrized:
-            parametrize.remove_parametrizations(site.module, site.tensor_name, leave_parametrized=True)
-    model.load_state_dict(dense, strict=False)
-    _tie(sites, [names for names in tie_groups.values() if len(names) > 1 and names[0] in dense])
+        bias = source.decode(f"{name}.bias").to_dense() if f"{name}.bias" in shapes else modules[name].bias
+        _set_submodule(model, name, SparseLinear(source.decode(f"{name}.weight"), bias))
+    for stored, names in tie_groups.items():
+        names = [n for n in names if n not in replaced]
+        if not names:
+            continue
+        value = source.decode(stored).to_dense()
+        for name in names:
+            if sites[name].parametrized:
+                parametrize.remove_parametrizations(sites[name].module, sites[name].tensor_name, leave_parametrized=True)
+        model.load_state_dict(dict.fromkeys(names, value), strict=False)
+        del value
+    _tie(sites, [names for names in tie_groups.values() if len(names) > 1 and names[0] not in replaced])
     return model
 
 
@@ -118,7 +122,7 @@ def _tie(sites: dict[str, module_state.Site], groups: list[list[str]]) -> None:
                 setattr(site.module, site.tensor_name, shared)
 
 
-def _check_keys(records: dict, current: dict[str, tuple[int, ...]], strict: bool) -> None:
+def _check_keys(records: dict[str, tuple[int, ...]], current: dict[str, tuple[int, ...]], strict: bool) -> None:
     """Raise ConfigError for keys only one side has (strict) and for shape mismatches."""
     unexpected = sorted(set(records) - set(current))
     missing = sorted(set(current) - set(records))
@@ -128,9 +132,9 @@ def _check_keys(records: dict, current: dict[str, tuple[int, ...]], strict: bool
     if strict and missing:
         problems.append(f"the file has no {_names(missing)}")
     mismatched = [
-        f"{name} (file {tuple(record.shape)}, model {current[name]})"
-        for name, record in records.items()
-        if name in current and tuple(record.shape) != current[name]
+        f"{name} (file {shape}, model {current[name]})"
+        for name, shape in records.items()
+        if name in current and shape != current[name]
     ]
     if mismatched:
         problems.append(f"shapes differ for {', '.join(mismatched)}")
@@ -138,14 +142,14 @@ def _check_keys(records: dict, current: dict[str, tuple[int, ...]], strict: bool
         raise ConfigError("cannot load the file into this model: " + "; ".join(problems))
 
 
-def _sparse_layers(model: nn.Module, records: dict, tie_groups: dict[int, list[str]]) -> list[str]:
+def _sparse_layers(model: nn.Module, codebook: dict[str, bool], holders) -> list[str]:
     """Names of the plain nn.Linear modules whose weight the file holds as an untied codebook tensor."""
     names = []
     for name, module in model.named_modules():
-        record = records.get(f"{name}.weight" if name else "weight")
+        key = f"{name}.weight" if name else "weight"
         # Exact type: a subclass may have its own forward, or a parent that reads .weight;
         # a tied weight is read by its other holders, which a SparseLinear would not serve.
-        if type(module) is nn.Linear and isinstance(record, CodebookTensor) and len(tie_groups[id(record)]) == 1:
+        if type(module) is nn.Linear and codebook.get(key) and holders(key) == 1:
             names.append(name)
     return names
 
