@@ -319,22 +319,24 @@ def parse_jobs(ctx, param, text: str) -> list[int]:
 @click.option("--dir", "work", type=click.Path(path_type=Path), default=Path(tempfile.gettempdir()) / "deepzip-scale",
               show_default=True, help="--params/--raw-4gib: where built inputs are cached and outputs written.")  # fmt: skip
 @click.option("--keep-outputs", is_flag=True, help="Keep the .dzip files and decoded checkpoints under --dir/out.")
-@click.option("--max-rss", type=float, default=None, help="Kill a phase whose process tree passes this many GB of RSS (default: 90% of the memory available at the start; 0: no limit).")
+@click.option("--max-rss", type=float, default=None, help="Kill a phase whose process tree passes this many GB of anonymous RSS (default: 90% of the memory available at the start; 0: no limit).")
 @click.option("--deepzip", "deepzip_cmd", default=None, hidden=True, help="The deepzip command to measure (default: the venv's).")
 def main(json_path, workdir, params, dtype, shards, jobs_list, bits, shard_size, raw, raw_elements, work, keep_outputs, max_rss, deepzip_cmd) -> None:
     """Time deepzip on VGG-16 (default), a Llama-shaped sharded checkpoint (--params) or a >4 GiB tensor (--raw-4gib)."""
     log = Progress()
     deepzip = shlex.split(deepzip_cmd) if deepzip_cmd else default_deepzip()
     limit = int(0.9 * available_memory()) if max_rss is None else int(max_rss * 1e9) or None
+    try:
+        spec = None if params is None else plan_llama(params, dtype, shards)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--params'") from None
     results: dict = {} if params is None and not raw else {"max_rss_limit_bytes": limit}
     try:
         if params is None and not raw:
             results = run_vgg16(workdir, log)
-        if params is not None:
-            try:
-                spec = plan_llama(params, dtype, shards)
-            except ValueError as error:
-                raise click.BadParameter(str(error), param_hint="--params") from None
+        else:
+            clear(work / "logs")  # each phase's stdout, stderr and time -v report, from this run only
+        if spec is not None:
             run_checkpoint(spec, jobs_list, bits, shard_size, work, deepzip, log, results.setdefault("checkpoint", {}), limit)
         if raw:
             run_raw(raw_elements, work, deepzip, log, results.setdefault("raw_4gib", {}), limit)

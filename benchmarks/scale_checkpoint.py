@@ -85,7 +85,7 @@ def plan_llama(params: float, dtype: str, shards: int, seed: int = 0) -> LlamaSp
         layers = round((params - fixed) / per_layer)
         if layers >= 2:
             return LlamaSpec(h, i, v, LLAMA["num_attention_heads"], layers, dtype, shards, seed)
-    raise ValueError(f"--params {params:g} is too small for a Llama-shaped model (at least ~2e6)")
+    raise ValueError(f"{params:g} is too small for a Llama-shaped model of 2 layers (at least ~3.3e6)")
 
 
 def _safetensors_header(entries: list[tuple[str, tuple[int, ...], str]]) -> tuple[bytes, int]:

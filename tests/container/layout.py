@@ -14,7 +14,8 @@ ndim, u32 dims, u8 encoding, section size (u32 in v1, u64 in v2), u32 section cr
 for codebook records u16 k, u8 b, then E, C, G (u32, v1) or E, K, C, G (u64, v2).
 
 The writer writes version 2 only; `encode(model, 1)` re-lays its output out as version 1,
-which is byte for byte what deepzip 0.1 wrote (checked against hand-derived bytes).
+which is byte for byte what deepzip 0.1 wrote (checked against the hand-derived version-1
+bytes and against tests/container/golden/v1.dzip, in test_fileformat.py).
 """
 
 from __future__ import annotations

@@ -7,18 +7,16 @@ import pytest
 import torch
 
 from deepzip.errors import ConfigError
-from deepzip.train import kmeans
+from deepzip.train import kmeans, lloyd
 from deepzip.train.kmeans import (
     INIT_METHODS,
     _assign_nearest,
-    _cut_points,
-    _lloyd_sorted,
-    _RunningSums,
     apply_table,
     drop_empty_clusters,
     init_centroids,
     kmeans_1d,
 )
+from deepzip.train.lloyd import RunningSums, cut_points, lloyd_sorted
 
 # --------------------------------------------------------------------------- helpers
 
@@ -148,7 +146,7 @@ def test_repeated_initial_centroids():
 def test_converges_to_exact_fixed_point():
     v = make_values("normal", 200_000, 3)
     x = np.sort(v).astype(np.float64)
-    c, iterations, converged = _lloyd_sorted(x, init_centroids(v, 32), 100_000)
+    c, iterations, converged = lloyd_sorted(x, init_centroids(v, 32), 100_000)
     assert converged and iterations > 1
     # At the fixed point every centroid is the mean of the values nearest to it.
     codes = np.abs(x[:, None] - c[None, :]).argmin(axis=1)
@@ -159,7 +157,7 @@ def test_converges_to_exact_fixed_point():
 def test_max_iter_bounds_the_work():
     v = make_values("normal", 10_000, 4)
     x = np.sort(v).astype(np.float64)
-    _, iterations, converged = _lloyd_sorted(x, init_centroids(v, 16), 3)
+    _, iterations, converged = lloyd_sorted(x, init_centroids(v, 16), 3)
     assert iterations == 3 and not converged
     c, codes = kmeans_1d(v, 16, max_iter=3)
     assert np.all(np.diff(c) >= 0)
@@ -202,13 +200,13 @@ def test_cut_points_match_the_search_on_shifted_values(dtype):
             # Midpoints on, and an ulp around, the shifted values themselves, and random ones.
             on = xs[rng.integers(0, x.size, 200)]
             mids = np.sort(np.concatenate([on, np.nextafter(on, np.inf), np.nextafter(on, -np.inf), rng.uniform(xs[0] - 1, xs[-1] + 1, 200)]))
-            assert np.array_equal(_cut_points(x, shift, mids), reference_cuts(x, shift, mids))
+            assert np.array_equal(cut_points(x, shift, mids), reference_cuts(x, shift, mids))
 
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_running_sums_are_bit_identical_to_a_full_cumsum(monkeypatch, weighted):
-    monkeypatch.setattr(kmeans, "_FULL_PREFIX", 100)  # stored every _PREFIX_BLOCK-th sum
-    monkeypatch.setattr(kmeans, "_SUM_CHUNK", 64)  # and built over many chunks
+    monkeypatch.setattr(lloyd, "_FULL_PREFIX", 100)  # stored every _PREFIX_BLOCK-th sum
+    monkeypatch.setattr(lloyd, "_SUM_CHUNK", 64)  # and built over many chunks
     rng = np.random.default_rng(4)
     x = np.sort(np.concatenate([[-0.0, 0.0, 0.0], rng.normal(0.0, 1.0, 5000)]).astype(np.float32))
     w = rng.integers(1, 50, x.size) if weighted else None
@@ -217,7 +215,7 @@ def test_running_sums_are_bit_identical_to_a_full_cumsum(monkeypatch, weighted):
     if weighted:
         terms = terms * w.astype(np.float64)
     prefix = np.concatenate([[0.0], np.cumsum(terms)])
-    sums = _RunningSums(x, None if w is None else w.astype(np.float64), shift)
+    sums = RunningSums(x, None if w is None else w.astype(np.float64), shift)
     assert sums.block > 1
     assert sums.total == prefix[-1]
     for _ in range(3):  # repeated calls reuse the cuts that did not move
@@ -229,7 +227,7 @@ def test_running_sums_are_bit_identical_to_a_full_cumsum(monkeypatch, weighted):
 def test_block_sums_give_the_same_clustering(monkeypatch):
     v = np.concatenate([make_values("bimodal", 30_000, 9), make_values("offset", 3000, 2)])
     expected = [kmeans_1d(v, k, init=init, seed=2) for k, init in ((16, "linear"), (64, "density"), (8, "random"))]
-    monkeypatch.setattr(kmeans, "_FULL_PREFIX", 1000)
+    monkeypatch.setattr(lloyd, "_FULL_PREFIX", 1000)
     for (c, codes), (k, init) in zip(expected, ((16, "linear"), (64, "density"), (8, "random"))):
         c2, codes2 = kmeans_1d(v, k, init=init, seed=2)
         assert c.tobytes() == c2.tobytes() and np.array_equal(codes, codes2)

@@ -9,7 +9,7 @@ import torch
 from deepzip.compressed import CodebookTensor, RawTensor
 from deepzip.container import from_bytes, to_bytes
 from deepzip.errors import ConfigError
-from deepzip.train import kmeans, masks, sharing
+from deepzip.train import kmeans, lloyd, masks, sharing
 from deepzip.train.post_training import compress_state_dict, compress_tensor
 from deepzip.train.sharing import share_tensor, share_values
 
@@ -95,8 +95,8 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(sharing, "_COUNT_CHUNK", 1 << 14)
     monkeypatch.setattr(kmeans, "_ASSIGN_CHUNK", 1 << 14)
     monkeypatch.setattr(kmeans, "_TABLE_CHUNK", 1 << 14)
-    monkeypatch.setattr(kmeans, "_FULL_PREFIX", 1 << 14)
-    monkeypatch.setattr(kmeans, "_SUM_CHUNK", 1 << 14)
+    monkeypatch.setattr(lloyd, "_FULL_PREFIX", 1 << 14)
+    monkeypatch.setattr(lloyd, "_SUM_CHUNK", 1 << 14)
     monkeypatch.setattr(masks, "_CHUNK", 1 << 14)
 
 

@@ -97,6 +97,9 @@ def encode_dense(codes: np.ndarray, k: int) -> tuple[bytes, bytes]:
 
     The table covers k + 1 symbols like a sparse layer's, with the filler symbol k unused.
     """
+    codes = np.asarray(codes)
+    if codes.size and (codes.min() < 0 or codes.max() >= k):
+        raise ValueError(f"codes must be in 0..{k - 1} (the filler symbol {k} is reserved)")
     return _huffman(codes, k + 1)
 
 
