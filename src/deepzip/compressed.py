@@ -32,7 +32,7 @@ class CodebookTensor:
     shape: tuple[int, ...]
     dtype: torch.dtype
     codebook: np.ndarray  # float32 [k]
-    positions: np.ndarray | None  # int64 [nnz], strictly increasing, < numel; None = all
+    positions: np.ndarray | None  # int64 (or int32) [nnz], strictly increasing, < numel; None = all
     codes: np.ndarray  # uint8 or uint16 [nnz], < k
     index_bits: int | None = None
 
@@ -53,7 +53,7 @@ class CodebookTensor:
 
     def flat_positions(self) -> np.ndarray:
         """The kept positions as int64, built for a dense tensor (small tensors only)."""
-        return np.arange(self.numel, dtype=np.int64) if self.positions is None else self.positions
+        return np.arange(self.numel, dtype=np.int64) if self.positions is None else self.positions.astype(np.int64, copy=False)
 
     def to_dense(self) -> torch.Tensor:
         """The dense tensor, bit-identical to centroids[codes] of the quantized model.
@@ -70,7 +70,8 @@ class CodebookTensor:
                 flat[start : start + len(codes)] = codebook[codes]
         else:
             flat = torch.zeros(self.numel, dtype=self.dtype)
-            flat[torch.from_numpy(self.positions)] = codebook[torch.from_numpy(self.codes.astype(np.int64))]
+            positions = torch.from_numpy(self.positions.astype(np.int64, copy=False))
+            flat[positions] = codebook[torch.from_numpy(self.codes.astype(np.int64))]
         return flat.view(self.shape)
 
 

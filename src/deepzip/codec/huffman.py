@@ -182,7 +182,11 @@ def _encode_kernel(symbols, codes, lengths, out):
 
 
 def _as_symbols(symbols, alphabet_size):
-    """`symbols` as a 1-D uint16 array; ValueError if any is outside 0..alphabet_size-1."""
+    """`symbols` as a 1-D uint8 or uint16 array; ValueError if any is outside 0..alphabet_size-1.
+
+    uint8 stays uint8 (the kernels compile for both): a dense layer's 4-bit codes of
+    hundreds of millions of weights are not widened into a copy twice their size.
+    """
     symbols = np.asarray(symbols)
     if symbols.ndim != 1:
         raise ValueError(f"symbols must be 1-D, got shape {symbols.shape}")
@@ -190,7 +194,7 @@ def _as_symbols(symbols, alphabet_size):
         return np.zeros(0, dtype=np.uint16)
     if not np.issubdtype(symbols.dtype, np.integer):
         raise ValueError(f"symbols must be integers, got {symbols.dtype}")
-    if symbols.dtype != np.uint16:
+    if symbols.dtype not in (np.uint8, np.uint16):
         # Range check before the cast, which would silently wrap e.g. -1 or 65536.
         low, high = int(symbols.min()), int(symbols.max())
         if low < 0 or high >= alphabet_size:

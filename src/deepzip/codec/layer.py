@@ -41,9 +41,17 @@ def stream_code_lengths(counts: np.ndarray) -> np.ndarray:
     return huffman.code_lengths(counts, max_code_length(int(np.count_nonzero(counts))))
 
 
+def _counts(symbols: np.ndarray, alphabet_size: int) -> np.ndarray:
+    """Symbol counts, in chunks: bincount widens its input to intp (8 bytes a symbol)."""
+    counts = np.zeros(alphabet_size, dtype=np.int64)
+    for start in range(0, len(symbols), 1 << 20):
+        counts += np.bincount(symbols[start : start + (1 << 20)], minlength=alphabet_size)[:alphabet_size]
+    return counts
+
+
 def _huffman(symbols: np.ndarray, alphabet_size: int) -> tuple[bytes, bytes]:
     """Code `symbols` with an optimal code of their own counts; return (packed lengths, stream)."""
-    lengths = stream_code_lengths(np.bincount(symbols, minlength=alphabet_size))
+    lengths = stream_code_lengths(_counts(symbols, alphabet_size))
     return huffman.pack_lengths(lengths), huffman.encode(symbols, lengths)
 
 
@@ -64,6 +72,10 @@ def max_code_length(used_symbols: int) -> int:
 def encode_layer(positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int, numel: int) -> EncodedLayer:
     """Encode kept entries (flat positions < numel, codes < k) with gaps of `index_bits` bits."""
     gaps, code_symbols = sparse.to_relative(positions, codes, index_bits, filler_symbol=k, numel=numel)
+    return _encoded(index_bits, gaps, code_symbols, k)
+
+
+def _encoded(index_bits: int, gaps: np.ndarray, code_symbols: np.ndarray, k: int) -> EncodedLayer:
     code_lengths, code_stream = _huffman(code_symbols, k + 1)
     gap_lengths, gap_stream = _huffman(gaps, 1 << index_bits)
     return EncodedLayer(index_bits, len(gaps), code_lengths, gap_lengths, code_stream, gap_stream)
@@ -75,21 +87,37 @@ def encode_layer_smallest(
     """Encode with the given width, or with the width in INDEX_BITS_CHOICES that gives the fewest bytes."""
     if index_bits is not None:
         return encode_layer(positions, codes, k, index_bits, numel)
+    codes = np.asarray(codes)
+    if codes.size and int(codes.max()) >= k:
+        raise ValueError(f"codes must be in 0..{k - 1} (the filler symbol {k} is reserved)")
+    # The gaps once, in the narrowest type, for every width tried (they are the memory).
+    gaps = sparse.narrow_gaps(positions, numel)
+    if gaps.shape != codes.shape:
+        raise ValueError(f"{codes.size} codes for {gaps.size} positions")
+    last = int(positions[-1]) if len(positions) else -1
+    if last >= numel:
+        raise ValueError(f"position {last} is outside a tensor of {numel} elements")
+    tail = numel - last - 1
     # Every entry costs at least one bit in each stream, so a width's entry count bounds its
     # size from below. Trying widths in order of that bound and stopping once it exceeds
     # the best real size skips the narrow widths whose fillers would multiply the entries
     # (and the memory: 1-bit gaps on a 4%-dense 100 M-weight layer make 50 M entries).
-    gaps = np.diff(np.append(np.asarray(positions, dtype=np.int64), numel), prepend=np.int64(-1))
-    bounds = sorted((int(np.sum((gaps - 1) >> b)) + len(positions), b) for b in INDEX_BITS_CHOICES)
+    bounds = sorted((_entries(gaps, b, tail), b) for b in INDEX_BITS_CHOICES)
     best = None
     for entries, b in bounds:
         if best is not None and entries / 4 > best.nbytes:
             break
-        encoded = encode_layer(positions, codes, k, b, numel)
+        encoded = _encoded(b, *sparse.relative_symbols(gaps, codes, b, k, tail), k)
         # Ties go to the narrower width, so the choice does not depend on the search order.
         if best is None or (encoded.nbytes, b) < (best.nbytes, best.index_bits):
             best = encoded
     return best
+
+
+def _entries(gaps: np.ndarray, b: int, tail: int) -> int:
+    """Entries (kept and fillers) at gap width `b`, counted in chunks (no gap-sized temporary)."""
+    fillers = sum(int(np.sum((gaps[i : i + (1 << 20)] - 1) >> b)) for i in range(0, gaps.size, 1 << 20))
+    return gaps.size + fillers + (tail >> b)
 
 
 def encode_dense(codes: np.ndarray, k: int) -> tuple[bytes, bytes]:

@@ -31,7 +31,7 @@ def _gaps(positions):
         raise ValueError(f"positions must be 1-D, got shape {positions.shape}")
     if positions.size and not np.issubdtype(positions.dtype, np.integer):
         raise ValueError(f"positions must be integers, got {positions.dtype}")
-    gaps = np.diff(positions.astype(np.int64), prepend=np.int64(-1))
+    gaps = np.diff(positions.astype(np.int64, copy=False), prepend=np.int64(-1))
     # A first gap < 1 means a negative position; a later one, positions not increasing.
     if gaps.size and gaps.min() < 1:
         raise ValueError("positions must be non-negative and strictly increasing")
@@ -70,18 +70,58 @@ def to_relative(positions, codes, index_bits, filler_symbol, numel=None):
     if codes.size and (codes.min() < 0 or codes.max() >= filler_symbol):
         raise ValueError(f"codes must be in 0..{filler_symbol - 1} (filler_symbol is reserved)")
 
-    fillers = (gaps - 1) >> index_bits
-    # Each real entry lands after its own fillers; everything else is a filler.
-    entry_index = np.cumsum(fillers + 1) - 1
-    total = int(entry_index[-1]) + 1 if entry_index.size else 0
+    tail = None
     if numel is not None:
         last = int(np.asarray(positions)[-1]) if gaps.size else -1
         if last >= numel:
             raise ValueError(f"position {last} is outside a tensor of {numel} elements")
-        total += (numel - last - 1) >> index_bits  # fillers towards the end sentinel
+        tail = numel - last - 1
+    return relative_symbols(gaps, codes, index_bits, filler_symbol, tail)
+
+
+_CHUNK = 1 << 20
+
+
+def narrow_gaps(positions, numel: int) -> np.ndarray:
+    """The gaps of `positions` (see `to_relative`) in the narrowest signed type that holds
+    `numel`: int32 for tensors below 2**31 elements, halving the temporaries of encoding.
+    Computed in chunks, so no int64 array of the gaps' size is made; checked like `_gaps`."""
+    positions = np.asarray(positions)
+    if positions.ndim != 1 or (positions.size and not np.issubdtype(positions.dtype, np.integer)):
+        raise ValueError(f"positions must be 1-D integers, got {positions.dtype} of shape {positions.shape}")
+    gaps = np.empty(positions.size, dtype=np.int32 if numel < 1 << 31 else np.int64)
+    for start in range(0, positions.size, _CHUNK):
+        before = positions[start - 1] if start else -1
+        chunk = positions[start : start + _CHUNK]
+        step = np.diff(chunk, prepend=before)
+        if step.size and step.min() < 1:
+            raise ValueError("positions must be non-negative and strictly increasing")
+        gaps[start : start + _CHUNK] = step
+    return gaps
+
+
+def relative_symbols(gaps: np.ndarray, codes, index_bits: int, filler_symbol: int, tail: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """`to_relative` from checked gaps (>= 1, any signed integer type; left unchanged).
+
+    `tail` is the number of elements after the last entry (None: no fillers towards the
+    end). In place where it can be: about three gap-sized arrays at the peak, on layers of
+    tens of millions of kept weights.
+    """
+    fillers = gaps - 1
+    fillers >>= index_bits
+    # Each real entry lands after its own fillers; everything else is a filler.
+    entry_index = fillers + 1
+    np.cumsum(entry_index, out=entry_index)
+    entry_index -= 1
+    total = int(entry_index[-1]) + 1 if entry_index.size else 0
+    if tail is not None:
+        total += tail >> index_bits  # fillers towards the end sentinel
     gap_symbols = np.full(total, (1 << index_bits) - 1, dtype=np.uint16)
     code_symbols = np.full(total, filler_symbol, dtype=np.uint16)
-    gap_symbols[entry_index] = gaps - 1 - (fillers << index_bits)
+    fillers <<= index_bits
+    fillers += 1
+    np.subtract(gaps, fillers, out=fillers)  # now the gap symbol of each real entry
+    gap_symbols[entry_index] = fillers
     code_symbols[entry_index] = codes
     return gap_symbols, code_symbols
 

@@ -203,7 +203,8 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
         code_lengths, code_stream = encode_dense(record.codes, k)
         params = struct.pack("<HBQQQQ", k, 0, kept, kept, len(code_stream), 0)
         return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, (codebook, code_lengths, code_stream), params)
-    layer = encode_layer_smallest(record.flat_positions(), record.codes, k, record.numel, record.index_bits)
+    positions = record.flat_positions() if record.positions is None else record.positions  # int32 stays int32
+    layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits)
     params = struct.pack(
         "<HBQQQQ", k, layer.index_bits, layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream)
     )

@@ -46,7 +46,7 @@ def _index_bits(record: CodebookTensor) -> int:
     """The record's gap width, or the one the writer would pick (smallest file) if unset."""
     if record.index_bits is not None:
         return record.index_bits
-    return encode_layer_smallest(record.positions, record.codes, len(record.codebook), record.numel).index_bits
+    return encode_layer_smallest(record.flat_positions(), record.codes, len(record.codebook), record.numel).index_bits
 
 
 def _kept_fraction(kept: int, total: int) -> str:
@@ -138,7 +138,7 @@ def quantized_distribution(
         if columns == 2:
             left = row[0]
             if name in dense:
-                original = canvas.as_numpy(dense[name])[record.positions]
+                original = canvas.as_numpy(dense[name])[record.flat_positions()]
                 edges = canvas.symmetric_edges(original, record.codebook)
                 counts, _ = np.histogram(np.clip(original, edges[0], edges[-1]), edges)
                 left.stairs(counts, edges, fill=True, color=canvas.COLORS["pruned"], alpha=0.8, label="kept weights before sharing")
@@ -170,7 +170,7 @@ def stream_distributions(record: CodebookTensor, path: str | os.PathLike, name: 
         raise ConfigError(f"stream_distributions: expected a CodebookTensor, got {type(record).__name__}")
     k = len(record.codebook)
     index_bits = _index_bits(record)
-    gaps, code_symbols = sparse.to_relative(record.positions, record.codes, index_bits, filler_symbol=k, numel=record.numel)
+    gaps, code_symbols = sparse.to_relative(record.flat_positions(), record.codes, index_bits, filler_symbol=k, numel=record.numel)
     fillers = int(np.count_nonzero(code_symbols == k))
     figure, (gap_ax, code_ax) = canvas.grid(2, 2, (5.4, 3.6), f"{name}: symbol streams and their Huffman codes")
     panels = (

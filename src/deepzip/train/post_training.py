@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
@@ -65,6 +66,8 @@ def compress_tensor(
     if positions is not None:
         kept = kept[torch.from_numpy(positions).to(kept.device)]
     codebook, codes = share_tensor(kept.cpu(), bits, init, seed)
+    if positions is not None and weight.numel() < 1 << 31:
+        positions = positions.astype(np.int32)  # half the memory of the records a model holds
     return CodebookTensor(tuple(weight.shape), weight.dtype, codebook, positions, codes, index_bits)
 
 
