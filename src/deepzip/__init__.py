@@ -13,8 +13,9 @@ The public names are loaded on first use (PEP 562), so that `deepzip info` and
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from deepzip.lazy import loader
 
 _EXPORTS = {
     "CodebookTensor": "deepzip.compressed",
@@ -45,16 +46,7 @@ _MODULES = {"sensitivity": "deepzip.train.sensitivity"}
 __all__ = sorted([*_EXPORTS, *_MODULES])
 
 
-def __getattr__(name: str):
-    """Load the module behind a public name on first use."""
-    if name in _MODULES:
-        value = importlib.import_module(_MODULES[name])
-    elif name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    else:
-        raise AttributeError(f"module 'deepzip' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+__getattr__ = loader("deepzip", globals(), _EXPORTS, _MODULES)
 
 
 def __dir__() -> list[str]:

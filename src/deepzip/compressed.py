@@ -15,7 +15,6 @@ import torch
 
 from deepzip.summary import Summary
 
-
 _DECODE_CHUNK = 1 << 22  # codes widened to int64 per chunk, not for the whole tensor
 
 

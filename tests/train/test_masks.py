@@ -6,7 +6,12 @@ import torch
 
 from deepzip.errors import ConfigError
 from deepzip.train import masks
-from deepzip.train.masks import _torch_mask, quality_mask, sparsity_mask, sparsity_positions
+from deepzip.train.masks import (
+    _torch_mask,
+    quality_mask,
+    sparsity_mask,
+    sparsity_positions,
+)
 
 
 def reference_positions(weight: torch.Tensor, sparsity: float, alive: np.ndarray | None = None) -> np.ndarray:

@@ -9,8 +9,18 @@ recipe's settings, and `write` decodes a CompressedModel back to files, atomical
 """
 
 from deepzip.checkpoints.compress import compress_checkpoint
-from deepzip.checkpoints.read import Checkpoint, CheckpointSource, open_checkpoint, read_checkpoint
-from deepzip.checkpoints.write import plan_shards, target_kind, write_checkpoint, write_sharded
+from deepzip.checkpoints.read import (
+    Checkpoint,
+    CheckpointSource,
+    open_checkpoint,
+    read_checkpoint,
+)
+from deepzip.checkpoints.write import (
+    plan_shards,
+    target_kind,
+    write_checkpoint,
+    write_sharded,
+)
 from deepzip.limits import MAX_ATTACHED_FILE_BYTES
 from deepzip.train.ties import group_tied
 

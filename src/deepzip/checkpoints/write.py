@@ -17,7 +17,13 @@ from typing import Literal
 import torch
 
 from deepzip import container
-from deepzip.checkpoints.read import SAFETENSORS_DTYPES, SAFETENSORS_INDEX, WEIGHTS_FILE, Kind, is_weight_file
+from deepzip.checkpoints.read import (
+    SAFETENSORS_DTYPES,
+    SAFETENSORS_INDEX,
+    WEIGHTS_FILE,
+    Kind,
+    is_weight_file,
+)
 from deepzip.compressed import CompressedModel
 from deepzip.container import atomic
 from deepzip.container.dtypes import DTYPES

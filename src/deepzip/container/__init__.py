@@ -14,8 +14,9 @@ importing `deepzip.container.header` does not import torch.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from deepzip.lazy import loader
 
 _EXPORTS = {
     "DzipFile": "reader",
@@ -45,17 +46,24 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    """Load the module that defines `name` on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'deepzip.container' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"deepzip.container.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = loader("deepzip.container", globals(), {name: f"deepzip.container.{module}" for name, module in _EXPORTS.items()})
 
 
 if TYPE_CHECKING:
     from deepzip.container.dtypes import DTYPE_CODES, DTYPES
-    from deepzip.container.reader import DzipFile, from_bytes, open_file, read, section_sizes
+    from deepzip.container.reader import (
+        DzipFile,
+        from_bytes,
+        open_file,
+        read,
+        section_sizes,
+    )
     from deepzip.container.spec import check_file_name
-    from deepzip.container.writer import EncodedRecord, encode_record, records_of, to_bytes, write, write_stream
+    from deepzip.container.writer import (
+        EncodedRecord,
+        encode_record,
+        records_of,
+        to_bytes,
+        write,
+        write_stream,
+    )

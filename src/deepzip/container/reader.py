@@ -16,12 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepzip.codec.layer import EncodedLayer, decode_layer, decode_dense
+from deepzip.codec.layer import EncodedLayer, decode_dense, decode_layer
 from deepzip.codec.tables import lengths_table_size
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import header as header_
 from deepzip.container.dtypes import DTYPES
-from deepzip.container.spec import ENCODING_ALIAS, ENCODING_CODEBOOK, ENCODING_FILE, ENCODING_RAW
+from deepzip.container.spec import (
+    ENCODING_ALIAS,
+    ENCODING_CODEBOOK,
+    ENCODING_FILE,
+    ENCODING_RAW,
+)
 from deepzip.errors import ChecksumError, DeepzipError, FormatError
 from deepzip.limits import DEFAULT_MAX_DECODED_SIZE
 

@@ -36,7 +36,14 @@ from deepzip.container.spec import (
     check_file_name,
 )
 from deepzip.errors import ConfigError, DeepzipError
-from deepzip.limits import MAX_CODEBOOK, MAX_HEADER_SIZE, MAX_INDEX_BITS, MAX_NAME_BYTES, MAX_NDIM
+from deepzip.limits import (
+    MAX_CODEBOOK,
+    MAX_HEADER_SIZE,
+    MAX_INDEX_BITS,
+    MAX_NAME_BYTES,
+    MAX_NDIM,
+)
+
 
 @dataclass(frozen=True)
 class EncodedRecord:

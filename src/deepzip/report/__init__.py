@@ -5,8 +5,9 @@ Names load on first use (PEP 562): `deepzip info` needs the tables alone, not ma
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from deepzip.lazy import loader
 
 _EXPORTS = {
     "write_report": "deepzip.report.markdown",
@@ -19,13 +20,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    """Load the module that defines `name` on first use."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'deepzip.report' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = loader("deepzip.report", globals(), _EXPORTS)
 
 
 if TYPE_CHECKING:

@@ -19,7 +19,12 @@ import torch
 
 from deepzip.errors import ConfigError
 from deepzip.limits import MAX_BITS
-from deepzip.train.kmeans import INIT_METHODS, apply_table, drop_empty_clusters, kmeans_1d
+from deepzip.train.kmeans import (
+    INIT_METHODS,
+    apply_table,
+    drop_empty_clusters,
+    kmeans_1d,
+)
 
 # Bit patterns counted at a time: bincount widens them to intp, 8 bytes each; a 2 MiB copy
 # stays in cache (the fastest chunk size, measured).
