@@ -89,26 +89,36 @@ class Checkpoint:
 
 
 class _SafetensorsFile:
-    """One safetensors file, kept open: safe_open maps it and reads a tensor on request."""
+    """One safetensors file: its header read once, each tensor read through a mapping of its own.
+
+    The file is mapped only while one tensor is read and unmapped right after: a mapping
+    kept open would keep every page ever read resident (a 6 GB checkpoint showed a 6.3 GB
+    RSS for 0.8 GB of anonymous memory), which no one could tell from a real leak.
+    """
 
     def __init__(self, path: Path):
+        self.path = path
         try:
-            self._file = safetensors.safe_open(str(path), framework="pt", device="cpu")
-            self.names = list(self._file.keys())
+            with safetensors.safe_open(str(path), framework="pt", device="cpu") as opened:
+                self.names = list(opened.keys())
+                self._metas = {name: (opened.get_slice(name).get_dtype(), tuple(opened.get_slice(name).get_shape())) for name in self.names}
         except (safetensors.SafetensorError, ValueError, TypeError, OSError) as error:
             raise DeepzipError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
-        self.path = path
         _checked(self.names, path)
 
     def meta(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
-        part = self._file.get_slice(name)
-        dtype = SAFETENSORS_DTYPES.get(part.get_dtype())
+        stored, shape = self._metas[name]
+        dtype = SAFETENSORS_DTYPES.get(stored)
         if dtype is None:
-            raise ConfigError(f"{self.path}: tensor {name!r} has dtype {part.get_dtype()}, which deepzip does not read")
-        return dtype, tuple(part.get_shape())
+            raise ConfigError(f"{self.path}: tensor {name!r} has dtype {stored}, which deepzip does not read")
+        return dtype, shape
 
     def tensor(self, name: str) -> torch.Tensor:
-        return self._file.get_tensor(name)
+        try:
+            with safetensors.safe_open(str(self.path), framework="pt", device="cpu") as opened:
+                return opened.get_tensor(name)
+        except (safetensors.SafetensorError, OSError) as error:
+            raise DeepzipError(f"{self.path}: cannot read tensor {name!r} ({_first_line(error)})") from None
 
 
 class _TorchFile:
