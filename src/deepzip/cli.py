@@ -264,11 +264,21 @@ def decompress(input_path: Path, output: Path, shard_size: int, max_decoded_size
     `from_pretrained` loads, unless OUTPUT ends in .safetensors; a large model is written
     in shards with an index. Tensors keep their dtypes and are decoded one at a time.
     """
-    from deepzip import container
-    from deepzip.checkpoints.write import MIN_SHARD_BYTES, target_kind, write_checkpoint
+    from deepzip.container import header
+    from deepzip.limits import MIN_SHARD_BYTES
 
     if shard_size < MIN_SHARD_BYTES:
         raise click.BadParameter(f"{shard_size:,} bytes: shards must be at least {MIN_SHARD_BYTES:,} bytes", param_hint="--shard-size")
+    if not input_path.is_file():
+        raise DeepzipError(f"{input_path}: no such file")
+    with open(input_path, "rb") as f:
+        # The header first, with struct alone: a bomb or a damaged file is refused at once,
+        # before torch is even imported.
+        header.parse(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if input_path.stat().st_size else b"", max_decoded_size)
+
+    from deepzip import container
+    from deepzip.checkpoints.write import target_kind, write_checkpoint
+
     source = container.open_file(input_path, max_decoded_size)
     kind = target_kind(source, output)
     written = write_checkpoint(source, output, kind, shard_bytes=shard_size, overwrite=force)

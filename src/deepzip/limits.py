@@ -24,3 +24,8 @@ DEFAULT_MAX_DECODED_SIZE = 64 << 30
 # Attached files travel inside the .dzip and are held in memory: tokenizers of large
 # vocabularies reach 35 MB (Gemma 3), anything bigger is not a small side file.
 MAX_ATTACHED_FILE_BYTES = 64 << 20
+
+# Safetensors shards written by `decompress`: transformers' own default size, and a floor
+# below which more shards only multiply files and headers.
+DEFAULT_SHARD_BYTES = 5 * 10**9
+MIN_SHARD_BYTES = 1 << 20

@@ -165,3 +165,18 @@ def test_bomb_refusal_allocates_nothing(bomb):
 
     baseline, refused = peak_kb("baseline"), peak_kb("bomb")
     assert refused - baseline < 100 * 1024, (baseline, refused)
+
+
+def test_the_cli_refuses_the_bomb_in_one_line(bomb, tmp_path):
+    path, _ = bomb
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "deepzip.cli", "decompress", str(path), "-o", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("deepzip: error: tensor 'bomb.weight': decodes to 100.00 GiB"), line
+    assert "--max-decoded-size" in line and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+    print(f"refused by the CLI in {time.perf_counter() - started:.2f} s, process start included")

@@ -29,12 +29,11 @@ from deepzip.container import atomic
 from deepzip.container.dtypes import DTYPES
 from deepzip.container.reader import DzipFile
 from deepzip.errors import ConfigError, DeepzipError
+from deepzip.limits import DEFAULT_SHARD_BYTES, MIN_SHARD_BYTES
 
 Entry = tuple[str, torch.dtype, tuple[int, ...]]  # (name, dtype, shape) of a tensor to write
 
 # The Hub's usual shard size: save_pretrained's max_shard_size "5GB" before transformers 5.
-DEFAULT_SHARD_BYTES = 5 * 10**9
-MIN_SHARD_BYTES = 1 << 20  # smaller shards only multiply files (and headers)
 _CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 
 
