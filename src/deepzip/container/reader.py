@@ -41,6 +41,7 @@ class DzipFile:
 
     def __init__(self, data: bytes | bytearray | memoryview | mmap.mmap, max_decoded_size: int | None = DEFAULT_MAX_DECODED_SIZE):
         self._view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+        self._mapped = data if isinstance(data, mmap.mmap) else None
         self.header = header_.parse(self._view, max_decoded_size)
         self._records = {record.name: record for record in self.header.records}
         self.aliases: dict[str, str] = {}
@@ -73,6 +74,18 @@ class DzipFile:
         """Check every section's checksum (ChecksumError naming the first bad one), decoding nothing."""
         for record in self.header.records:
             self._section(record)
+            self._release(record)
+
+    def _release(self, record: header_.Record) -> None:
+        """Drop the mapped pages of a section that has been read (they stay in the page cache).
+
+        Pages a mapping has touched count in the process's RSS until it is unmapped; decoding
+        a large file one tensor at a time would otherwise look like holding all of it.
+        """
+        if self._mapped is None or not record.size:
+            return
+        start = record.offset - record.offset % mmap.PAGESIZE
+        self._mapped.madvise(mmap.MADV_DONTNEED, start, record.offset + record.size - start)
 
     def stored_name(self, name: str) -> str:
         """The record `name` is stored as: its alias target, or itself."""
@@ -85,7 +98,9 @@ class DzipFile:
     def decode(self, name: str) -> CodebookTensor | RawTensor:
         """The record stored under `name` (an alias's target's record), checked and decoded."""
         record = self.record(name)
-        return _decode_section(record, self._section(record))
+        decoded = _decode_section(record, self._section(record))
+        self._release(record)
+        return decoded
 
     def model(self) -> CompressedModel:
         """Every tensor decoded, aliases sharing their target's record, plus the files."""
