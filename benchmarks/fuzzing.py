@@ -24,9 +24,12 @@ The two layouts (docs/FORMAT.md): both start with a 16-byte preamble (magic, u16
 u16 flags, u32 word). Version 1: the word is the header size H, the header (u32 record
 count, records with u32 section sizes) follows, then a u32 crc32 of preamble + header,
 then the sections. Version 2: the word is reserved (0); the sections follow the preamble,
-then the header body (u64 record count, records with u64 section sizes and, for codebook
-records, u64 E, K, C, G), then a 12-byte trailer: u64 body size H, u32 crc32 of preamble +
-body. A version-2 codebook record with b = 0 is dense: no gap table, no gap stream.
+then the header body (varint record count, records with varint section sizes and, for
+codebook records, u16 k, u8 b, varints E, K, C, G), then an 8-byte trailer: u32 body size
+H, u32 crc32 of preamble + body. A varint is unsigned LEB128 (7 bits a byte, low group
+first, high bit on all but the last; minimal, at most 10 bytes, < 2**64): an edit may change
+its length, so the mutators re-encode it and shift what follows (the trailer's H too).
+A version-2 codebook record with b = 0 is dense: no gap table, no gap stream.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ from deepzip.errors import FormatError
 
 MAGIC = b"\x89DZIP\r\n\x1a"
 PREAMBLE_SIZE = 16
-TRAILER_SIZE = 12  # version 2: u64 header body size, u32 header crc32
+TRAILER_SIZE = 8  # version 2: u32 header body size, u32 header crc32
+VARINT = 0  # the "width" of a varint field in the tables below: its length is its own
+VARINT_MAX_BYTES = 10
 # The version-1 file committed for the compatibility test: a seed of the old layout.
 GOLDEN_V1 = Path(__file__).resolve().parents[1] / "tests" / "container" / "golden" / "v1.dzip"
 
@@ -168,26 +173,60 @@ def seed_files() -> dict[str, bytes]:
 
 @dataclass(frozen=True)
 class Field:
-    """One unsigned little-endian field: `name` (spec name), byte `offset`, `width` in bytes."""
+    """One unsigned field: `name` (spec name), byte `offset`, `width` in bytes; little-endian
+    fixed width, or (`varint`) an LEB128 varint of `width` bytes as the file has it."""
 
     name: str
     offset: int
     width: int
     value: int
     record: int | None = None  # record index; None for preamble, record count and trailer
+    varint: bool = False
 
     @property
     def max(self) -> int:
-        """Largest value the field can hold."""
-        return (1 << (8 * self.width)) - 1
+        """Largest value the field can hold (a varint: any u64)."""
+        return (1 << 64) - 1 if self.varint else (1 << (8 * self.width)) - 1
 
 
-# Per layout: widths of the record count and section size, and the coding parameters.
-_COUNT_WIDTH = {1: 4, 2: 8}
+# Per layout: widths of the record count and section size, and the coding parameters
+# (VARINT: a varint, version 2).
+_COUNT_WIDTH = {1: 4, 2: VARINT}
 _PARAMS = {
     1: (("k", 2), ("b", 1), ("E", 4), ("C", 4), ("G", 4)),
-    2: (("k", 2), ("b", 1), ("E", 8), ("K", 8), ("C", 8), ("G", 8)),
+    2: (("k", 2), ("b", 1), ("E", VARINT), ("K", VARINT), ("C", VARINT), ("G", VARINT)),
 }
+
+
+def pack_varint(value: int) -> bytes:
+    """`value` (0 <= value < 2**64) as a minimal unsigned LEB128 varint."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int, limit: int) -> tuple[int, int] | None:
+    """(value, length) of the LEB128 varint at `pos`, leniently (non-minimal and >= 2**64
+    values are taken as they are); None if it does not end within 10 bytes before `limit`."""
+    value = 0
+    for i in range(VARINT_MAX_BYTES):
+        if pos + i >= limit:
+            return None
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, i + 1
+    return None
+
+
+def _encode(version: int, width: int, value: int) -> bytes:
+    """`value` in a field of `width` (VARINT: a varint) of `version`'s layout, masked to fit."""
+    if width == VARINT:
+        return pack_varint(value & ((1 << 64) - 1))
+    return (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
 
 
 @dataclass
@@ -314,7 +353,7 @@ def parse_layout(data: bytes) -> Layout:
         if end + 4 <= n:
             tail.append(number("header_crc", end, 4))
     elif n >= PREAMBLE_SIZE + TRAILER_SIZE:
-        tail = [number("body_size", n - TRAILER_SIZE, 8), number("header_crc", n - 4, 4)]
+        tail = [number("body_size", n - TRAILER_SIZE, 4), number("header_crc", n - 4, 4)]
         end = n - TRAILER_SIZE
         start = end - tail[0].value
         body = (start, end) if start >= PREAMBLE_SIZE else None
@@ -328,10 +367,17 @@ def parse_layout(data: bytes) -> Layout:
 
         def take(name: str, width: int, record: RecordLayout | None) -> Field | None:
             nonlocal pos
-            if pos + width > limit:
-                return None
-            f = number(name, pos, width, None if record is None else record.index)
-            pos += width
+            index = None if record is None else record.index
+            if width == VARINT:
+                read = _read_varint(data, pos, limit)
+                if read is None:
+                    return None
+                f = Field(name, pos, read[1], read[0], index, varint=True)
+            else:
+                if pos + width > limit:
+                    return None
+                f = number(name, pos, width, index)
+            pos += f.width
             fields.append(f)
             if record is not None:
                 if name == "dim":
@@ -358,7 +404,7 @@ def parse_layout(data: bytes) -> Layout:
                 if any(take("dim", 4, record) is None for _ in range(ndim.value)):
                     complete = False
                     break
-                if None in (take("encoding", 1, record), take("size", 4 * v, record), take("crc", 4, record)):
+                if None in (take("encoding", 1, record), take("size", 4 if v == 1 else VARINT, record), take("crc", 4, record)):
                     complete = False
                     break
                 if record.value("encoding") == 1 and any(take(name, w, record) is None for name, w in _PARAMS[v]):
@@ -398,8 +444,37 @@ def recompute_crcs(data: bytes) -> bytes:
     return bytes(out)
 
 
-def _put(data: bytes, f: Field, value: int) -> bytes:
-    return data[: f.offset] + (value & f.max).to_bytes(f.width, "little") + data[f.offset + f.width :]
+def _put(data: bytes, f: Field, value: int, encoded: bytes | None = None) -> bytes:
+    """`data` with field `f` set to `value` (masked to fit). A varint is re-encoded (or
+    written as `encoded`, which may be malformed): when its length changes, what follows
+    shifts and the trailer's H (a varint lies in a version-2 header body) follows the body.
+    Several fields are put from the last to the first, so that each offset still holds."""
+    if not f.varint:
+        return data[: f.offset] + (value & f.max).to_bytes(f.width, "little") + data[f.offset + f.width :]
+    new = pack_varint(value & f.max) if encoded is None else encoded
+    out = data[: f.offset] + new + data[f.offset + f.width :]
+    delta = len(new) - f.width
+    if delta and len(out) >= PREAMBLE_SIZE + TRAILER_SIZE:
+        at = len(out) - TRAILER_SIZE
+        body_size = (int.from_bytes(out[at : at + 4], "little") + delta) & 0xFFFFFFFF
+        out = out[:at] + body_size.to_bytes(4, "little") + out[at + 4 :]
+    return out
+
+
+def _malformed_varint(value: int, rng: np.random.Generator) -> bytes:
+    """An encoding of about `value` that the reader must refuse: non-minimal (padded with
+    0x80 groups and a final 0x00), 11 or more bytes long, or 10 bytes worth 2**64 or more."""
+    minimal = bytearray(pack_varint(value & ((1 << 64) - 1)))
+    choice = rng.integers(3)
+    if choice == 0:  # padded: still <= 10 bytes when it can be, so only minimality fails
+        pad = int(rng.integers(1, max(2, VARINT_MAX_BYTES - len(minimal) + 1)))
+        minimal[-1] |= 0x80
+        return bytes(minimal) + b"\x80" * (pad - 1) + b"\x00"
+    if choice == 1:  # too long: 11 to 12 bytes
+        minimal[-1] |= 0x80
+        return bytes(minimal) + b"\x80" * (VARINT_MAX_BYTES - len(minimal) + int(rng.integers(2))) + b"\x01"
+    low = value & ((1 << 63) - 1)  # 10 bytes: the top byte holds bits 63.. and sets one above 63
+    return bytes((low >> (7 * i)) & 0x7F | 0x80 for i in range(9)) + bytes([int(rng.integers(2, 128))])
 
 
 def _replace(data: bytes, start: int, end: int, new: bytes) -> tuple[bytes, Callable[[Field], Field]]:
@@ -583,7 +658,10 @@ def field_edit(data: bytes, rng: np.random.Generator) -> bytes:
         return byte_overwrite(data, rng)
     f = fields[rng.integers(len(fields))]
     values = _candidates(f, layout, rng)
-    return recompute_crcs(_put(data, f, values[rng.integers(len(values))]))
+    value = values[rng.integers(len(values))]
+    if f.varint and rng.random() < 0.15:  # a varint the reader must refuse, behind valid crcs
+        return recompute_crcs(_put(data, f, value, _malformed_varint(f.value if rng.random() < 0.5 else value, rng)))
+    return recompute_crcs(_put(data, f, value))
 
 
 def _codebook_records(layout: Layout) -> list[RecordLayout]:
@@ -647,7 +725,8 @@ def stream_resize(data: bytes, rng: np.random.Generator) -> bytes:
     else:
         i = min(i, offset + size + delta)
         data, moved = _replace(data, i, i - delta, b"")
-    # Version 1: the fields precede the section and stay put; version 2: they move with the header.
+    # Version 1: the fields precede the section and stay put; version 2: they move with the
+    # header. C or G follows the section size: put first, a varint's new length moves nothing.
     data = _put(data, moved(record.fields[size_field]), size + delta)
     data = _put(data, moved(record.fields["size"]), record.section_size + delta)
     return recompute_crcs(data)
@@ -672,7 +751,7 @@ def section_splice(data: bytes, rng: np.random.Generator) -> bytes:
     sections = [(section, r) for section, r in sections if section != current] or sections
     section, source = sections[rng.integers(len(sections))]
     out, moved = _replace(data, target.section_offset, target.section_offset + target.section_size, section)
-    for name in ("size", "k", "b", "E", "K", "C", "G"):
+    for name in ("G", "C", "K", "E", "b", "k", "size"):  # the last first: varints may change length
         if name in target.fields:
             value = source.value(name) if name in source.fields else source.value("E")
             out = _put(out, moved(target.fields[name]), value)
@@ -783,21 +862,21 @@ def relayout(data: bytes, version: int) -> bytes | None:
     if not layout.complete or len(layout.sections()) != len(layout.records):
         return None
     v = layout.layout_version
-    body = len(layout.records).to_bytes(_COUNT_WIDTH[version], "little")
+    body = _encode(version, _COUNT_WIDTH[version], len(layout.records))
     for r in layout.records:
         body += data[r.fields["name_len"].offset : r.fields["encoding"].offset + 1]  # name_len .. encoding
-        body += (r.section_size & ((1 << (32 * version)) - 1)).to_bytes(4 * version, "little")
+        body += _encode(version, 4 if version == 1 else VARINT, r.section_size)
         body += struct.pack("<I", r.value("crc"))
         if r.value("encoding") == 1:
             values = {name: r.value(name) for name, _ in _PARAMS[v]}
             values.setdefault("K", values["E"])
-            body += b"".join((values[n] & ((1 << (8 * width)) - 1)).to_bytes(width, "little") for n, width in _PARAMS[version])
+            body += b"".join(_encode(version, width, values[n]) for n, width in _PARAMS[version])
     sections = b"".join(data[offset : offset + size] for _, offset, size in layout.sections())
     flags = int.from_bytes(data[10:12], "little")
     if version == 1:
         out = MAGIC + struct.pack("<HHI", 1, flags, len(body) & 0xFFFFFFFF) + body + bytes(4) + sections
     else:
-        out = MAGIC + struct.pack("<HHI", 2, flags, 0) + sections + body + struct.pack("<QI", len(body), 0)
+        out = MAGIC + struct.pack("<HHI", 2, flags, 0) + sections + body + struct.pack("<II", len(body) & 0xFFFFFFFF, 0)
     return recompute_crcs(out)
 
 

@@ -8,10 +8,13 @@ checksums, so that a crafted file reaches the semantic checks behind valid crcs.
 
 Version 1: preamble (magic, u16 version, u16 flags, u32 header size H), header (u32
 record count, records), u32 crc32 of preamble + header, sections. Version 2: preamble
-(the u32 is reserved, 0), sections, header body (u64 record count, records), trailer (u64
+(the u32 is reserved, 0), sections, header body (varint record count, records), trailer (u32
 body size H, u32 crc32 of preamble + body). A record: u16 name length, name, u8 dtype, u8
-ndim, u32 dims, u8 encoding, section size (u32 in v1, u64 in v2), u32 section crc32, and
-for codebook records u16 k, u8 b, then E, C, G (u32, v1) or E, K, C, G (u64, v2).
+ndim, u32 dims, u8 encoding, section size (u32 in v1, varint in v2), u32 section crc32, and
+for codebook records u16 k, u8 b, then E, C, G (u32, v1) or E, K, C, G (varints, v2).
+
+A varint (version 2) is unsigned LEB128: 7 bits a byte, the least significant group
+first, the high bit set on every byte but the last; minimal, at most 10 bytes, < 2**64.
 
 The writer writes version 2 only; `encode(model, 1)` re-lays its output out as version 1,
 which is byte for byte what deepzip 0.1 wrote (checked against the hand-derived version-1
@@ -34,8 +37,64 @@ from deepzip.errors import ChecksumError, FormatError
 MAGIC = bytes([0x89, 0x44, 0x5A, 0x49, 0x50, 0x0D, 0x0A, 0x1A])
 VERSIONS = (1, 2)
 PARAMS = {1: ("k", "b", "E", "C", "G"), 2: ("k", "b", "E", "K", "C", "G")}
-PARAMS_FORMAT = {1: "<HBIII", 2: "<HBQQQQ"}
-SIZE_FORMAT = {1: "I", 2: "Q"}  # record count and section size
+PARAMS_FORMAT = {1: "<HBIII"}  # version 2: "<HB" then four varints
+TRAILER_FORMAT = "<II"  # version 2: body size H, crc32
+TRAILER_SIZE = struct.calcsize(TRAILER_FORMAT)
+
+
+# ---------------------------------------------------------------- varints
+
+
+def varint(value: int) -> bytes:
+    """`value` as a minimal unsigned LEB128 varint, written from the rule (not pack_varint)."""
+    assert 0 <= value < 1 << 64
+    out = []
+    while value >= 0x80:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the strict varint at `pos`; asserts minimal, <= 10 bytes, < 2**64."""
+    value, shift = 0, 0
+    for i in range(10):
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            assert i == 0 or byte, "not minimal"
+            assert value < 1 << 64
+            return value, pos + i + 1
+    raise AssertionError("varint of more than 10 bytes")
+
+
+def pack_size(version: int, value: int) -> bytes:
+    """A record count or section size: u32 in version 1, varint in version 2."""
+    return struct.pack("<I", value) if version == 1 else varint(value)
+
+
+def read_size(version: int, data: bytes, pos: int) -> tuple[int, int]:
+    if version == 1:
+        return struct.unpack_from("<I", data, pos)[0], pos + 4
+    return read_varint(data, pos)
+
+
+def pack_params(version: int, params: dict) -> bytes:
+    if version == 1:
+        return struct.pack(PARAMS_FORMAT[1], *(params[name] for name in PARAMS[1]))
+    return struct.pack("<HB", params["k"], params["b"]) + b"".join(varint(params[n]) for n in ("E", "K", "C", "G"))
+
+
+def read_params(version: int, data: bytes, pos: int) -> tuple[dict, int]:
+    if version == 1:
+        return dict(zip(PARAMS[1], struct.unpack_from(PARAMS_FORMAT[1], data, pos))), pos + struct.calcsize(PARAMS_FORMAT[1])
+    k, b = struct.unpack_from("<HB", data, pos)
+    params, pos = dict(k=k, b=b), pos + 3
+    for name in ("E", "K", "C", "G"):
+        params[name], pos = read_varint(data, pos)
+    return params, pos
 
 
 # ---------------------------------------------------------------- parse and build
@@ -55,13 +114,11 @@ def parse_layout(data: bytes) -> dict:
         assert header_crc == zlib.crc32(data[:body_end])
         sections_start = body_end + 4
     else:
-        body_size, header_crc = struct.unpack_from("<QI", data, len(data) - 12)
-        body_start, body_end = len(data) - 12 - body_size, len(data) - 12
+        body_size, header_crc = struct.unpack_from(TRAILER_FORMAT, data, len(data) - TRAILER_SIZE)
+        body_start, body_end = len(data) - TRAILER_SIZE - body_size, len(data) - TRAILER_SIZE
         assert header_crc == zlib.crc32(data[body_start:body_end], zlib.crc32(data[:16]))
         sections_start = 16
-    size = SIZE_FORMAT[version]
-    (count,) = struct.unpack_from("<" + size, data, body_start)
-    pos = body_start + struct.calcsize(size)
+    count, pos = read_size(version, data, body_start)
     records = []
     for _ in range(count):
         (name_len,) = struct.unpack_from("<H", data, pos)
@@ -70,12 +127,13 @@ def parse_layout(data: bytes) -> dict:
         dtype, ndim = struct.unpack_from("<BB", data, pos)
         dims = list(struct.unpack_from(f"<{ndim}I", data, pos + 2))
         pos += 2 + 4 * ndim
-        encoding, section_size, crc = struct.unpack_from(f"<B{size}I", data, pos)
-        pos += struct.calcsize(f"<B{size}I")
+        encoding = data[pos]
+        section_size, pos = read_size(version, data, pos + 1)
+        (crc,) = struct.unpack_from("<I", data, pos)
+        pos += 4
         params = None
         if encoding == 1:
-            params = dict(zip(PARAMS[version], struct.unpack_from(PARAMS_FORMAT[version], data, pos)))
-            pos += struct.calcsize(PARAMS_FORMAT[version])
+            params, pos = read_params(version, data, pos)
         records.append(dict(name=name, dtype=dtype, ndim=ndim, dims=dims, enc=encoding, size=section_size, crc=crc, params=params))
     assert pos == body_end
     sections, pos = [], sections_start
@@ -91,19 +149,18 @@ def parse_layout(data: bytes) -> dict:
 
 
 def header_body(layout: dict, version: int, fix_section_crcs: bool = True) -> bytes:
-    """The record count and records of `layout` in `version`'s field widths.
+    """The record count and records of `layout` in `version`'s field widths (v2: varints).
 
     Each record's `size` is written as given (a test that changes a section sets it).
     """
-    size = SIZE_FORMAT[version]
-    body = struct.pack("<" + size, len(layout["records"]))
+    body = pack_size(version, len(layout["records"]))
     for r, section in zip(layout["records"], layout["sections"]):
         crc = zlib.crc32(section) if fix_section_crcs else r["crc"]
         body += struct.pack("<H", len(r["name"])) + r["name"]
         body += struct.pack("<BB", r["dtype"], r["ndim"]) + struct.pack(f"<{len(r['dims'])}I", *r["dims"])
-        body += struct.pack(f"<B{size}I", r["enc"], r["size"], crc)
+        body += struct.pack("<B", r["enc"]) + pack_size(version, r["size"]) + struct.pack("<I", crc)
         if r["params"] is not None:
-            body += struct.pack(PARAMS_FORMAT[version], *(r["params"][name] for name in PARAMS[version]))
+            body += pack_params(version, r["params"])
     return body
 
 
@@ -129,7 +186,7 @@ def seal(
     if version == 1:
         head = preamble + body
         return head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
-    trailer = struct.pack("<QI", len(body) if body_size is None else body_size, zlib.crc32(body, zlib.crc32(preamble)))
+    trailer = struct.pack(TRAILER_FORMAT, len(body) if body_size is None else body_size, zlib.crc32(body, zlib.crc32(preamble)))
     return preamble + b"".join(sections) + body + trailer
 
 

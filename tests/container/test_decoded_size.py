@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from layout import VERSIONS, encode, seal, spec_entries
+from layout import VERSIONS, encode, seal, spec_entries, varint
 
 import deepzip
 from deepzip import container
@@ -71,14 +71,15 @@ def bomb_file(shape=BOMB_SHAPE, version: int = 1) -> bytes:
     assert entries % 8 == 0 and numel <= (entries + 1) * (1 << BITS) - 1
     stream = b"\xff" * (entries // 8)
     section = struct.pack("<f", 0.5) + bytes([0x11]) + bytes([0x10]) + bytes(2046) + bytes([0x01]) + stream + stream
-    size = {1: "I", 2: "Q"}[version]
-    params = (1, BITS, entries, len(stream), len(stream)) if version == 1 else (1, BITS, entries, 0, len(stream), len(stream))
+    # Counts and sizes: u32 in version 1, varints in version 2 (K = 0: no weight kept).
+    size = (lambda v: struct.pack("<I", v)) if version == 1 else varint
+    counts = (entries, len(stream), len(stream)) if version == 1 else (entries, 0, len(stream), len(stream))
     body = (
-        struct.pack("<" + size, 1)
+        size(1)
         + struct.pack("<H", 11) + b"bomb.weight"
         + bytes([1, len(shape)]) + struct.pack(f"<{len(shape)}I", *shape)  # float32
-        + bytes([1]) + struct.pack(f"<{size}I", len(section), zlib.crc32(section))  # codebook
-        + struct.pack({1: "<HBIII", 2: "<HBQQQQ"}[version], *params)  # k, b, E, (K,) C, G
+        + bytes([1]) + size(len(section)) + struct.pack("<I", zlib.crc32(section))  # codebook
+        + struct.pack("<HB", 1, BITS) + b"".join(size(v) for v in counts)  # k, b, E, (K,) C, G
     )  # fmt: skip
     return seal(version, body, [section])
 

@@ -93,29 +93,33 @@ def expected_small_bytes_v2() -> bytes:
 
     preamble: magic | u16 version 2 | u16 flags 0 | u32 reserved 0          16 bytes
     sections in record order: fc.bias (8), fc.weight (14)                   22 bytes
-    header body: u64 count 2 | fc.bias record (28) | fc.weight record (69)  105 bytes
-    trailer: u64 body size 105 | u32 crc32 of preamble then body            12 bytes
-    A record: u16 name length, name, u8 dtype, u8 ndim, u32 dims, u8 encoding, u64
-    section size, u32 section crc32; a codebook record adds u16 k, u8 b, u64 E, u64 K
-    (kept weights: E minus the fillers, none here), u64 C, u64 G.
+    header body: varint count 2 | fc.bias record (21) | fc.weight (34)      56 bytes
+    trailer: u32 body size 56 | u32 crc32 of preamble then body             8 bytes
+    A record: u16 name length, name, u8 dtype, u8 ndim, u32 dims, u8 encoding, varint
+    section size, u32 section crc32; a codebook record adds u16 k, u8 b, varints E, K
+    (kept weights: E minus the fillers, none here), C, G. Every varint here is < 128,
+    so it is the one byte of its value (LEB128: 7 bits a byte, the high bit clear on the
+    last): 2 -> 0x02, 8 -> 0x08, 14 -> 0x0E, 1 -> 0x01.
+    fc.bias: 2 + 7 + 1 + 1 + 4 + 1 + 1 + 4 = 21; fc.weight: 2 + 9 + 1 + 1 + 8 + 1 + 1 + 4
+    + (2 + 1 + 4) = 34; body: 1 + 21 + 34 = 56; file: 16 + 22 + 56 + 8 = 102.
     """
     preamble = MAGIC + bytes([0x02, 0x00]) + bytes([0x00, 0x00]) + bytes(4)
     bias_record = (
         struct.pack("<H", 7) + b"fc.bias"
         + bytes([1, 1]) + struct.pack("<I", 2)  # float32, ndim 1, dims [2]
-        + bytes([0]) + struct.pack("<QI", 8, zlib.crc32(BIAS_SECTION))  # raw, 8 bytes
+        + bytes([0]) + bytes([0x08]) + struct.pack("<I", zlib.crc32(BIAS_SECTION))  # raw, 8 bytes
     )  # fmt: skip
     weight_record = (
         struct.pack("<H", 9) + b"fc.weight"
         + bytes([1, 2]) + struct.pack("<II", 2, 3)  # float32, ndim 2, dims [2, 3]
-        + bytes([1]) + struct.pack("<QI", 14, zlib.crc32(WEIGHT_SECTION))  # codebook, 14 bytes
-        + struct.pack("<H", 2) + bytes([2]) + struct.pack("<QQQQ", 2, 2, 1, 1)  # k, b, E, K, C, G
+        + bytes([1]) + bytes([0x0E]) + struct.pack("<I", zlib.crc32(WEIGHT_SECTION))  # codebook, 14 bytes
+        + struct.pack("<H", 2) + bytes([2]) + bytes([0x02, 0x02, 0x01, 0x01])  # k, b, E, K, C, G
     )  # fmt: skip
-    assert (len(bias_record), len(weight_record)) == (28, 69)
-    body = struct.pack("<Q", 2) + bias_record + weight_record
-    trailer = struct.pack("<Q", len(body)) + struct.pack("<I", zlib.crc32(preamble + body))
+    assert (len(bias_record), len(weight_record)) == (21, 34)
+    body = bytes([0x02]) + bias_record + weight_record
+    trailer = struct.pack("<I", len(body)) + struct.pack("<I", zlib.crc32(preamble + body))
     data = preamble + BIAS_SECTION + WEIGHT_SECTION + body + trailer
-    assert (len(body), len(data)) == (105, 155)
+    assert (len(body), len(data)) == (56, 102)
     return data
 
 
@@ -154,14 +158,20 @@ def test_golden_bytes_decode_to_hand_computed_tensors(version):
 FILLERS_SECTION = struct.pack("<f", 0.25) + bytes([0x11]) + bytes([0x22, 0x01]) + bytes([0x6C]) + bytes([0xC8])
 
 
+def _size(version: int, value: int) -> bytes:
+    """A count or size below 128: u32 in version 1, the one-byte varint of its value in version 2."""
+    assert 0 <= value < 128
+    return struct.pack("<I", value) if version == 1 else bytes([value])
+
+
 def fillers_file(version: int) -> bytes:
-    size = {1: "I", 2: "Q"}[version]
-    params = struct.pack("<HBIII", 1, 2, 6, 1, 1) if version == 1 else struct.pack("<HBQQQQ", 1, 2, 6, 2, 1, 1)
+    # version 2: k, b, then varints E = 6, K = 2, C = 1, G = 1 (one byte each)
+    params = struct.pack("<HBIII", 1, 2, 6, 1, 1) if version == 1 else struct.pack("<HB", 1, 2) + bytes([6, 2, 1, 1])
     body = (
-        struct.pack("<" + size, 1)
+        _size(version, 1)
         + struct.pack("<H", 1) + b"w"
         + bytes([2, 1]) + struct.pack("<I", 20)  # float16, ndim 1, dims [20]
-        + bytes([1]) + struct.pack(f"<{size}I", len(FILLERS_SECTION), zlib.crc32(FILLERS_SECTION))
+        + bytes([1]) + _size(version, len(FILLERS_SECTION)) + struct.pack("<I", zlib.crc32(FILLERS_SECTION))
         + params
     )  # fmt: skip
     return seal(version, body, [FILLERS_SECTION])
@@ -195,9 +205,9 @@ def test_golden_bytes_empty_model(version):
         head = MAGIC + struct.pack("<HHI", 1, 0, 4) + struct.pack("<I", 0)
         expected = head + struct.pack("<I", zlib.crc32(head))
     else:
-        preamble, body = MAGIC + struct.pack("<HHI", 2, 0, 0), struct.pack("<Q", 0)
-        expected = preamble + body + struct.pack("<QI", 8, zlib.crc32(preamble + body))
-    assert len(expected) == {1: 24, 2: 36}[version]
+        preamble, body = MAGIC + struct.pack("<HHI", 2, 0, 0), bytes([0x00])  # varint count 0
+        expected = preamble + body + struct.pack("<II", 1, zlib.crc32(preamble + body))
+    assert len(expected) == {1: 24, 2: 25}[version]
     assert encode(CompressedModel({}), version) == expected
     assert container.from_bytes(expected).tensors == {}
 
@@ -219,12 +229,11 @@ RAW_CASES = {
 @pytest.mark.parametrize("version", VERSIONS)
 def test_golden_bytes_raw_dtypes(version):
     # One raw record per dtype: code and little-endian element bytes from the spec table.
-    size = {1: "I", 2: "Q"}[version]
-    body, sections = struct.pack("<" + size, len(RAW_CASES)), []
+    body, sections = _size(version, len(RAW_CASES)), []
     for name in sorted(RAW_CASES):
         _, code, section = RAW_CASES[name]
         body += struct.pack("<H", 1) + name.encode() + bytes([code, 1]) + struct.pack("<I", 1)
-        body += bytes([0]) + struct.pack(f"<{size}I", len(section), zlib.crc32(section))
+        body += bytes([0]) + _size(version, len(section)) + struct.pack("<I", zlib.crc32(section))
         sections.append(section)
     expected = seal(version, body, sections)
     model = CompressedModel({name: RawTensor(t) for name, (t, _, _) in RAW_CASES.items()})

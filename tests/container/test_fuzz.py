@@ -49,7 +49,7 @@ def test_seed_files_decode_and_parse(seeds):
         if layout.version == 1:  # preamble, header, crc32, sections
             assert (start, end + 4 + sections) == (16, len(data)), name
         else:  # preamble, sections, header body, trailer
-            assert (16 + sections, end + 12) == (start, len(data)), name
+            assert (16 + sections, end + 8) == (start, len(data)), name
         assert fuzz.recompute_crcs(data) == data, name
     assert versions[1] >= 1 and versions[2] >= 3, versions
 
@@ -196,3 +196,27 @@ def test_zero_size_shape_with_huge_dims(model, dims):
         fuzz.check_one(data)
     except Exception as error:  # noqa: BLE001
         pytest.fail(f"shape {dims}: {type(error).__name__}: {error}")
+
+
+def test_varint_field_edits_shift_the_header(seeds):
+    # Version 2's counts and sizes are varints: an edit that changes a varint's length
+    # shifts what follows and the trailer's H, so the layout still parses whole.
+    data = seeds["mlp_small"]
+    layout = fuzz.parse_layout(data)
+    assert layout.version == 2 and all(f.varint for f in layout.fields if f.name in ("count", "size", "E", "K", "C", "G"))
+    size = layout.records[0].fields["size"]
+    for value in (0, 127, 129, 1 << 32, (1 << 64) - 1):  # the section is 128 bytes
+        edited = fuzz.recompute_crcs(fuzz._put(data, size, value))
+        assert len(edited) == len(data) + len(fuzz.pack_varint(value)) - size.width
+        again = fuzz.parse_layout(edited)
+        assert again.complete and again.records[0].section_size == value
+        assert again.body[0] == layout.body[0]
+        with pytest.raises(FormatError) as err:
+            container.from_bytes(edited)
+        assert not isinstance(err.value, ChecksumError)
+    rng = np.random.default_rng(SEED)
+    for _ in range(30):  # malformed varints behind valid crcs: refused as such
+        edited = fuzz.recompute_crcs(fuzz._put(data, size, 0, fuzz._malformed_varint(size.value, rng)))
+        with pytest.raises(FormatError, match="varint|exceeds 64 bits") as err:
+            container.from_bytes(edited)
+        assert not isinstance(err.value, ChecksumError)

@@ -3,8 +3,10 @@
 A codebook record with b = 0 is dense: every element kept, E = K = element count, no gap
 table and no gap stream; its code stream never holds the filler symbol k. Every codebook
 record states K, its kept weights (E minus the fillers), which must agree with the gap
-stream. The header body follows the sections and a 12-byte trailer (u64 body size H, u32
-crc32 of preamble + body) ends the file; the preamble's last u32 is reserved (0).
+stream. The header body follows the sections and an 8-byte trailer (u32 body size H, u32
+crc32 of preamble + body) ends the file; the preamble's last u32 is reserved (0). Its
+counts and sizes (record count, section sizes, E, K, C, G) are unsigned LEB128 varints:
+minimal, at most 10 bytes, below 2**64.
 Checks that both versions share are in test_rejections.py.
 """
 
@@ -25,11 +27,13 @@ from layout import (
     parse_layout,
     seal,
     small_bytes,
+    varint,
 )
 
 from deepzip import container
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import header
+from deepzip.container.spec import pack_varint
 from deepzip.errors import ChecksumError, FormatError, TruncatedError
 from deepzip.limits import MAX_HEADER_SIZE
 
@@ -236,25 +240,25 @@ def test_reserved_field_must_be_zero(reserved):
 
 def with_trailer(data: bytes, body_size: int) -> bytes:
     """`data` with the trailer's H set to `body_size` and a crc32 valid for the bytes it then names."""
-    end = len(data) - 12
+    end = len(data) - 8
     start = max(end - body_size, 0)
     crc = zlib.crc32(data[start:end], zlib.crc32(data[:16]))
-    return data[:end] + struct.pack("<QI", body_size, crc)
+    return data[:end] + struct.pack("<II", body_size, crc)
 
 
 def test_trailer_body_size_too_large_or_not_fitting():
     data = small_bytes(2)
-    assert struct.unpack_from("<Q", data, len(data) - 12)[0] == 105
-    room = len(data) - 16 - 12  # the most H can be: the body right after the preamble
-    for body_size in ((1 << 64) - 1, 1 << 63, MAX_HEADER_SIZE + 1, room + 1, room + 1000):
+    assert struct.unpack_from("<I", data, len(data) - 8)[0] == 56
+    room = len(data) - 16 - 8  # the most H can be: the body right after the preamble
+    for body_size in ((1 << 32) - 1, 1 << 31, MAX_HEADER_SIZE + 1, room + 1, room + 1000):
         with pytest.raises(TruncatedError, match="does not fit"):
             container.from_bytes(with_trailer(data, body_size))
 
 
-@pytest.mark.parametrize("delta", [-105, -1, 1, 2, 22])
+@pytest.mark.parametrize("delta", [-56, -1, 1, 2, 22])
 def test_trailer_body_size_wrong_behind_a_valid_crc(delta):
     # An H that fits but names other bytes than the header body (22: the sections too).
-    data = with_trailer(small_bytes(2), 105 + delta)
+    data = with_trailer(small_bytes(2), 56 + delta)
     with pytest.raises(FormatError) as err:
         container.from_bytes(data)
     assert not isinstance(err.value, ChecksumError), err.value
@@ -278,7 +282,7 @@ def test_bytes_between_the_sections_and_the_header_are_rejected():
 
 def test_every_proper_prefix_of_a_rich_file_is_rejected():
     # The committed version-2 golden: codebook records of several widths, a dense record,
-    # an alias and attached files. No prefix parses, whatever its last 12 bytes say.
+    # an alias and attached files. No prefix parses, whatever its last 8 bytes say.
     data = GOLDEN_V2.read_bytes()
     container.from_bytes(data)
     for cut in range(len(data)):
@@ -293,3 +297,108 @@ def test_header_follows_the_sections():
     assert data[16:22] == struct.pack("<3h", 0, 1, 2)
     layout = parse_layout(data)
     assert data[16 : 16 + sum(r["size"] for r in layout["records"])] == b"".join(layout["sections"])
+
+
+# ---------------------------------------------------------------- varints
+
+
+@pytest.mark.parametrize(
+    "value, encoded",
+    [
+        (0, "00"),
+        (127, "7f"),
+        (128, "8001"),  # low group 0 with the high bit, then 1
+        (300, "ac02"),  # 300 = 2 * 128 + 44: 0x2C | 0x80, 0x02
+        (1 << 32, "8080808010"),  # 2**32 = 16 << 28: four 0x80 groups, then 0x10
+        ((1 << 64) - 1, "ffffffffffffffffff01"),  # 64 one bits: nine full groups and a 1
+    ],
+)
+def test_varint_round_trip(value, encoded):
+    # pack_varint and the reader's cursor against the bytes from the LEB128 rule.
+    data = bytes.fromhex(encoded)
+    assert pack_varint(value) == varint(value) == data
+    cur = header._Cursor(memoryview(data + b"\xaa"), 0, len(data) + 1, "test")
+    assert cur.varint("value") == value and cur.pos == len(data)
+
+
+def test_pack_varint_refuses_values_outside_u64():
+    for value in (-1, 1 << 64):
+        with pytest.raises(ValueError):
+            pack_varint(value)
+
+
+def cursor_of(data: bytes):
+    return header._Cursor(memoryview(data), 0, len(data), "test")
+
+
+@pytest.mark.parametrize("data", ["8000", "ff00", "808000", "81808000", "ffffffffffffffffff00"])
+def test_cursor_refuses_non_minimal_varints(data):
+    with pytest.raises(FormatError, match="not a minimal varint"):
+        cursor_of(bytes.fromhex(data)).varint("value")
+
+
+def test_cursor_refuses_long_and_wide_varints():
+    with pytest.raises(FormatError, match="more than 10 bytes"):
+        cursor_of(bytes([0x80] * 10 + [0x01])).varint("value")
+    for last in (0x02, 0x7F):  # the 10th byte's bits above 2**63: the value reaches 2**64
+        with pytest.raises(FormatError, match="exceeds 64 bits"):
+            cursor_of(bytes([0xFF] * 9 + [last])).varint("value")
+    with pytest.raises(TruncatedError):  # a varint the header ends inside
+        cursor_of(bytes([0x80, 0x80])).varint("value")
+
+
+def bias_size_replaced(encoded: bytes) -> bytes:
+    """small_model's v2 file with fc.bias's section size varint (0x08) replaced by `encoded`,
+    and valid header crc: the record is otherwise as written."""
+    layout = parse_layout(small_bytes(2))
+    body = header_body(layout, 2)
+    at = 1 + 2 + 7 + 2 + 4 + 1  # count, name length, name, dtype and ndim, dims, encoding
+    assert body[at] == 0x08
+    return seal(2, body[:at] + encoded + body[at + 1 :], layout["sections"])
+
+
+@pytest.mark.parametrize(
+    "encoded, match",
+    [
+        (bytes([0x88, 0x00]), "not a minimal varint"),  # 8 in two bytes
+        (bytes([0x88] + [0x80] * 8 + [0x00]), "not a minimal varint"),  # 8 in ten bytes
+        (bytes([0x88] + [0x80] * 9 + [0x00]), "more than 10 bytes"),  # eleven bytes
+        (bytes([0x88] + [0x80] * 8 + [0x02]), "exceeds 64 bits"),  # 8 + 2**64
+    ],
+)
+def test_bad_section_size_varint_behind_valid_crcs(encoded, match):
+    err = assert_rejected(bias_size_replaced(encoded), "fc.bias", match)
+    assert "section size" in str(err)
+
+
+def test_bad_varints_in_every_v2_field_behind_valid_crcs():
+    # Each varint of the small file (count, both section sizes, E, K, C, G), written
+    # non-minimal (one extra 0x80 group and a 0x00), is refused as such, crcs valid.
+    layout = parse_layout(small_bytes(2))
+    body = header_body(layout, 2)
+    weight = 1 + 21  # the fc.weight record starts after the count and fc.bias
+    at_weight_size = weight + 2 + 9 + 2 + 8 + 1
+    params = at_weight_size + 1 + 4 + 3
+    fields = {"record count": 0, "section size": 17, "entry count": params, "kept count": params + 1}
+    fields |= {"code stream size": params + 2, "gap stream size": params + 3}
+    assert [body[i] for i in (0, 17, at_weight_size, *range(params, params + 4))] == [2, 8, 14, 2, 2, 1, 1]
+    for at in [*fields.values(), at_weight_size]:
+        damaged = body[:at] + bytes([body[at] | 0x80, 0x00]) + body[at + 1 :]
+        with pytest.raises(FormatError, match="not a minimal varint") as err:
+            container.from_bytes(seal(2, damaged, layout["sections"]))
+        assert not isinstance(err.value, ChecksumError)
+    for what, at in fields.items():
+        damaged = body[:at] + bytes([body[at] | 0x80, 0x00]) + body[at + 1 :]
+        with pytest.raises(FormatError, match=what):
+            container.from_bytes(seal(2, damaged, layout["sections"]))
+
+
+def test_multi_byte_varints_round_trip():
+    # Sizes of 128 bytes and more take two-byte varints: written and read back, and
+    # the layout helpers parse them.
+    big = RawTensor(torch.arange(300, dtype=torch.float32))  # 1200 bytes: 0xB0 0x09
+    data = container.to_bytes(CompressedModel({"big": big, "sparse": dense_record((40, 10), 3)}))
+    layout = parse_layout(data)
+    assert build_layout(layout) == data
+    assert bits_equal(container.from_bytes(data).state_dict()["big"], big.tensor)
+    assert varint(1200) in data

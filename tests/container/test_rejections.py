@@ -25,6 +25,7 @@ from layout import (
     parse_layout,
     seal,
     small_bytes,
+    varint,
 )
 
 from deepzip import container
@@ -39,8 +40,8 @@ def header_range(data: bytes, version: int) -> tuple[int, int]:
     if version == 1:
         (size,) = struct.unpack_from("<I", data, 12)
         return 16, 16 + size
-    (size,) = struct.unpack_from("<Q", data, len(data) - 12)
-    return len(data) - 12 - size, len(data) - 12
+    (size,) = struct.unpack_from("<I", data, len(data) - 8)  # the trailer: u32 H, u32 crc
+    return len(data) - 8 - size, len(data) - 8
 
 
 def header_crc_offset(data: bytes, version: int) -> int:
@@ -182,16 +183,17 @@ def test_section_crc_mismatch(version, which):
 
 def test_header_size_past_end(version):
     layout = parse_layout(small_bytes(version))
-    # The header size (v1: the preamble's u32; v2: the trailer's u64) beyond the file.
-    huge = {"word": 0xFFFFFFFF} if version == 1 else {"body_size": (1 << 64) - 1}
+    # The header size (v1: the preamble's u32; v2: the trailer's u32) beyond the file.
+    huge = {"word": 0xFFFFFFFF} if version == 1 else {"body_size": 0xFFFFFFFF}
     with pytest.raises(TruncatedError):
         container.from_bytes(build_layout(layout, **huge))
 
 
 def test_tensor_count_too_large_behind_valid_crc(version):
     layout = parse_layout(small_bytes(version))
-    body = bytearray(header_body(layout, version))
-    struct.pack_into("<I" if version == 1 else "<Q", body, 0, 0xFFFFFFFF)
+    body = header_body(layout, version)
+    # v1: the u32 count; v2: the one-byte varint 2 becomes the 5-byte varint of 2**32 - 1.
+    body = (struct.pack("<I", 0xFFFFFFFF) + body[4:]) if version == 1 else varint(0xFFFFFFFF) + body[1:]
     with pytest.raises(FormatError, match="record count"):
         container.from_bytes(seal(version, bytes(body), layout["sections"]))
 

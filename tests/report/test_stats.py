@@ -30,12 +30,23 @@ def ref_fillers(positions: list[int], index_bits: int) -> int:
     return fillers
 
 
+def spec_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, next position) of the unsigned LEB128 varint at `pos`, per FORMAT.md."""
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
 def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
     """(header body size H, {name: (section size S, index bits b or None)}) read per FORMAT.md, version 2."""
-    header_size, _crc = struct.unpack_from("<QI", data, len(data) - 12)
-    pos = len(data) - 12 - header_size
-    (count,) = struct.unpack_from("<Q", data, pos)
-    pos += 8
+    header_size, _crc = struct.unpack_from("<II", data, len(data) - 8)
+    pos = len(data) - 8 - header_size
+    count, pos = spec_varint(data, pos)
     out = {}
     for _ in range(count):
         (n,) = struct.unpack_from("<H", data, pos)
@@ -43,14 +54,17 @@ def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
         pos += 2 + n
         ndim = data[pos + 1]
         pos += 2 + 4 * ndim
-        encoding, size, _crc = struct.unpack_from("<BQI", data, pos)
-        pos += 13
+        encoding = data[pos]
+        size, pos = spec_varint(data, pos + 1)
+        pos += 4  # crc
         b = None
         if encoding == 1:
             b = data[pos + 2]
-            pos += 2 + 1 + 4 * 8  # k, b, E, K, C, G
+            pos += 3  # k, b
+            for _ in range(4):  # E, K, C, G
+                _, pos = spec_varint(data, pos)
         out[name] = (size, b)
-    assert pos == len(data) - 12
+    assert pos == len(data) - 8
     return header_size, out
 
 
@@ -109,7 +123,7 @@ def test_file_bytes_plus_header_is_file_size(saved):
     _, data = saved
     header_size, _ = spec_sections(data)
     stats = layer_stats(data)
-    assert sum(s.file_bytes for s in stats) + 16 + header_size + 12 == len(data)  # preamble, header, trailer
+    assert sum(s.file_bytes for s in stats) + 16 + header_size + 8 == len(data)  # preamble, header, trailer
 
 
 def test_summary(saved):

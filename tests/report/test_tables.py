@@ -20,10 +20,10 @@ def test_format_table(saved):
     assert total[-1] == f"{summary(data)['ratio']:.1f}x"
     assert total[-2] == f"{len(data):,}"
     # The overhead row carries preamble + header + trailer, the header size read per
-    # FORMAT.md (version 2: the trailer's u64 at 12 bytes before the end).
-    (header_size,) = struct.unpack_from("<Q", data, len(data) - 12)
+    # FORMAT.md (version 2: the trailer's u32 at 8 bytes before the end).
+    (header_size,) = struct.unpack_from("<I", data, len(data) - 8)
     (overhead,) = [row for row in table if row[0] == "header+crc+aliases+files"]
-    assert overhead[-1] == f"{16 + header_size + 12:,}"
+    assert overhead[-1] == f"{16 + header_size + 8:,}"
 
 
 def test_format_table_of_edge_tensors(edge_file):

@@ -99,13 +99,16 @@ def test_save_fixed_index_bits(quantized, tmp_path):
     model = fileformat.read(path)
     assert model.tensors["0.weight"].index_bits == 5
     assert model.tensors["4.weight"].index_bits == 1
-    # The byte b of the 0.weight record (spec, version 2: after encoding, u64 size, crc, k)
-    # is 5 as well. The header is at the end of the file.
+    # The byte b of the 0.weight record (spec, version 2: after encoding, the varint size,
+    # the crc and k) is 5 as well. The header is at the end of the file.
     data = path.read_bytes()
     name = b"0.weight"
     at = data.rindex(struct.pack("<H", len(name)) + name) + 2 + len(name)
     ndim = data[at + 1]
-    params = at + 2 + 4 * ndim + 1 + 8 + 4
+    size_at = at + 2 + 4 * ndim + 1
+    while data[size_at] & 0x80:  # the varint's continuation bytes
+        size_at += 1
+    params = size_at + 1 + 4
     assert data[params + 2] == 5
     assert torch.equal(deepzip.load(path)["0.weight"], quantized[0].weight.detach())
 

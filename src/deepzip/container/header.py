@@ -24,6 +24,7 @@ from deepzip.container.spec import (
     MAGIC,
     PREAMBLE,
     TRAILER,
+    VARINT_MAX_BYTES,
     VERSION,
     check_file_name,
     lengths_table_size,
@@ -39,9 +40,6 @@ from deepzip.limits import (
     MAX_NUMEL,
 )
 
-# Per version: the struct codes of (section size) and of the coding parameters.
-_SIZE = {1: "I", 2: "Q"}
-_PARAMS = {1: "HBIII", 2: "HBQQQQ"}  # v1: k, b, E, C, G; v2: k, b, E, K, C, G
 
 
 @dataclass(frozen=True)
@@ -183,11 +181,30 @@ class _Cursor:
         s = struct.Struct("<" + fmt)
         return s.unpack(self.take(s.size, what))
 
+    def varint(self, what: str) -> int:
+        """An unsigned LEB128 varint: at most 10 bytes, minimal (no needless 0x80 / 0x00), < 2**64."""
+        value = 0
+        for i in range(VARINT_MAX_BYTES):
+            (byte,) = self.take(1, what)
+            value |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if i and not byte:
+                    raise FormatError(f"{self.where}: {what} is not a minimal varint")
+                if value >= 1 << 64:
+                    raise FormatError(f"{self.where}: {what} exceeds 64 bits")
+                return value
+        raise FormatError(f"{self.where}: {what} is a varint of more than {VARINT_MAX_BYTES} bytes")
+
+    def size(self, version: int, what: str) -> int:
+        """A size or count: u32 in version 1, a varint in version 2."""
+        return self.unpack("I", what)[0] if version == 1 else self.varint(what)
+
 
 def _parse_records(cur: _Cursor, version: int, offset: int) -> list[Record]:
-    (count,) = cur.unpack("I" if version == 1 else "Q", "record count")
-    # Each record takes at least 12 bytes, so a count beyond that is damage, not a big model.
-    if count > (cur.end - cur.pos) // 12:
+    count = cur.size(version, "record count")
+    # Each record takes at least 12 bytes in version 1 (14, in fact) and 11 in version 2 (a
+    # one-byte name, a 0-d raw record, a one-byte size varint): a count beyond that is damage.
+    if count > (cur.end - cur.pos) // (12 if version == 1 else 11):
         raise FormatError(f"header: record count {count} does not fit in the header")
     records, names = [], set()
     for index in range(count):
@@ -224,7 +241,9 @@ def _parse_record(cur: _Cursor, name: str, version: int, offset: int) -> Record:
         extent *= max(dim, 1)  # an empty tensor's other dims still size its strides
     if extent > MAX_NUMEL:
         raise FormatError(f"{cur.where}: shape {list(shape)} exceeds {MAX_NUMEL} elements")
-    encoding, size, crc = cur.unpack(f"B{_SIZE[version]}I", "encoding and section size")
+    (encoding,) = cur.unpack("B", "encoding")
+    size = cur.size(version, "section size")
+    (crc,) = cur.unpack("I", "section crc")
     fields = dict(name=name, dtype_code=dtype_code, shape=tuple(shape), encoding=encoding, offset=offset, size=size, crc=crc)
     if encoding == ENCODING_CODEBOOK:
         return _parse_codebook(cur, version, numel, fields)
@@ -247,11 +266,11 @@ def _parse_record(cur: _Cursor, name: str, version: int, offset: int) -> Record:
 def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Record:
     if fields["dtype_code"] not in FLOAT_CODES:
         raise FormatError(f"{cur.where}: codebook encoding needs a floating dtype, got {DTYPE_NAMES[fields['dtype_code']]}")
-    if version == 1:
-        k, b, entries, code_bytes, gap_bytes = cur.unpack(_PARAMS[1], "coding parameters")
-        kept = None
-    else:
-        k, b, entries, kept, code_bytes, gap_bytes = cur.unpack(_PARAMS[2], "coding parameters")
+    k, b = cur.unpack("HB", "codebook size and index bits")
+    entries = cur.size(version, "entry count")
+    kept = cur.varint("kept count") if version == 2 else None
+    code_bytes = cur.size(version, "code stream size")
+    gap_bytes = cur.size(version, "gap stream size")
     if not 1 <= k <= MAX_CODEBOOK:
         raise FormatError(f"{cur.where}: codebook size {k} outside 1..{MAX_CODEBOOK}")
     low = 0 if version == 2 else 1  # b = 0: a dense record (version 2)

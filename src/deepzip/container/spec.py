@@ -19,7 +19,27 @@ VERSION = 2  # written; version 1 files are still read
 # The preamble: magic, version, flags, and a u32 that is the header size in version 1
 # and reserved (0) in version 2, whose header follows the sections.
 PREAMBLE = struct.Struct("<8sHHI")
-TRAILER = struct.Struct("<QI")  # version 2: header body size, crc32 of preamble + header body
+TRAILER = struct.Struct("<II")  # version 2: header body size, crc32 of preamble + header body
+VARINT_MAX_BYTES = 10  # a u64 in LEB128
+
+
+def pack_varint(value: int) -> bytes:
+    """`value` (0 <= value < 2**64) as an unsigned LEB128 varint: 7 bits a byte, low first.
+
+    Version 2 stores its sizes and counts this way: any u64, in 1-3 bytes for the sizes of
+    small models, so the wider sizes cost LeNet's file nothing over version 1's u32s.
+    """
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"varint out of range: {value}")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 ENCODING_RAW = 0
 ENCODING_CODEBOOK = 1
@@ -52,9 +72,11 @@ __all__ = [
     "MAGIC",
     "PREAMBLE",
     "TRAILER",
+    "VARINT_MAX_BYTES",
     "VERSION",
     "check_file_name",
     "lengths_table_size",
+    "pack_varint",
 ]
 
 

@@ -34,6 +34,7 @@ from deepzip.container.spec import (
     TRAILER,
     VERSION,
     check_file_name,
+    pack_varint,
 )
 from deepzip.errors import ConfigError, DeepzipError
 from deepzip.limits import (
@@ -147,12 +148,17 @@ def write_to(f: BinaryIO, items: Iterable[Item], files: Mapping[str, bytes] = {}
         content = bytes(files[name])
         heads.append(_record_head(name, torch.uint8, (len(content),), ENCODING_FILE, (content,)))
         size += _write_chunks(f, [content])
-    body = struct.pack("<Q", len(heads)) + b"".join(heads)
+    body = pack_varint(len(heads)) + b"".join(heads)
     if len(body) > MAX_HEADER_SIZE:
         raise DeepzipError(f"header of {len(body)} bytes exceeds the format's limit of {MAX_HEADER_SIZE}")
     f.write(body)
     f.write(TRAILER.pack(len(body), zlib.crc32(body, zlib.crc32(preamble))))
     return size + len(body) + TRAILER.size
+
+
+def _coding_params(k: int, index_bits: int, entries: int, kept: int, code_bytes: int, gap_bytes: int) -> bytes:
+    """A codebook record's coding parameters: u16 k, u8 b, then varints E, K, C, G."""
+    return struct.pack("<HB", k, index_bits) + b"".join(pack_varint(v) for v in (entries, kept, code_bytes, gap_bytes))
 
 
 def _check_names(model: CompressedModel) -> None:
@@ -183,7 +189,7 @@ def _record_head(name: str, dtype: torch.dtype, shape: tuple[int, ...], encoding
     size = sum(memoryview(chunk).nbytes for chunk in chunks)
     head = struct.pack("<H", len(encoded_name)) + encoded_name
     head += struct.pack(f"<BB{len(shape)}I", DTYPE_CODES[dtype], len(shape), *shape)
-    return head + struct.pack("<BQI", encoding, size, crc)
+    return head + struct.pack("<B", encoding) + pack_varint(size) + struct.pack("<I", crc)
 
 
 def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecord:
@@ -208,12 +214,10 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
     if record.index_bits is None and kept == record.numel and kept:
         # Every position kept: no position stream at all (b = 0), not one gap symbol per weight.
         code_lengths, code_stream = encode_dense(record.codes, k)
-        params = struct.pack("<HBQQQQ", k, 0, kept, kept, len(code_stream), 0)
+        params = _coding_params(k, 0, kept, kept, len(code_stream), 0)
         return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, (codebook, code_lengths, code_stream), params)
     positions = record.flat_positions() if record.positions is None else record.positions  # int32 stays int32
     layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits)
-    params = struct.pack(
-        "<HBQQQQ", k, layer.index_bits, layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream)
-    )
+    params = _coding_params(k, layer.index_bits, layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream))
     chunks = (codebook, layer.code_lengths, layer.gap_lengths, layer.code_stream, layer.gap_stream)
     return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, chunks, params)
