@@ -26,7 +26,8 @@ LOWER = ("deepzip.codec", "deepzip.container", "deepzip.compressed", "deepzip.er
 # (modules under these packages, packages they must never reach)
 LAYERS = (
     (LOWER, ("deepzip.train", "deepzip.runtime", "deepzip.checkpoints", "deepzip.report", "deepzip.paper", "deepzip.cli")),
-    (("deepzip.train",), ("deepzip.runtime", "deepzip.report", "deepzip.paper", "deepzip.checkpoints", "deepzip.cli")),
+    (("deepzip.train",), ("deepzip.runtime", "deepzip.report", "deepzip.paper", "deepzip.checkpoints", "deepzip.budget", "deepzip.cli")),
+    (("deepzip.budget",), ("deepzip.runtime", "deepzip.report", "deepzip.paper", "deepzip.checkpoints", "deepzip.cli")),
     (("deepzip.runtime",), ("deepzip.train", "deepzip.report", "deepzip.paper", "deepzip.cli")),
 )
 NO_TORCH_NN = ("deepzip.container", "deepzip.codec", "deepzip.compressed")

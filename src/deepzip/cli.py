@@ -7,7 +7,6 @@ errors (click's own), 1 for everything else. `--debug` shows the traceback inste
 from __future__ import annotations
 
 import mmap
-import re
 import sys
 from pathlib import Path
 
@@ -174,7 +173,14 @@ def _bits(text: str) -> int:
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Store tensors matching a PATTERN raw (repeatable).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Processes compressing tensors in parallel (the file's bytes do not depend on it).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits, include, exclude, jobs: int, force: bool) -> None:
+@click.option("--size", "size", default=None, metavar="SIZE", help="Best fidelity in a file of at most SIZE: a ratio to the fp32 parameters (8x) or bytes (12MB, 11MiB).")
+@click.option("--bits-per-weight", type=float, default=None, help="As --size, the file's bytes counted in bits per parameter (e.g. 3.5).")
+@click.option("--calibration-text", type=click.Path(path_type=Path, dir_okay=False), default=None, help="With --size: a text a line, through the model's tokenizer, to measure each tensor's sensitivity (transformers directories).")
+@click.option("--calibration", "calibration_inputs", type=click.Path(path_type=Path, dir_okay=False), default=None, help="With --size: a .safetensors of input batches the model's forward takes as keyword arguments.")
+def compress(
+    input_path: Path, output: Path, recipe: str | None, sparsity, bits, include, exclude, jobs: int, force: bool,
+    size: str | None, bits_per_weight: float | None, calibration_text: Path | None, calibration_inputs: Path | None,
+) -> None:  # fmt: skip
     """Compress a trained model post-training (prune + share weights, no retraining) to a .dzip file.
 
     INPUT is a .safetensors file, a torch state dict (.pt, .pth, .bin, .ckpt) or a
@@ -183,6 +189,11 @@ def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits,
     Patterns are fnmatch-style tensor or layer names (`encoder.*.dense`); explicit
     --sparsity/--bits win over the recipe. Prints what became of every tensor (and why a
     tensor was left raw), then the per-tensor byte table of the written file.
+
+    With --size (or --bits-per-weight) deepzip chooses each tensor's quantizer step so the
+    file on disk fits the budget at the least distortion, every weight kept; calibration
+    data, where given, weights each tensor by its measured effect on the model's outputs
+    (data-free otherwise).
     """
     import math
 
@@ -195,7 +206,16 @@ def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits,
     # Checked before the work, not after minutes of compression.
     if output.exists() and not force:
         raise DeepzipError(f"{output} exists; pass --force to replace it")
-    merged = settings(recipe, sparsity, bits, include=list(include) or None, exclude=exclude)
+    budgeted = size is not None or bits_per_weight is not None
+    if budgeted and (recipe or sparsity or bits or include or exclude):
+        raise click.UsageError("--size / --bits-per-weight choose every setting; drop --recipe, --sparsity, --bits, --include and --exclude")
+    if not budgeted and (calibration_text or calibration_inputs):
+        raise click.UsageError("--calibration-text and --calibration go with --size or --bits-per-weight")
+    if size is not None and bits_per_weight is not None:
+        raise click.UsageError("give one of --size and --bits-per-weight")
+    if calibration_text and calibration_inputs:
+        raise click.UsageError("give one of --calibration-text and --calibration")
+    merged = None if budgeted else settings(recipe, sparsity, bits, include=list(include) or None, exclude=exclude)
     with open_checkpoint(input_path) as source:
         skipped = dict(source.skipped)
         distinct = {source.ties.get(name, name) for name in source.names}
@@ -210,7 +230,11 @@ def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits,
             bar.update(1)
             bar.set_postfix_str(name)
 
-        size, summary = compress_file(input_path, output, merged, jobs=jobs, overwrite=force, progress=progress)
+        if budgeted:
+            written, summary = _compress_to_size(input_path, output, size, bits_per_weight, calibration_text, calibration_inputs, force, bar)
+        else:
+            written, summary = compress_file(input_path, output, merged, jobs=jobs, overwrite=force, progress=progress)
+    size = written
     click.echo(summary.format())
     click.echo("")
     with open(output, "rb") as f:
@@ -223,24 +247,43 @@ def compress(input_path: Path, output: Path, recipe: str | None, sparsity, bits,
     click.echo(line)
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(?:([kmgt])(i)?)?b?\s*$", re.IGNORECASE)
+def _compress_to_size(input_path, output, size, bits_per_weight, text, inputs, force, bar):
+    """`compress --size`: calibrate (if asked), allocate, write; print the choice per tensor."""
+    from deepzip.checkpoints.sized import compress_to_size
 
+    probe = None
+    if text or inputs:
+        from deepzip.checkpoints.calibration import transformers_probe
 
-def _size(text: str) -> int:
-    """Bytes from '64GB', '2GiB', '500MB', '123456': decimal units, binary with an i."""
-    match = _SIZE.match(text)
-    if not match or not float(match.group(1)) > 0:
-        raise ValueError("give a positive size such as 500MB, 2GB or 64GiB")
-    number, unit, binary = match.groups()
-    power = "kmgt".index(unit.lower()) + 1 if unit else 0
-    return int(float(number) * ((1024 if binary else 1000) ** power))
+        click.echo("deepzip: loading the model for calibration", err=True)
+        probe = transformers_probe(input_path, text, inputs)
+
+    def progress(what: str) -> None:
+        bar.set_postfix_str(what)
+        if what.startswith("curve "):
+            bar.update(1)
+
+    def log(message: str) -> None:
+        click.echo(f"deepzip: {message}", err=True)
+
+    written, summary, allocation = compress_to_size(
+        input_path, output, size, bits_per_weight=bits_per_weight, probe=probe, overwrite=force, progress=progress, log=log
+    )
+    bar.close()
+    kind = "calibrated" if probe is not None else "data-free"
+    click.echo(f"budget {allocation.budget:,} bytes ({kind}), met in {allocation.tries} writing(s); per tensor:")
+    for name in sorted(allocation.steps):
+        click.echo(f"  {name:<60} step {allocation.steps[name]:.4g}  ~{allocation.nbytes[name]:>10,} B  sensitivity {allocation.sensitivity[name]:.3g}")
+    return written, summary
 
 
 def _size_option(ctx: click.Context, param: click.Parameter, text: str | None) -> int | None:
     if text is None:
         return None
+    from deepzip.budget.sizes import parse_bytes
+
     try:
-        return _size(text)
+        return parse_bytes(text)
     except ValueError as error:
         raise click.BadParameter(f"{text!r}: {error}") from None
 

@@ -26,6 +26,11 @@ class CodebookTensor:
     entry i is codebook[codes[i]] (no position array is ever built, which matters for
     billions of weights). `index_bits` is the width of the relative-index (gap) symbols
     in the file; None lets the encoder pick the width that gives the smallest file.
+
+    `scale` (float32 [shape[scale_axis]]), when given, multiplies every entry of slice j
+    along dimension `scale_axis`: entry = float32(codebook[code] * scale[j]), then rounded
+    to `dtype`. One shared codebook with a scale per output channel (or input feature) is
+    a codebook per channel for the price of one number each.
     """
 
     shape: tuple[int, ...]
@@ -34,6 +39,16 @@ class CodebookTensor:
     positions: np.ndarray | None  # int64 (or int32) [nnz], strictly increasing, < numel; None = all
     codes: np.ndarray  # uint8 or uint16 [nnz], < k
     index_bits: int | None = None
+    scale: np.ndarray | None = None  # float32 [shape[scale_axis]]
+    scale_axis: int | None = None
+
+    def __post_init__(self):
+        if (self.scale is None) != (self.scale_axis is None):
+            raise ValueError("scale and scale_axis go together")
+        if self.scale is not None and (
+            not 0 <= self.scale_axis < len(self.shape) or np.shape(self.scale) != (self.shape[self.scale_axis],)
+        ):
+            raise ValueError(f"scale of shape {np.shape(self.scale)} for axis {self.scale_axis} of shape {self.shape}")
 
     @property
     def numel(self) -> int:
@@ -61,6 +76,8 @@ class CodebookTensor:
         before or after the lookup gives the same bits), so no float32 copy of the whole
         tensor is made.
         """
+        if self.scale is not None:
+            return self._scaled_dense()
         codebook = torch.from_numpy(np.ascontiguousarray(self.codebook, dtype=np.float32)).to(self.dtype)
         if self.positions is None:
             flat = torch.empty(self.numel, dtype=self.dtype)
@@ -72,6 +89,17 @@ class CodebookTensor:
             positions = torch.from_numpy(self.positions.astype(np.int64, copy=False))
             flat[positions] = codebook[torch.from_numpy(self.codes.astype(np.int64))]
         return flat.view(self.shape)
+
+    def _scaled_dense(self) -> torch.Tensor:
+        """to_dense with scales: the products in float32 (a float32 copy of the tensor), then the dtype."""
+        codebook = torch.from_numpy(np.ascontiguousarray(self.codebook, dtype=np.float32))
+        flat = torch.zeros(self.numel, dtype=torch.float32)
+        positions = slice(None) if self.positions is None else torch.from_numpy(self.positions.astype(np.int64, copy=False))
+        flat[positions] = codebook[torch.from_numpy(self.codes.astype(np.int64))]
+        view = [1] * len(self.shape)
+        view[self.scale_axis] = self.shape[self.scale_axis]
+        scale = torch.from_numpy(np.ascontiguousarray(self.scale, dtype=np.float32)).view(view)
+        return (flat.view(self.shape) * scale).to(self.dtype)
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,22 @@ import pytest
 import torch
 
 from deepzip import container
-from deepzip.codec.layer import (
-    INDEX_BITS_CHOICES,
-    EncodedLayer,
-    decode_layer,
-    encode_layer,
-    encode_layer_smallest,
-    lengths_table_size,
-    max_code_length,
-)
+from deepzip.codec import layer
+from deepzip.codec.layer import INDEX_BITS_CHOICES, EncodedLayer, decode_layer
+from deepzip.codec.streams import HUFFMAN, max_code_length
+from deepzip.codec.tables import lengths_table_size
 from deepzip.compressed import CodebookTensor, CompressedModel
 from deepzip.errors import FormatError
+
+# The reference decodes Huffman streams: the layer is coded with Huffman alone here (rANS
+# streams have their own reference decoder in test_ans.py).
+def encode_layer(*args, **kwargs):
+    return layer.encode_layer(*args, coders=(HUFFMAN,), **kwargs)
+
+
+def encode_layer_smallest(*args, **kwargs):
+    return layer.encode_layer_smallest(*args, coders=(HUFFMAN,), **kwargs)
+
 
 KS = (1, 2, 32, 256)
 WIDTHS = (1, 3, 5, 8, 12)
@@ -79,10 +84,10 @@ def ref_decode_layer(enc: EncodedLayer, k: int, numel: int):
     Checks docs/FORMAT.md's rules on the positions: every entry lies before the end
     (p_last < numel), and the end is within reach (numel - p_last <= 2**b, p_last = -1 if E = 0).
     """
-    code_lengths = ref_unpack(enc.code_lengths, k + 1)
-    gap_lengths = ref_unpack(enc.gap_lengths, 1 << enc.index_bits)
-    codes = ref_decode_stream(enc.code_stream, code_lengths, enc.entry_count)
-    gaps = ref_decode_stream(enc.gap_stream, gap_lengths, enc.entry_count)
+    code_table = ref_unpack(enc.code_table, k + 1)
+    gap_table = ref_unpack(enc.gap_table, 1 << enc.index_bits)
+    codes = ref_decode_stream(enc.code_stream, code_table, enc.entry_count)
+    gaps = ref_decode_stream(enc.gap_stream, gap_table, enc.entry_count)
     positions, kept, kept_codes, prev = [], [], [], -1
     for g, c in zip(gaps, codes):
         prev = prev + g + 1
@@ -93,7 +98,7 @@ def ref_decode_layer(enc: EncodedLayer, k: int, numel: int):
             kept_codes.append(c)
     assert prev < numel, "an entry lies at or past the element count"
     assert numel - prev <= 1 << enc.index_bits, "the entries stop more than 2**b before the end"
-    return kept, kept_codes, positions, code_lengths, gap_lengths, codes, gaps
+    return kept, kept_codes, positions, code_table, gap_table, codes, gaps
 
 
 def ref_entries(positions, index_bits, numel):
@@ -136,10 +141,10 @@ def check_layer(positions, codes, k, index_bits, numel):
     enc = encode_layer(positions, codes, k, index_bits, numel)
     assert enc.index_bits == index_bits
     # Byte fields have exactly the sizes the spec gives.
-    assert len(enc.code_lengths) == math.ceil((k + 1) / 2)
-    assert len(enc.gap_lengths) == math.ceil((1 << index_bits) / 2)
+    assert len(enc.code_table) == math.ceil((k + 1) / 2)
+    assert len(enc.gap_table) == math.ceil((1 << index_bits) / 2)
     # Independent decoder reproduces positions and codes and the paper's filler layout.
-    kept, kept_codes, all_pos, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k, numel)
+    kept, kept_codes, all_pos, code_table, gap_table, code_syms, gap_syms = ref_decode_layer(enc, k, numel)
     assert kept == positions.tolist()
     assert kept_codes == codes.tolist()
     assert all_pos == ref_entries(positions.tolist(), index_bits, numel)
@@ -147,7 +152,7 @@ def check_layer(positions, codes, k, index_bits, numel):
     # The stream bounds the tensor's size: n <= (E + 1) * 2**b.
     assert numel <= (enc.entry_count + 1) << index_bits
     # The code lengths are those of an optimal Huffman code for the symbol counts.
-    for lengths, syms in ((code_lengths, code_syms), (gap_lengths, gap_syms)):
+    for lengths, syms in ((code_table, code_syms), (gap_table, gap_syms)):
         counts = np.bincount(np.asarray(syms, dtype=np.int64), minlength=len(lengths))
         assert all((c > 0) == (length > 0) for c, length in zip(counts, lengths))
         assert sum(int(c) * l for c, l in zip(counts, lengths)) == huffman_cost(counts)
@@ -190,18 +195,18 @@ def test_empty_layer(k, index_bits):
         assert enc.entry_count == 0
         assert enc.code_stream == b"" and enc.gap_stream == b""
         # No used symbol: every length is 0.
-        assert enc.code_lengths == bytes(math.ceil((k + 1) / 2))
-        assert enc.gap_lengths == bytes(math.ceil((widest) / 2))
+        assert enc.code_table == bytes(math.ceil((k + 1) / 2))
+        assert enc.gap_table == bytes(math.ceil((widest) / 2))
         pos, codes = decode_layer(enc, k, numel)
         assert pos.size == 0 and codes.size == 0
     # A larger all-zero tensor is fillers only: n >> b of them, every code symbol k.
     for numel in (widest, 3 * widest + 2, 5000):
         enc = check_layer(*nothing, k, index_bits, numel)
         assert enc.entry_count == numel >> index_bits
-        _, _, _, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k, numel)
+        _, _, _, code_table, gap_table, code_syms, gap_syms = ref_decode_layer(enc, k, numel)
         assert code_syms == [k] * enc.entry_count and gap_syms == [widest - 1] * enc.entry_count
-        assert [i for i, l in enumerate(code_lengths) if l] == [k]
-        assert [i for i, l in enumerate(gap_lengths) if l] == [widest - 1]
+        assert [i for i, l in enumerate(code_table) if l] == [k]
+        assert [i for i, l in enumerate(gap_table) if l] == [widest - 1]
     # An empty stream cannot describe a tensor far beyond its reach.
     enc = encode_layer(*nothing, k, index_bits, 0)
     with pytest.raises(FormatError):
@@ -232,8 +237,8 @@ def test_single_entry_hand_computed_bytes():
     # n = 12: 12 - 4 = 8 <= 2**3, so no trailing filler either.
     enc = encode_layer(np.array([4]), np.array([1]), k=2, index_bits=3, numel=12)
     assert enc.entry_count == 1
-    assert enc.code_lengths == bytes([0x01, 0x00])
-    assert enc.gap_lengths == bytes([0x00, 0x00, 0x10, 0x00])
+    assert enc.code_table == bytes([0x01, 0x00])
+    assert enc.gap_table == bytes([0x00, 0x00, 0x10, 0x00])
     assert enc.code_stream == b"\x00" and enc.gap_stream == b"\x00"
 
 
@@ -244,12 +249,12 @@ def test_paper_example_hand_computed_bytes():
     # Code counts [1,0,1,0,1] -> Huffman lengths: two of 2 bits and one of 1 bit. Ties make
     # the assignment ambiguous, so only check what every optimal code shares.
     enc = encode_layer(np.array([4, 15]), np.array([2, 0]), k=4, index_bits=3, numel=16)
-    kept, kept_codes, all_pos, code_lengths, gap_lengths, *_ = ref_decode_layer(enc, 4, 16)
+    kept, kept_codes, all_pos, code_table, gap_table, *_ = ref_decode_layer(enc, 4, 16)
     assert all_pos == [4, 12, 15]
     assert kept == [4, 15] and kept_codes == [2, 0]
-    assert sorted(l for l in code_lengths if l) == [1, 2, 2]
-    assert sorted(l for l in gap_lengths if l) == [1, 2, 2]
-    assert [i for i, l in enumerate(gap_lengths) if l] == [2, 4, 7]
+    assert sorted(l for l in code_table if l) == [1, 2, 2]
+    assert sorted(l for l in gap_table if l) == [1, 2, 2]
+    assert [i for i, l in enumerate(gap_table) if l] == [2, 4, 7]
     # 5 bits per stream -> 1 byte each.
     assert len(enc.code_stream) == len(enc.gap_stream) == 1
 
@@ -288,9 +293,9 @@ def test_skewed_counts_hand_computed_bytes():
     # n = 16: 16 - 12 = 4 <= 2**2, no trailing filler.
     enc = encode_layer(np.array([1, 10, 11, 12]), np.array([0, 0, 1, 0]), k=2, index_bits=2, numel=16)
     assert enc.entry_count == 6
-    assert enc.gap_lengths == bytes([0x12, 0x02])
+    assert enc.gap_table == bytes([0x12, 0x02])
     assert enc.gap_stream == bytes([0xBC, 0x00])
-    assert enc.code_lengths == bytes([0x12, 0x20])
+    assert enc.code_table == bytes([0x12, 0x20])
     assert enc.code_stream == bytes([0x7A, 0x00])
 
 
@@ -305,7 +310,7 @@ def test_fully_dense(k, index_bits):
     assert enc.entry_count == numel  # no fillers
     # Every gap symbol is 0, the only used gap symbol: 1 bit each -> ceil(numel/8) zero bytes.
     assert enc.gap_stream == bytes(math.ceil(numel / 8))
-    assert ref_unpack(enc.gap_lengths, 1 << index_bits) == [1] + [0] * ((1 << index_bits) - 1)
+    assert ref_unpack(enc.gap_table, 1 << index_bits) == [1] + [0] * ((1 << index_bits) - 1)
 
 
 def test_fillers_only_code_symbol_k():
@@ -332,7 +337,7 @@ def test_smallest_width_is_minimal(seed):
     for b in INDEX_BITS_CHOICES:
         enc = encode_layer(positions, codes, k, b, 4000)
         # nbytes is the sum of the four byte fields (computed here from the fields).
-        sizes[b] = len(enc.code_lengths) + len(enc.gap_lengths) + len(enc.code_stream) + len(enc.gap_stream)
+        sizes[b] = len(enc.code_table) + len(enc.gap_table) + len(enc.code_stream) + len(enc.gap_stream)
     assert set(INDEX_BITS_CHOICES) == set(range(1, 13))
     assert best.nbytes == min(sizes.values())
     assert sizes[best.index_bits] == best.nbytes
@@ -358,12 +363,12 @@ def test_nbytes_is_sum_of_fields(k, index_bits):
     rng = np.random.default_rng(k + 100 * index_bits)
     positions, codes = random_layer(rng, 2000, 0.1, k)
     enc = encode_layer(positions, codes, k, index_bits, 2000)
-    fields = (enc.code_lengths, enc.gap_lengths, enc.code_stream, enc.gap_stream)
+    fields = (enc.code_table, enc.gap_table, enc.code_stream, enc.gap_stream)
     assert enc.nbytes == sum(len(f) for f in fields)
     # Stream sizes equal ceil(total bits / 8) of the coded symbols.
-    _, _, _, code_lengths, gap_lengths, code_syms, gap_syms = ref_decode_layer(enc, k, 2000)
-    assert len(enc.code_stream) == math.ceil(sum(code_lengths[s] for s in code_syms) / 8)
-    assert len(enc.gap_stream) == math.ceil(sum(gap_lengths[s] for s in gap_syms) / 8)
+    _, _, _, code_table, gap_table, code_syms, gap_syms = ref_decode_layer(enc, k, 2000)
+    assert len(enc.code_stream) == math.ceil(sum(code_table[s] for s in code_syms) / 8)
+    assert len(enc.gap_stream) == math.ceil(sum(gap_table[s] for s in gap_syms) / 8)
 
 
 def test_nbytes_handmade():
@@ -398,10 +403,10 @@ def test_full_12_bit_codebook_with_fillers(index_bits):
     # more than codes of the default 12-bit limit can tell apart.
     positions, codes, k, numel = full_codebook_layer(np.random.default_rng(index_bits), (1 << index_bits) + 3)
     enc = check_layer(positions, codes, k, index_bits, numel)
-    code_lengths = ref_unpack(enc.code_lengths, k + 1)
-    assert sum(1 for length in code_lengths if length) == k + 1
-    assert max(code_lengths) == 13
-    assert max(ref_unpack(enc.gap_lengths, 1 << index_bits)) <= 12
+    code_table = ref_unpack(enc.code_table, k + 1)
+    assert sum(1 for length in code_table if length) == k + 1
+    assert max(code_table) == 13
+    assert max(ref_unpack(enc.gap_table, 1 << index_bits)) <= 12
 
 
 def test_full_12_bit_codebook_through_the_container():

@@ -66,6 +66,7 @@ def compress_file(
     jobs: int = 1,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    steps: Mapping[str, float] | None = None,
 ) -> tuple[int, Summary]:
     """Compress the checkpoint at `path` into the .dzip `output`; return (file size, Summary).
 
@@ -73,7 +74,9 @@ def compress_file(
     the file is written section by section, so memory holds about one tensor per process.
     With `jobs` > 1, that many worker processes compress tensors in parallel; records are
     written in the same order, so the file's bytes are the same for any `jobs`.
-    `progress(name)` is called as each distinct tensor is written.
+    `progress(name)` is called as each distinct tensor is written. `steps` ({stored name:
+    step}, from a size budget: `deepzip.checkpoints.sized`) quantizes those tensors
+    uniformly with that step instead of the settings' sparsity and bits.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
@@ -86,6 +89,8 @@ def compress_file(
             metas, source.ties, setting.sparsity, setting.bits, include=setting.include,
             exclude=setting.exclude, index_bits=setting.index_bits,
         )  # fmt: skip
+        for first, step in (steps or {}).items():
+            decided.chosen[first]["step"] = step
         rows: list = []
         items = _items(source, decided, metas, rows, jobs, progress)
         size = container.write_stream(output, items, source.files, overwrite=overwrite)

@@ -1,5 +1,7 @@
-"""One compressed layer as bytes: Huffman-coded weight codes and gaps, with their tables.
+"""One compressed layer as bytes: coded weight codes and gaps, with their tables.
 
+Each stream is coded by the smaller of Huffman and rANS (`deepzip.codec.streams`), unless
+the caller restricts the coders (the version-1 and version-2 formats know Huffman only).
 Pure functions over numpy arrays. The container (`deepzip.container`) places these bytes
 in a file; this module knows nothing of files.
 """
@@ -10,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepzip.codec import huffman, sparse
-from deepzip.codec.tables import lengths_table_size
+from deepzip.codec import sparse
+from deepzip.codec.streams import CODERS, HUFFMAN, CodedStream, decode_stream, encode_stream, huffman_lengths
 from deepzip.errors import FormatError
 
 # Widths tried when the caller leaves the choice to us. The paper uses 5 (fc) and 8 (conv);
@@ -21,72 +23,57 @@ INDEX_BITS_CHOICES = tuple(range(1, 13))
 
 @dataclass(frozen=True)
 class EncodedLayer:
-    """The byte streams of one codebook layer (see docs/FORMAT.md, "Codebook section")."""
+    """The byte streams of one codebook layer (see docs/FORMAT.md, "Codebook section").
+
+    `code_table` and `gap_table` are the packed Huffman code lengths or rANS frequencies,
+    as `code_coder` and `gap_coder` say.
+    """
 
     index_bits: int
     entry_count: int
-    code_lengths: bytes
-    gap_lengths: bytes
+    code_table: bytes
+    gap_table: bytes
     code_stream: bytes
     gap_stream: bytes
+    code_coder: int = HUFFMAN
+    gap_coder: int = HUFFMAN
 
     @property
     def nbytes(self) -> int:
         """Bytes of tables and streams (the codebook itself is not included)."""
-        return len(self.code_lengths) + len(self.gap_lengths) + len(self.code_stream) + len(self.gap_stream)
+        return len(self.code_table) + len(self.gap_table) + len(self.code_stream) + len(self.gap_stream)
 
 
 def stream_code_lengths(counts: np.ndarray) -> np.ndarray:
-    """The code lengths a layer's stream gets for its symbol `counts` (length-limited Huffman)."""
-    return huffman.code_lengths(counts, max_code_length(int(np.count_nonzero(counts))))
+    """The Huffman code lengths a layer's stream gets for its symbol `counts` (length-limited)."""
+    return huffman_lengths(counts)
 
 
-def _counts(symbols: np.ndarray, alphabet_size: int) -> np.ndarray:
-    """Symbol counts, in chunks: bincount widens its input to intp (8 bytes a symbol)."""
-    counts = np.zeros(alphabet_size, dtype=np.int64)
-    for start in range(0, len(symbols), 1 << 20):
-        counts += np.bincount(symbols[start : start + (1 << 20)], minlength=alphabet_size)[:alphabet_size]
-    return counts
-
-
-def _huffman(symbols: np.ndarray, alphabet_size: int) -> tuple[bytes, bytes]:
-    """Code `symbols` with an optimal code of their own counts; return (packed lengths, stream)."""
-    lengths = stream_code_lengths(_counts(symbols, alphabet_size))
-    return huffman.pack_lengths(lengths), huffman.encode(symbols, lengths)
-
-
-def max_code_length(used_symbols: int) -> int:
-    """The code-length limit for `used_symbols` symbols: the default, or the least above it that fits.
-
-    A prefix code of at most L bits has at most 2**L code words, so the default limit of 12
-    bits cannot code a full 4096-entry codebook plus the filler symbol; those 4097 symbols
-    get 13 bits. The format allows up to 15 bits, more than any alphabet here needs
-    (at most MAX_CODEBOOK + 1 codes and 2**MAX_INDEX_BITS gaps).
-    """
-    length = huffman.DEFAULT_MAX_CODE_LENGTH
-    while used_symbols > 1 << length and length < huffman.FORMAT_MAX_CODE_LENGTH:
-        length += 1
-    return length
-
-
-def encode_layer(positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int, numel: int) -> EncodedLayer:
+def encode_layer(
+    positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int, numel: int, coders: tuple[int, ...] = CODERS
+) -> EncodedLayer:
     """Encode kept entries (flat positions < numel, codes < k) with gaps of `index_bits` bits."""
     gaps, code_symbols = sparse.to_relative(positions, codes, index_bits, filler_symbol=k, numel=numel)
-    return _encoded(index_bits, gaps, code_symbols, k)
+    return _encoded(index_bits, gaps, code_symbols, k, coders)
 
 
-def _encoded(index_bits: int, gaps: np.ndarray, code_symbols: np.ndarray, k: int) -> EncodedLayer:
-    code_lengths, code_stream = _huffman(code_symbols, k + 1)
-    gap_lengths, gap_stream = _huffman(gaps, 1 << index_bits)
-    return EncodedLayer(index_bits, len(gaps), code_lengths, gap_lengths, code_stream, gap_stream)
+def _encoded(index_bits: int, gaps: np.ndarray, code_symbols: np.ndarray, k: int, coders: tuple[int, ...]) -> EncodedLayer:
+    code = encode_stream(code_symbols, k + 1, coders)
+    gap = encode_stream(gaps, 1 << index_bits, coders)
+    return EncodedLayer(index_bits, len(gaps), code.table, gap.table, code.data, gap.data, code.coder, gap.coder)
 
 
 def encode_layer_smallest(
-    positions: np.ndarray, codes: np.ndarray, k: int, numel: int, index_bits: int | None = None
+    positions: np.ndarray,
+    codes: np.ndarray,
+    k: int,
+    numel: int,
+    index_bits: int | None = None,
+    coders: tuple[int, ...] = CODERS,
 ) -> EncodedLayer:
     """Encode with the given width, or with the width in INDEX_BITS_CHOICES that gives the fewest bytes."""
     if index_bits is not None:
-        return encode_layer(positions, codes, k, index_bits, numel)
+        return encode_layer(positions, codes, k, index_bits, numel, coders)
     codes = np.asarray(codes)
     if codes.size and int(codes.max()) >= k:
         raise ValueError(f"codes must be in 0..{k - 1} (the filler symbol {k} is reserved)")
@@ -98,16 +85,19 @@ def encode_layer_smallest(
     if last >= numel:
         raise ValueError(f"position {last} is outside a tensor of {numel} elements")
     tail = numel - last - 1
-    # Every entry costs at least one bit in each stream, so a width's entry count bounds its
-    # size from below. Trying widths in order of that bound and stopping once it exceeds
-    # the best real size skips the narrow widths whose fillers would multiply the entries
-    # (and the memory: 1-bit gaps on a 4%-dense 100 M-weight layer make 50 M entries).
+    # Under Huffman every entry costs at least one bit in each stream, so a width's entry
+    # count bounds its size from below. Trying widths in order of that bound and stopping
+    # once it exceeds the best real size skips the narrow widths whose fillers would
+    # multiply the entries (and the memory: 1-bit gaps on a 4%-dense 100 M-weight layer
+    # make 50 M entries). rANS has no such floor; a quarter bit an entry is assumed there,
+    # which only ever skips widths far from the best.
+    bits_per_entry = 2 if coders == (HUFFMAN,) else 0.25
     bounds = sorted((_entries(gaps, b, tail), b) for b in INDEX_BITS_CHOICES)
     best = None
     for entries, b in bounds:
-        if best is not None and entries / 4 > best.nbytes:
+        if best is not None and entries * bits_per_entry / 8 > best.nbytes:
             break
-        encoded = _encoded(b, *sparse.relative_symbols(gaps, codes, b, k, tail), k)
+        encoded = _encoded(b, *sparse.relative_symbols(gaps, codes, b, k, tail), k, coders)
         # Ties go to the narrower width, so the choice does not depend on the search order.
         if best is None or (encoded.nbytes, b) < (best.nbytes, best.index_bits):
             best = encoded
@@ -120,20 +110,20 @@ def _entries(gaps: np.ndarray, b: int, tail: int) -> int:
     return gaps.size + fillers + (tail >> b)
 
 
-def encode_dense(codes: np.ndarray, k: int) -> tuple[bytes, bytes]:
-    """Encode the codes of a dense layer (every position kept, no gaps); return (lengths table, stream).
+def encode_dense(codes: np.ndarray, k: int, coders: tuple[int, ...] = CODERS) -> CodedStream:
+    """Encode the codes of a dense layer (every position kept, no gaps) as one stream.
 
-    The table covers k + 1 symbols like a sparse layer's, with the filler symbol k unused.
+    The alphabet is k + 1 symbols like a sparse layer's, with the filler symbol k unused.
     """
     codes = np.asarray(codes)
     if codes.size and (codes.min() < 0 or codes.max() >= k):
         raise ValueError(f"codes must be in 0..{k - 1} (the filler symbol {k} is reserved)")
-    return _huffman(codes, k + 1)
+    return encode_stream(codes, k + 1, coders)
 
 
-def decode_dense(code_lengths: bytes, code_stream, k: int, count: int) -> np.ndarray:
+def decode_dense(coder: int, table: bytes, code_stream, k: int, count: int) -> np.ndarray:
     """Decode the `count` codes of a dense layer; FormatError if damaged or if a filler appears."""
-    codes = huffman.decode(code_stream, huffman.unpack_lengths(code_lengths, k + 1), count)
+    codes = decode_stream(coder, table, code_stream, k + 1, count)
     if codes.size and int(codes.max()) >= k:
         raise FormatError(f"a dense layer holds a filler symbol ({k})")
     return codes
@@ -141,8 +131,6 @@ def decode_dense(code_lengths: bytes, code_stream, k: int, count: int) -> np.nda
 
 def decode_layer(encoded: EncodedLayer, k: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode to (positions int64, codes uint16) of the kept entries; FormatError if damaged."""
-    code_lengths = huffman.unpack_lengths(encoded.code_lengths, k + 1)
-    gap_lengths = huffman.unpack_lengths(encoded.gap_lengths, 1 << encoded.index_bits)
-    code_symbols = huffman.decode(encoded.code_stream, code_lengths, encoded.entry_count)
-    gaps = huffman.decode(encoded.gap_stream, gap_lengths, encoded.entry_count)
+    code_symbols = decode_stream(encoded.code_coder, encoded.code_table, encoded.code_stream, k + 1, encoded.entry_count)
+    gaps = decode_stream(encoded.gap_coder, encoded.gap_table, encoded.gap_stream, 1 << encoded.index_bits, encoded.entry_count)
     return sparse.from_relative(gaps, code_symbols, encoded.index_bits, k, numel, ends_covered=True)

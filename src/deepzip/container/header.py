@@ -1,4 +1,4 @@
-"""Parse and check a .dzip file's preamble and header (versions 1 and 2), with struct alone.
+"""Parse and check a .dzip file's preamble and header (versions 1, 2 and 3), with struct alone.
 
 No torch, numpy or numba here: `deepzip info` answers from the header without importing
 them, and the reader checks every record before it allocates anything. Every size a
@@ -14,18 +14,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deepzip.container.spec import (
+    CODEBOOK_FLAGS,
     DTYPE_ITEMSIZE,
     DTYPE_NAMES,
     ENCODING_ALIAS,
     ENCODING_CODEBOOK,
     ENCODING_FILE,
+    ENCODING_FILE_XZ,
     ENCODING_RAW,
+    FLAG_CODE_ANS,
+    FLAG_CODEBOOK_F16,
+    FLAG_GAP_ANS,
+    FLAG_SCALE_F16,
     FLOAT_CODES,
     MAGIC,
     PREAMBLE,
     TRAILER,
     VARINT_MAX_BYTES,
     VERSION,
+    VERSIONS,
     check_file_name,
     lengths_table_size,
 )
@@ -48,7 +55,10 @@ class Record:
 
     `kept` is the number of kept weights of a codebook record (E minus fillers), known
     from a version-2 header; None for version 1, where only the gap stream tells.
-    `index_bits` 0 marks a dense codebook record (version 2): no gap stream at all.
+    `index_bits` 0 marks a dense codebook record (versions 2, 3): no gap stream at all.
+    `flags` (version 3; spec.FLAG_*) say which coder each stream uses and the width of the
+    codebook and scale entries; `scale_axis` is the dimension whose slices carry a scale
+    (None: no scales); `code_table_bytes` and `gap_table_bytes` size the two tables.
     """
 
     name: str
@@ -64,6 +74,22 @@ class Record:
     kept: int | None = None
     code_bytes: int = 0
     gap_bytes: int = 0
+    flags: int = 0
+    scale_axis: int | None = None
+    code_table_bytes: int = 0
+    gap_table_bytes: int = 0
+
+    @property
+    def codebook_bytes(self) -> int:
+        """Bytes of the codebook entries."""
+        return self.k * (2 if self.flags & FLAG_CODEBOOK_F16 else 4)
+
+    @property
+    def scale_bytes(self) -> int:
+        """Bytes of the per-slice scales (0 without)."""
+        if self.scale_axis is None:
+            return 0
+        return self.shape[self.scale_axis] * (2 if self.flags & FLAG_SCALE_F16 else 4)
 
     @property
     def numel(self) -> int:
@@ -115,7 +141,7 @@ def parse(data: Sequence[int] | memoryview | bytes, max_decoded_size: int | None
     _, version, flags, header_size = PREAMBLE.unpack(view[: PREAMBLE.size])
     if version > VERSION:
         raise VersionError(f"file format version {version} was written by a newer deepzip (this one reads 1..{VERSION})")
-    if version not in (1, 2):
+    if version not in VERSIONS:
         raise VersionError(f"unknown file format version {version}")
     if flags:
         raise FormatError(f"preamble: unknown flags {flags:#06x}")
@@ -129,7 +155,7 @@ def parse(data: Sequence[int] | memoryview | bytes, max_decoded_size: int | None
         sections_start, sections_end = body_end + 4, size
     else:
         if header_size != 0:
-            raise FormatError(f"preamble: the reserved field is {header_size}, must be 0 in version 2")
+            raise FormatError(f"preamble: the reserved field is {header_size}, must be 0 in version {version}")
         if size < PREAMBLE.size + TRAILER.size:
             raise TruncatedError(f"trailer: the file ends after {size} bytes")
         body_size, crc = TRAILER.unpack(view[size - TRAILER.size :])
@@ -196,14 +222,15 @@ class _Cursor:
         raise FormatError(f"{self.where}: {what} is a varint of more than {VARINT_MAX_BYTES} bytes")
 
     def size(self, version: int, what: str) -> int:
-        """A size or count: u32 in version 1, a varint in version 2."""
+        """A size or count: u32 in version 1, a varint in versions 2 and 3."""
         return self.unpack("I", what)[0] if version == 1 else self.varint(what)
 
 
 def _parse_records(cur: _Cursor, version: int, offset: int) -> list[Record]:
     count = cur.size(version, "record count")
-    # Each record takes at least 12 bytes in version 1 (14, in fact) and 11 in version 2 (a
-    # one-byte name, a 0-d raw record, a one-byte size varint): a count beyond that is damage.
+    # Each record takes at least 12 bytes in version 1 (14, in fact) and 11 in versions 2
+    # and 3 (a one-byte name, a 0-d raw record, a one-byte size varint): a count beyond
+    # that is damage.
     if count > (cur.end - cur.pos) // (12 if version == 1 else 11):
         raise FormatError(f"header: record count {count} does not fit in the header")
     records, names = [], set()
@@ -258,6 +285,12 @@ def _parse_record(cur: _Cursor, name: str, version: int, offset: int) -> Record:
         if DTYPE_NAMES[dtype_code] != "uint8" or len(shape) != 1 or shape[0] != size:
             raise FormatError(f"{cur.where}: a file record must be uint8 of shape [section size]")
         check_file_name(name)
+    elif encoding == ENCODING_FILE_XZ and version >= 3:
+        # The shape is the decoded size, which the decoded-size cap bounds; the reader
+        # decompresses to exactly that many bytes and no more.
+        if DTYPE_NAMES[dtype_code] != "uint8" or len(shape) != 1 or not size:
+            raise FormatError(f"{cur.where}: an xz file record must be uint8 of shape [decoded size], with a section")
+        check_file_name(name)
     else:
         raise FormatError(f"{cur.where}: unknown encoding {encoding}")
     return Record(**fields)
@@ -267,20 +300,41 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
     if fields["dtype_code"] not in FLOAT_CODES:
         raise FormatError(f"{cur.where}: codebook encoding needs a floating dtype, got {DTYPE_NAMES[fields['dtype_code']]}")
     k, b = cur.unpack("HB", "codebook size and index bits")
+    flags, scale_axis = cur.unpack("BB", "coding flags and scale axis") if version >= 3 else (0, 0)
     entries = cur.size(version, "entry count")
-    kept = cur.varint("kept count") if version == 2 else None
+    kept = cur.varint("kept count") if version >= 2 else None
     code_bytes = cur.size(version, "code stream size")
     gap_bytes = cur.size(version, "gap stream size")
     if not 1 <= k <= MAX_CODEBOOK:
         raise FormatError(f"{cur.where}: codebook size {k} outside 1..{MAX_CODEBOOK}")
-    low = 0 if version == 2 else 1  # b = 0: a dense record (version 2)
+    low = 0 if version >= 2 else 1  # b = 0: a dense record (versions 2, 3)
     if not low <= b <= MAX_INDEX_BITS:
         raise FormatError(f"{cur.where}: index bits {b} outside {low}..{MAX_INDEX_BITS}")
+    if flags & ~CODEBOOK_FLAGS:
+        raise FormatError(f"{cur.where}: unknown coding flags {flags:#04x}")
+    ndim = len(fields["shape"])
+    if scale_axis > ndim:
+        raise FormatError(f"{cur.where}: scale axis {scale_axis - 1} of a {ndim}-d tensor")
+    if not scale_axis and flags & FLAG_SCALE_F16:
+        raise FormatError(f"{cur.where}: scale entries are typed but there are no scales")
+    if b == 0 and flags & FLAG_GAP_ANS:
+        raise FormatError(f"{cur.where}: a dense record has no gap stream to code")
+    if version >= 3:
+        code_table = cur.varint("code table size")
+        gap_table = cur.varint("gap table size")
+    else:
+        code_table, gap_table = lengths_table_size(k + 1), lengths_table_size(1 << b) if b else 0
+    if not flags & FLAG_CODE_ANS and code_table != lengths_table_size(k + 1):
+        raise FormatError(f"{cur.where}: a Huffman code table of {k + 1} symbols is {lengths_table_size(k + 1)} bytes, not {code_table}")
+    want_gap = 0 if not b else None if flags & FLAG_GAP_ANS else lengths_table_size(1 << b)
+    if want_gap is not None and gap_table != want_gap:
+        raise FormatError(f"{cur.where}: the gap table is {gap_table} bytes, must be {want_gap}")
     if entries > numel:
         raise FormatError(f"{cur.where}: {entries} entries for {numel} elements")
-    # Every entry costs at least one bit of the code stream (a lone symbol has length 1 or
-    # more), and, when sparse, of the gap stream: a stream bounds its entry count.
-    if entries > 8 * code_bytes or (b and entries > 8 * gap_bytes):
+    # A Huffman-coded entry costs at least one bit of its stream (a lone symbol has length 1
+    # or more), so such a stream bounds its entry count. rANS has no such floor; there the
+    # entry count is bounded by the tensor's size, itself under the decoded-size cap.
+    if (not flags & FLAG_CODE_ANS and entries > 8 * code_bytes) or (b and not flags & FLAG_GAP_ANS and entries > 8 * gap_bytes):
         raise FormatError(f"{cur.where}: {entries} entries cannot fit in streams of {code_bytes} and {gap_bytes} bytes")
     if b == 0:
         if entries != numel or kept != entries or gap_bytes:
@@ -291,8 +345,20 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
             raise FormatError(f"{cur.where}: {entries} entries of {b}-bit gaps cannot reach {numel} elements")
         if kept is not None and kept > entries:
             raise FormatError(f"{cur.where}: {kept} kept weights among {entries} entries")
-    gap_table = lengths_table_size(1 << b) if b else 0
-    expected = 4 * k + lengths_table_size(k + 1) + gap_table + code_bytes + gap_bytes
+    record = Record(
+        **fields,
+        k=k,
+        index_bits=b,
+        entries=entries,
+        kept=kept,
+        code_bytes=code_bytes,
+        gap_bytes=gap_bytes,
+        flags=flags,
+        scale_axis=scale_axis - 1 if scale_axis else None,
+        code_table_bytes=code_table,
+        gap_table_bytes=gap_table,
+    )
+    expected = record.codebook_bytes + record.scale_bytes + code_table + gap_table + code_bytes + gap_bytes
     if fields["size"] != expected:
         raise FormatError(f"{cur.where}: section size {fields['size']} != {expected}, the sum of its parts")
-    return Record(**fields, k=k, index_bits=b, entries=entries, kept=kept, code_bytes=code_bytes, gap_bytes=gap_bytes)
+    return record

@@ -1,4 +1,4 @@
-""".dzip bytes -> records and tensors (docs/FORMAT.md, versions 1 and 2), read defensively.
+""".dzip bytes -> records and tensors (docs/FORMAT.md, versions 1, 2 and 3), read defensively.
 
 `container.header` checks every size the header declares before anything is allocated;
 this module then checks each section's checksum and decodes it, naming the tensor and the
@@ -8,6 +8,7 @@ decodes one tensor at a time (`DzipFile.decode`) holds one tensor at a time.
 
 from __future__ import annotations
 
+import lzma
 import mmap
 import os
 import zlib
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from deepzip.codec.layer import EncodedLayer, decode_dense, decode_layer
-from deepzip.codec.tables import lengths_table_size
+from deepzip.codec.streams import ANS, HUFFMAN
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import header as header_
 from deepzip.container.dtypes import DTYPES
@@ -25,7 +26,13 @@ from deepzip.container.spec import (
     ENCODING_ALIAS,
     ENCODING_CODEBOOK,
     ENCODING_FILE,
+    ENCODING_FILE_XZ,
     ENCODING_RAW,
+    FILE_ENCODINGS,
+    FLAG_CODE_ANS,
+    FLAG_CODEBOOK_F16,
+    FLAG_GAP_ANS,
+    FLAG_SCALE_F16,
 )
 from deepzip.errors import ChecksumError, DeepzipError, FormatError
 from deepzip.limits import DEFAULT_MAX_DECODED_SIZE
@@ -54,15 +61,17 @@ class DzipFile:
                     raise FormatError(f"tensor {record.name!r}, alias section: target name is not UTF-8") from None
             elif record.encoding == ENCODING_FILE:
                 self.files[record.name] = bytes(self._section(record))
+            elif record.encoding == ENCODING_FILE_XZ:
+                self.files[record.name] = _unxz(record, self._section(record))
         for name, target in self.aliases.items():
             # Only a stored tensor can be a target: no chains, no cycles, no files.
             stored = self._records.get(target)
-            if stored is None or stored.encoding not in (ENCODING_RAW, ENCODING_CODEBOOK):
+            if stored is None or stored.encoding not in (ENCODING_RAW, ENCODING_CODEBOOK):  # not FILE_ENCODINGS
                 raise FormatError(f"tensor {name!r}, alias section: target {target!r} is not a stored tensor")
             alias = self._records[name]
             if (stored.shape, stored.dtype_code) != (alias.shape, alias.dtype_code):
                 raise FormatError(f"tensor {name!r}, alias section: shape or dtype differs from its target {target!r}")
-        self.tensor_names = [r.name for r in self.header.records if r.encoding != ENCODING_FILE]
+        self.tensor_names = [r.name for r in self.header.records if r.encoding not in FILE_ENCODINGS]
 
     def _section(self, record: header_.Record) -> memoryview:
         section = self._view[record.offset : record.offset + record.size]
@@ -153,19 +162,41 @@ def _decode_section(record: header_.Record, section: memoryview) -> CodebookTens
         flat = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.zeros(0, dtype=torch.uint8)
         return RawTensor(flat.view(dtype).reshape(record.shape))
     k, b = record.k, record.index_bits
-    code_table = lengths_table_size(k + 1)
-    gap_table = lengths_table_size(1 << b) if b else 0
-    parts = np.cumsum([0, 4 * k, code_table, gap_table, record.code_bytes, record.gap_bytes])
-    piece = [section[parts[i] : parts[i + 1]] for i in range(5)]  # sizes were checked in the header
-    codebook = np.frombuffer(piece[0], dtype="<f4").astype(np.float32)
+    sizes = (record.codebook_bytes, record.scale_bytes, record.code_table_bytes, record.gap_table_bytes)
+    parts = np.cumsum([0, *sizes, record.code_bytes, record.gap_bytes])
+    piece = [section[parts[i] : parts[i + 1]] for i in range(6)]  # sizes were checked in the header
+    codebook = np.frombuffer(piece[0], dtype="<f2" if record.flags & FLAG_CODEBOOK_F16 else "<f4").astype(np.float32)
+    scale = None
+    if record.scale_axis is not None:
+        scale = np.frombuffer(piece[1], dtype="<f2" if record.flags & FLAG_SCALE_F16 else "<f4").astype(np.float32)
+    code_coder = ANS if record.flags & FLAG_CODE_ANS else HUFFMAN
+    gap_coder = ANS if record.flags & FLAG_GAP_ANS else HUFFMAN
     try:
         if b == 0:
-            codes = decode_dense(bytes(piece[1]), piece[3], k, record.entries)
-            return CodebookTensor(record.shape, dtype, codebook, None, codes, None)
-        encoded = EncodedLayer(b, record.entries, bytes(piece[1]), bytes(piece[2]), piece[3], piece[4])
+            codes = decode_dense(code_coder, bytes(piece[2]), piece[4], k, record.entries)
+            return CodebookTensor(record.shape, dtype, codebook, None, codes, None, scale, record.scale_axis)
+        encoded = EncodedLayer(b, record.entries, bytes(piece[2]), bytes(piece[3]), piece[4], piece[5], code_coder, gap_coder)
         positions, codes = decode_layer(encoded, k, record.numel)
     except FormatError as error:
         raise FormatError(f"{where}, code or gap stream: {error}") from None
     if record.kept is not None and len(codes) != record.kept:
         raise FormatError(f"{where}, gap stream: {len(codes)} kept weights, the header says {record.kept}")
-    return CodebookTensor(record.shape, dtype, codebook, positions, codes, b)
+    return CodebookTensor(record.shape, dtype, codebook, positions, codes, b, scale, record.scale_axis)
+
+
+def _unxz(record: header_.Record, section: memoryview) -> bytes:
+    """An xz file section decompressed to exactly the size its record declares, or FormatError.
+
+    The decompressor is never asked for more than that size plus one byte, so a small
+    section cannot make it allocate more than the header (and the decoded-size cap) allowed.
+    """
+    where = f"file {record.name!r}, xz section"
+    size = record.shape[0]
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        content = decompressor.decompress(bytes(section), max_length=size + 1)
+    except lzma.LZMAError as error:
+        raise FormatError(f"{where}: {error}") from None
+    if len(content) != size or not decompressor.eof or decompressor.unused_data:
+        raise FormatError(f"{where}: does not decode to exactly {size} bytes")
+    return content

@@ -15,11 +15,12 @@ from deepzip.errors import FormatError
 from deepzip.limits import MAX_FILE_NAME_PARTS
 
 MAGIC = b"\x89DZIP\r\n\x1a"
-VERSION = 2  # written; version 1 files are still read
+VERSION = 3  # written; versions 1 and 2 are still read
+VERSIONS = (1, 2, 3)
 # The preamble: magic, version, flags, and a u32 that is the header size in version 1
-# and reserved (0) in version 2, whose header follows the sections.
+# and reserved (0) in versions 2 and 3, whose header follows the sections.
 PREAMBLE = struct.Struct("<8sHHI")
-TRAILER = struct.Struct("<II")  # version 2: header body size, crc32 of preamble + header body
+TRAILER = struct.Struct("<II")  # versions 2 and 3: header body size, crc32 of preamble + header body
 VARINT_MAX_BYTES = 10  # a u64 in LEB128
 
 
@@ -45,6 +46,17 @@ ENCODING_RAW = 0
 ENCODING_CODEBOOK = 1
 ENCODING_ALIAS = 2  # a tied tensor: the section names the record it shares
 ENCODING_FILE = 3  # an attached file (a model's config.json...): raw bytes, not a tensor
+ENCODING_FILE_XZ = 4  # version 3: an attached file, xz-compressed (shape = its decoded size)
+FILE_ENCODINGS = (ENCODING_FILE, ENCODING_FILE_XZ)
+
+# Version 3 codebook records: a flags byte. Bits 0 and 1: the code and gap streams are
+# rANS-coded (else Huffman); bit 2: codebook entries are float16 (else float32); bit 3: the
+# per-slice scales are float16 (else float32). The other bits must be 0.
+FLAG_CODE_ANS = 1
+FLAG_GAP_ANS = 2
+FLAG_CODEBOOK_F16 = 4
+FLAG_SCALE_F16 = 8
+CODEBOOK_FLAGS = FLAG_CODE_ANS | FLAG_GAP_ANS | FLAG_CODEBOOK_F16 | FLAG_SCALE_F16
 
 DTYPE_NAMES = {
     1: "float32",
@@ -67,13 +79,21 @@ __all__ = [
     "ENCODING_ALIAS",
     "ENCODING_CODEBOOK",
     "ENCODING_FILE",
+    "ENCODING_FILE_XZ",
     "ENCODING_RAW",
+    "CODEBOOK_FLAGS",
+    "FILE_ENCODINGS",
+    "FLAG_CODEBOOK_F16",
+    "FLAG_CODE_ANS",
+    "FLAG_GAP_ANS",
+    "FLAG_SCALE_F16",
     "FLOAT_CODES",
     "MAGIC",
     "PREAMBLE",
     "TRAILER",
     "VARINT_MAX_BYTES",
     "VERSION",
+    "VERSIONS",
     "check_file_name",
     "lengths_table_size",
     "pack_varint",

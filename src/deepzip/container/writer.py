@@ -1,6 +1,6 @@
-"""CompressedModel (or a stream of records) -> .dzip bytes, version 2 (docs/FORMAT.md).
+"""CompressedModel (or a stream of records) -> .dzip bytes, version 3 (docs/FORMAT.md).
 
-Version 2 puts the header after the sections, so a file is written in one pass, section by
+Versions 2 and 3 put the header after the sections, so a file is written in one pass, section by
 section, as the records arrive: a writer never holds more than one record's bytes. `write`
 and `write_stream` write to a temporary file and rename it into place (atomic).
 """
@@ -8,6 +8,7 @@ and `write_stream` write to a temporary file and rename it into place (atomic).
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import struct
 import zlib
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from deepzip.codec.layer import encode_dense, encode_layer_smallest
+from deepzip.codec.streams import ANS
 from deepzip.compressed import Alias, CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import atomic
 from deepzip.container.dtypes import DTYPE_CODES
@@ -27,7 +29,12 @@ from deepzip.container.spec import (
     ENCODING_ALIAS,
     ENCODING_CODEBOOK,
     ENCODING_FILE,
+    ENCODING_FILE_XZ,
     ENCODING_RAW,
+    FLAG_CODE_ANS,
+    FLAG_CODEBOOK_F16,
+    FLAG_GAP_ANS,
+    FLAG_SCALE_F16,
     FLOAT_CODES,
     MAGIC,
     PREAMBLE,
@@ -120,7 +127,7 @@ def write_stream(path: str | os.PathLike, items: Iterable[Item], files: Mapping[
 
 
 def write_to(f: BinaryIO, items: Iterable[Item], files: Mapping[str, bytes] = {}) -> int:
-    """Write a whole version-2 file to the binary stream `f`, one section at a time; return its size."""
+    """Write a whole version-3 file to the binary stream `f`, one section at a time; return its size."""
     preamble = PREAMBLE.pack(MAGIC, VERSION, 0, 0)
     f.write(preamble)
     size = len(preamble)
@@ -146,8 +153,13 @@ def write_to(f: BinaryIO, items: Iterable[Item], files: Mapping[str, bytes] = {}
             raise ConfigError(f"name {name!r} is both a tensor and a file")
         check_file_name(name, ConfigError)
         content = bytes(files[name])
-        heads.append(_record_head(name, torch.uint8, (len(content),), ENCODING_FILE, (content,)))
-        size += _write_chunks(f, [content])
+        packed = xz_compress(content)
+        if len(packed) < len(content):
+            heads.append(_record_head(name, torch.uint8, (len(content),), ENCODING_FILE_XZ, (packed,)))
+        else:
+            packed = content
+            heads.append(_record_head(name, torch.uint8, (len(content),), ENCODING_FILE, (content,)))
+        size += _write_chunks(f, [packed])
     body = pack_varint(len(heads)) + b"".join(heads)
     if len(body) > MAX_HEADER_SIZE:
         raise DeepzipError(f"header of {len(body)} bytes exceeds the format's limit of {MAX_HEADER_SIZE}")
@@ -156,9 +168,31 @@ def write_to(f: BinaryIO, items: Iterable[Item], files: Mapping[str, bytes] = {}
     return size + len(body) + TRAILER.size
 
 
-def _coding_params(k: int, index_bits: int, entries: int, kept: int, code_bytes: int, gap_bytes: int) -> bytes:
-    """A codebook record's coding parameters: u16 k, u8 b, then varints E, K, C, G."""
-    return struct.pack("<HB", k, index_bits) + b"".join(pack_varint(v) for v in (entries, kept, code_bytes, gap_bytes))
+def xz_compress(content: bytes) -> bytes:
+    """`content` xz-compressed (CRC-32 check, the strongest preset): a file is stored so when smaller.
+
+    Tokenizer files are text that xz shrinks 3-5x; they can be several percent of a small
+    model's file. lzma is in Python's standard library, so every reader has it.
+    """
+    return lzma.compress(content, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=9 | lzma.PRESET_EXTREME)
+
+
+def _coding_params(
+    k: int, index_bits: int, flags: int, scale_axis: int | None, counts: tuple[int, ...], tables: tuple[int, int]
+) -> bytes:
+    """A version-3 codebook record's coding parameters: u16 k, u8 b, u8 flags, u8 scale axis
+    (0 none, else axis + 1), then varints E, K, C, G, code table size, gap table size."""
+    axis = 0 if scale_axis is None else scale_axis + 1
+    return struct.pack("<HBBB", k, index_bits, flags, axis) + b"".join(pack_varint(v) for v in (*counts, *tables))
+
+
+def _float_entries(values: np.ndarray, flag: int) -> tuple[bytes, int]:
+    """float16 bytes and `flag` when every value is exactly a float16, else float32 bytes and 0."""
+    values32 = np.ascontiguousarray(values, dtype="<f4")
+    values16 = values32.astype("<f2")
+    if np.array_equal(values16.astype("<f4"), values32, equal_nan=False) and np.isfinite(values32).all():
+        return values16.tobytes(), flag
+    return values32.tobytes(), 0
 
 
 def _check_names(model: CompressedModel) -> None:
@@ -209,15 +243,23 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
         raise ConfigError(f"tensor {name!r}: codebook size {k} outside 1..{MAX_CODEBOOK}")
     if record.index_bits is not None and not 1 <= record.index_bits <= MAX_INDEX_BITS:
         raise ConfigError(f"tensor {name!r}: index bits {record.index_bits} outside 1..{MAX_INDEX_BITS}")
-    codebook = np.ascontiguousarray(record.codebook, dtype="<f4").tobytes()
+    codebook, flags = _float_entries(record.codebook, FLAG_CODEBOOK_F16)
+    scale = b""
+    if record.scale is not None:
+        scale, scale_flag = _float_entries(record.scale, FLAG_SCALE_F16)
+        flags |= scale_flag
     kept = record.kept
     if record.index_bits is None and kept == record.numel and kept:
         # Every position kept: no position stream at all (b = 0), not one gap symbol per weight.
-        code_lengths, code_stream = encode_dense(record.codes, k)
-        params = _coding_params(k, 0, kept, kept, len(code_stream), 0)
-        return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, (codebook, code_lengths, code_stream), params)
+        stream = encode_dense(record.codes, k)
+        flags |= FLAG_CODE_ANS if stream.coder == ANS else 0
+        counts = (kept, kept, len(stream.data), 0)
+        params = _coding_params(k, 0, flags, record.scale_axis, counts, (len(stream.table), 0))
+        return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, (codebook, scale, stream.table, stream.data), params)
     positions = record.flat_positions() if record.positions is None else record.positions  # int32 stays int32
     layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits)
-    params = _coding_params(k, layer.index_bits, layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream))
-    chunks = (codebook, layer.code_lengths, layer.gap_lengths, layer.code_stream, layer.gap_stream)
+    flags |= (FLAG_CODE_ANS if layer.code_coder == ANS else 0) | (FLAG_GAP_ANS if layer.gap_coder == ANS else 0)
+    counts = (layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream))
+    params = _coding_params(k, layer.index_bits, flags, record.scale_axis, counts, (len(layer.code_table), len(layer.gap_table)))
+    chunks = (codebook, scale, layer.code_table, layer.gap_table, layer.code_stream, layer.gap_stream)
     return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, chunks, params)

@@ -34,6 +34,7 @@ from deepzip.train.registry import (
 )
 from deepzip.train.sharing import check_bits, check_init, share_tensor
 from deepzip.train.ties import group_tied
+from deepzip.train.uniform import uniform_quantize
 
 __all__ = ["compress_state_dict", "compress_tensor"]
 
@@ -90,8 +91,10 @@ class Plan:
         if first not in self.chosen:
             return Row(label, shape, False, self.reasons[first])
         fraction = kept / max(math.prod(shape), 1)
-        bits = self.chosen[first]["bits"]
-        return Row(label, shape, True, f"kept {100 * fraction:.2f}%, {bits} bits, {centroids} centroids")
+        setting = self.chosen[first]
+        if setting.get("step") is not None:
+            return Row(label, shape, True, f"step {setting['step']:.3g}, {centroids} levels")
+        return Row(label, shape, True, f"kept {100 * fraction:.2f}%, {setting['bits']} bits, {centroids} centroids")
 
     def summary(self, rows: Iterable[Row]) -> Summary:
         """The Summary of a run that produced `rows`."""
@@ -189,10 +192,26 @@ def compress_state_dict(
 
 
 def compress_planned(tensor: torch.Tensor, setting: dict | None, init: str = "linear") -> CodebookTensor | RawTensor:
-    """One tensor as its plan says: compressed with `setting`, or raw where it has none."""
+    """One tensor as its plan says: compressed with `setting`, or raw where it has none.
+
+    A setting with a "step" (from a size budget, `deepzip.budget`) quantizes the tensor
+    uniformly with that step, every weight kept; otherwise it is pruned and clustered.
+    """
     if setting is None:
         return RawTensor(tensor.detach().contiguous())
+    if setting.get("step") is not None:
+        return quantize_uniform(tensor, setting["step"])
     return compress_tensor(tensor, setting["sparsity"], setting["bits"], init, index_bits=setting["index_bits"])
+
+
+def quantize_uniform(weight: torch.Tensor, step: float) -> CodebookTensor:
+    """`weight` quantized on a uniform grid of `step` (`deepzip.train.uniform`), every weight kept (dense)."""
+    if weight.dtype not in FLOAT_DTYPES:
+        raise ConfigError(f"only floating tensors can be quantized, got {weight.dtype}")
+    flat = weight.detach().reshape(-1).cpu()
+    values = flat.numpy() if flat.dtype in (torch.float32, torch.float64) else flat.float().numpy()
+    codebook, codes = uniform_quantize(values, step)
+    return CodebookTensor(tuple(weight.shape), weight.dtype, codebook, None, codes)
 
 
 def _check_values(sparsity, bits, index_bits) -> None:

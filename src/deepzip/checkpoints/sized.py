@@ -1,0 +1,115 @@
+"""Compress a checkpoint to a size budget: measure, allocate, write, and check the file on disk.
+
+The steps come from `deepzip.budget.allocate` on each tensor's rate-distortion curve,
+weighted by sensitivities measured on calibration data (`deepzip.budget.sensitivity`) or,
+data-free, all equal. Everything in the file besides the compressed tensors (raw tensors,
+attached files, the header) is measured first and taken off the budget; the file is then
+written and its real size checked. When rounding in the estimates makes it overshoot, the
+budget for the tensors shrinks by the excess and the file is written again, so the file
+on disk always fits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepzip import container
+from deepzip.budget.allocate import Curve, choose, tensor_curve
+from deepzip.budget.sensitivity import OutputDistortion, sensitivities
+from deepzip.budget.sizes import budget_bytes
+from deepzip.checkpoints.compress import Settings, compress_file
+from deepzip.checkpoints.read import open_checkpoint
+from deepzip.container.writer import xz_compress
+from deepzip.errors import ConfigError
+from deepzip.summary import Summary
+from deepzip.train.post_training import plan
+
+MAX_TRIES = 6
+# Header bytes a record costs besides its section (name, dtype, shape, sizes, checksum).
+_HEAD_BYTES = 24
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the budget run chose: per stored tensor its step, estimated bytes and sensitivity."""
+
+    budget: int
+    steps: dict[str, float]
+    nbytes: dict[str, int]
+    sensitivity: dict[str, float]
+    tries: int
+
+
+def compress_to_size(
+    path: str | os.PathLike,
+    output: str | os.PathLike,
+    size: str | None = None,
+    *,
+    bits_per_weight: float | None = None,
+    probe: OutputDistortion | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[int, Summary, Allocation]:
+    """Compress the checkpoint at `path` into `output`, a file no larger than the budget.
+
+    `size` is `8x` (against the fp32 parameters), `12MB`, `11MiB` or bytes; or give
+    `bits_per_weight`. With `probe` (calibration: `deepzip.checkpoints.calibration`), each
+    tensor's step is weighted by its measured output sensitivity; without, data-free, every
+    tensor's squared error counts the same. ConfigError if even the coarsest quantization
+    of every tensor cannot fit. Returns (file size, Summary, Allocation).
+    """
+    note = log or (lambda message: None)
+    with open_checkpoint(path) as source:
+        metas = {name: source.meta(name) for name in source.names}
+        decided = plan(metas, source.ties)
+        distinct = list(decided.groups)
+        fp32 = sum(4 * int(np.prod(metas[first][1], dtype=np.int64)) for first in distinct)
+        numel = fp32 // 4
+        budget = budget_bytes(size, fp32, bits_per_weight, numel)
+        curves: dict[str, Curve] = {}
+        for first in decided.chosen:
+            if progress is not None:
+                progress(f"curve {first}")
+            curves[first] = tensor_curve(source.tensor(first))
+        fixed = _fixed_bytes(source, decided, metas)
+        weights = {first: 1.0 for first in curves}
+        if probe is not None:
+            measured = sensitivities(curves, source.tensor, probe, progress)
+            known = [v for v in measured.values() if v is not None]
+            if not known:
+                raise ConfigError("no compressed tensor of the checkpoint was found in the calibration model")
+            fallback = float(np.median(known))
+            missing = [n for n, v in measured.items() if v is None]
+            if missing:
+                note(f"{len(missing)} tensors not in the calibration model get the median sensitivity ({missing[0]}, ...)")
+            weights = {n: fallback if v is None else v for n, v in measured.items()}
+    note(f"budget {budget:,} bytes: {fixed:,} for raw tensors, files and the header, the rest for {len(curves)} tensors")
+    target = budget - fixed
+    for tries in range(1, MAX_TRIES + 1):
+        choice = choose(curves, weights, target)
+        steps = {n: float(curves[n].steps[i]) for n, i in choice.items()}
+        written, summary = compress_file(path, output, Settings(0.0, 8, None, None, []), overwrite=overwrite or tries > 1, steps=steps)
+        if written <= budget:
+            estimates = {n: int(curves[n].nbytes[i]) for n, i in choice.items()}
+            return written, summary, Allocation(budget, steps, estimates, weights, tries)
+        note(f"the file is {written - budget:,} bytes over the budget: allocating again")
+        target -= (written - budget) + max(64, (written - budget) // 4)
+    os.unlink(output)
+    raise ConfigError(f"could not fit the budget of {budget:,} bytes in {MAX_TRIES} tries")
+
+
+def _fixed_bytes(source, decided, metas) -> int:
+    """Bytes of everything but the compressed tensors' sections: raw tensors, files, header, framing."""
+    raw = sum(
+        int(np.prod(metas[first][1], dtype=np.int64)) * metas[first][0].itemsize
+        for first in decided.groups
+        if first not in decided.chosen
+    )
+    files = sum(len(xz_compress(content)) + _HEAD_BYTES + len(name) for name, content in source.files.items())
+    heads = sum(_HEAD_BYTES + len(name) for name in metas)
+    return raw + files + heads + container.PREAMBLE.size + 8
