@@ -273,7 +273,9 @@ def _compress_to_size(input_path, output, size, bits_per_weight, text, inputs, f
     kind = "calibrated" if probe is not None else "data-free"
     click.echo(f"budget {allocation.budget:,} bytes ({kind}), met in {allocation.tries} writing(s); per tensor:")
     for name in sorted(allocation.steps):
-        click.echo(f"  {name:<60} step {allocation.steps[name]:.4g}  ~{allocation.nbytes[name]:>10,} B  sensitivity {allocation.sensitivity[name]:.3g}")
+        axis = allocation.scale_axes.get(name)
+        scaled = "" if axis is None else f", scaled along axis {axis}"
+        click.echo(f"  {name:<60} step {allocation.steps[name]:.4g}  ~{allocation.nbytes[name]:>10,} B  sensitivity {allocation.sensitivity[name]:.3g}{scaled}")
     return written, summary
 
 

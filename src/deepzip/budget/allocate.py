@@ -73,13 +73,16 @@ def histogram(tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return sums[used] / counts[used], counts[used]
 
 
-def tensor_curve(tensor: torch.Tensor) -> Curve:
-    """The rate-distortion curve of uniformly quantizing `tensor` over the STEP_EXPONENTS grid."""
+def tensor_curve(tensor: torch.Tensor, extra_bytes: int = 0) -> Curve:
+    """The rate-distortion curve of uniformly quantizing `tensor` over the STEP_EXPONENTS grid.
+
+    `extra_bytes` (per-slice scales, say) are added to every point.
+    """
     x, n = histogram(tensor)
     rms = math.sqrt(float(np.sum(n * x * x) / max(n.sum(), 1))) or 1.0
     steps = rms * 2.0 ** (-np.array(STEP_EXPONENTS, dtype=np.float64) / 4)
     sse, bits, levels = uniform_curve(x, n, steps)
-    nbytes = np.ceil(bits / 8) + LEVEL_BYTES * levels + RECORD_OVERHEAD
+    nbytes = np.ceil(bits / 8) + LEVEL_BYTES * levels + RECORD_OVERHEAD + extra_bytes
     ok = np.isfinite(sse)
     return Curve(steps[ok], nbytes[ok], sse[ok], levels[ok])
 

@@ -66,7 +66,7 @@ def compress_file(
     jobs: int = 1,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
-    steps: Mapping[str, float] | None = None,
+    steps: Mapping[str, dict] | None = None,
 ) -> tuple[int, Summary]:
     """Compress the checkpoint at `path` into the .dzip `output`; return (file size, Summary).
 
@@ -75,8 +75,9 @@ def compress_file(
     With `jobs` > 1, that many worker processes compress tensors in parallel; records are
     written in the same order, so the file's bytes are the same for any `jobs`.
     `progress(name)` is called as each distinct tensor is written. `steps` ({stored name:
-    step}, from a size budget: `deepzip.checkpoints.sized`) quantizes those tensors
-    uniformly with that step instead of the settings' sparsity and bits.
+    {"step", and optionally "scale" and "scale_axis"}}, from a size budget:
+    `deepzip.checkpoints.sized`) quantizes those tensors uniformly instead of with the
+    settings' sparsity and bits (see `post_training.quantize_uniform`).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
@@ -89,8 +90,8 @@ def compress_file(
             metas, source.ties, setting.sparsity, setting.bits, include=setting.include,
             exclude=setting.exclude, index_bits=setting.index_bits,
         )  # fmt: skip
-        for first, step in (steps or {}).items():
-            decided.chosen[first]["step"] = step
+        for first, quantizer in (steps or {}).items():
+            decided.chosen[first].update(quantizer)
         rows: list = []
         items = _items(source, decided, metas, rows, jobs, progress)
         size = container.write_stream(output, items, source.files, overwrite=overwrite)

@@ -35,13 +35,14 @@ _HEAD_BYTES = 24
 
 @dataclass(frozen=True)
 class Allocation:
-    """What the budget run chose: per stored tensor its step, estimated bytes and sensitivity."""
+    """What the budget run chose: per stored tensor its step, estimated bytes, sensitivity and scale axis."""
 
     budget: int
     steps: dict[str, float]
     nbytes: dict[str, int]
     sensitivity: dict[str, float]
     tries: int
+    scale_axes: dict[str, int]
 
 
 def compress_to_size(
@@ -71,36 +72,64 @@ def compress_to_size(
         fp32 = sum(4 * int(np.prod(metas[first][1], dtype=np.int64)) for first in distinct)
         numel = fp32 // 4
         budget = budget_bytes(size, fp32, bits_per_weight, numel)
-        curves: dict[str, Curve] = {}
-        for first in decided.chosen:
-            if progress is not None:
-                progress(f"curve {first}")
-            curves[first] = tensor_curve(source.tensor(first))
         fixed = _fixed_bytes(source, decided, metas)
-        weights = {first: 1.0 for first in curves}
+        weights = {first: 1.0 for first in decided.chosen}
+        scales: dict[str, tuple[np.ndarray, int]] = {}
         if probe is not None:
-            measured = sensitivities(curves, source.tensor, probe, progress)
-            known = [v for v in measured.values() if v is not None]
+            measured = sensitivities(decided.chosen, source.tensor, probe, progress)
+            known = [v.mean for v in measured.values() if v is not None]
             if not known:
                 raise ConfigError("no compressed tensor of the checkpoint was found in the calibration model")
             fallback = float(np.median(known))
             missing = [n for n, v in measured.items() if v is None]
             if missing:
                 note(f"{len(missing)} tensors not in the calibration model get the median sensitivity ({missing[0]}, ...)")
-            weights = {n: fallback if v is None else v for n, v in measured.items()}
+            for name, found in measured.items():
+                weights[name] = fallback if found is None else found.mean
+                if found is not None and found.axis is not None:
+                    scales[name], weights[name] = slice_scales(found.slices), _geometric_mean(found.slices)
+                    scales[name] = (scales[name], found.axis)
+        curves: dict[str, Curve] = {}
+        for first in decided.chosen:
+            if progress is not None:
+                progress(f"curve {first}")
+            tensor = source.tensor(first)
+            if first in scales:
+                tensor = _divided(tensor, *scales[first])
+            curves[first] = tensor_curve(tensor, extra_bytes=2 * len(scales[first][0]) if first in scales else 0)
     note(f"budget {budget:,} bytes: {fixed:,} for raw tensors, files and the header, the rest for {len(curves)} tensors")
     target = budget - fixed
     for tries in range(1, MAX_TRIES + 1):
         choice = choose(curves, weights, target)
         steps = {n: float(curves[n].steps[i]) for n, i in choice.items()}
-        written, summary = compress_file(path, output, Settings(0.0, 8, None, None, []), overwrite=overwrite or tries > 1, steps=steps)
+        quantizers = {n: {"step": step} | ({"scale": scales[n][0], "scale_axis": scales[n][1]} if n in scales else {}) for n, step in steps.items()}
+        written, summary = compress_file(path, output, Settings(0.0, 8, None, None, []), overwrite=overwrite or tries > 1, steps=quantizers)
         if written <= budget:
             estimates = {n: int(curves[n].nbytes[i]) for n, i in choice.items()}
-            return written, summary, Allocation(budget, steps, estimates, weights, tries)
+            return written, summary, Allocation(budget, steps, estimates, weights, tries, {n: a for n, (_, a) in scales.items()})
         note(f"the file is {written - budget:,} bytes over the budget: allocating again")
         target -= (written - budget) + max(64, (written - budget) // 4)
     os.unlink(output)
     raise ConfigError(f"could not fit the budget of {budget:,} bytes in {MAX_TRIES} tries")
+
+
+def slice_scales(slices: np.ndarray) -> np.ndarray:
+    """Per-slice step factors (slices / geometric mean) ** -0.5, rounded to float16 values (as stored)."""
+    factors = (slices / _geometric_mean(slices)) ** -0.5
+    return factors.astype(np.float16).astype(np.float32)
+
+
+def _geometric_mean(values: np.ndarray) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def _divided(tensor, scale: np.ndarray, axis: int):
+    """`tensor` (as float32) with slice j along `axis` divided by scale[j]: what the quantizer sees."""
+    import torch
+
+    view = [1] * tensor.dim()
+    view[axis] = -1
+    return tensor.float() / torch.from_numpy(scale).view(view)
 
 
 def _fixed_bytes(source, decided, metas) -> int:

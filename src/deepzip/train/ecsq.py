@@ -221,11 +221,31 @@ def _general_loop(x, cnt, imp, grid, lam, max_iter):
 
 
 def _positive_real(value, name: str, allow_zero: bool = False) -> float:
+    """``value`` as a float, or ConfigError unless it is a finite real > 0 (>= 0 if allowed)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite real number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return float(value)
+
+
+def _check_arguments(values, step, lam, weights, importance, max_iter):
+    """The validated ``(values, step, lam, counts, importance)``, or ConfigError."""
+    v = _check_values(values)
+    step = _positive_real(step, "step")
+    lam = None if lam is None else _positive_real(lam, "lam", allow_zero=True)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        raise ConfigError(f"max_iter must be a positive integer, got {max_iter!r}")
+    counts = None if weights is None else check_weights(weights, v.size)
+    if importance is None:
+        return v, step, lam, counts, None
+    imp = np.asarray(importance)
+    if imp.shape != v.shape or imp.dtype.kind not in "fiu":
+        raise ConfigError(f"importance must be real, one per value ({v.size}), got {imp.dtype} {imp.shape}")
+    imp = imp.astype(np.float64, copy=False)
+    if not np.isfinite(imp).all() or (imp < 0).any():
+        raise ConfigError("importance must be finite and >= 0")
+    return v, step, lam, counts, imp
 
 
 def ecsq_1d(values, step, lam=None, weights=None, importance=None, max_iter=50):
@@ -262,45 +282,32 @@ def ecsq_1d(values, step, lam=None, weights=None, importance=None, max_iter=50):
     grid of more than 65536 levels, ``lam`` < 0, unusable ``weights`` or ``importance``
     (one finite value >= 0 per value), or ``max_iter`` < 1.
     """
-    v = _check_values(values)
-    step = _positive_real(step, "step")
-    lam = None if lam is None else _positive_real(lam, "lam", allow_zero=True)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-        raise ConfigError(f"max_iter must be a positive integer, got {max_iter!r}")
-    counts = None if weights is None else check_weights(weights, v.size)
-    imp = None
-    if importance is not None:
-        imp = np.asarray(importance)
-        if imp.shape != v.shape or imp.dtype.kind not in "fiu":
-            raise ConfigError(f"importance must be real, one per value ({v.size}), got {imp.dtype} {imp.shape}")
-        imp = imp.astype(np.float64, copy=False)
-        if not np.isfinite(imp).all() or (imp < 0).any():
-            raise ConfigError("importance must be finite and >= 0")
+    v, step, lam, counts, imp = _check_arguments(values, step, lam, weights, importance, max_iter)
     present = None if counts is None else np.flatnonzero(counts > 0)
     live = v if present is None else v[present]
-    low, high = math.floor(float(live.min()) / step), math.ceil(float(live.max()) / step)
-    if high - low + 1 > _MAX_LEVELS:
-        raise ConfigError(f"step {step} needs {high - low + 1} levels over the values' range; at most {_MAX_LEVELS}")
-    grid = np.arange(low, high + 1, dtype=np.float64) * step
     live_counts = None if counts is None else counts[present]
+    live_imp = imp if imp is None or present is None else imp[present]
+    low, high = float(live.min()) / step, float(live.max()) / step
+    # The first test also catches a range that overflows to inf, before floor() sees it.
+    if not high - low < _MAX_LEVELS or math.ceil(high) - math.floor(low) + 1 > _MAX_LEVELS:
+        raise ConfigError(f"step {step} needs over {_MAX_LEVELS} levels to cover the values")
+    grid = np.arange(math.floor(low), math.ceil(high) + 1, dtype=np.float64) * step
     if lam is None:
         total = float(live.size if counts is None else live_counts.sum())
-        mean_imp = 1.0 if imp is None else float((imp if present is None else imp[present]).sum()) / total
-        lam = math.log(2.0) / 6.0 * step * step * mean_imp
+        lam = math.log(2.0) / 6.0 * step * step * (1.0 if imp is None else float(live_imp.sum()) / total)
 
     if imp is None:
-        if present is None:
-            x, order_counts = (v if v.dtype in (np.float32, np.float64) else v.astype(np.float64)), None
-            x = np.sort(x)
+        if present is None:  # float32 is sorted and searched as float32
+            x, x_counts = np.sort(v if v.dtype in (np.float32, np.float64) else v.astype(np.float64)), None
         else:
             order = np.argsort(live, kind="stable")
-            x, order_counts = live[order].astype(np.float64), live_counts[order]
-        c, t = _sorted_loop(x, order_counts, grid, lam, int(max_iter))
-        del x
+            x, x_counts = live[order].astype(np.float64), live_counts[order]
+        c, t = _sorted_loop(x, x_counts, grid, lam, max_iter)
+        del x  # as large as the values: gone before the codes are made
     else:
         x = live.astype(np.float64)
         cnt = np.ones(x.size) if live_counts is None else live_counts
-        c, live_codes = _general_loop(x, cnt, imp if present is None else imp[present], grid, lam, int(max_iter))
+        c, live_codes = _general_loop(x, cnt, live_imp, grid, lam, max_iter)
     c32 = c.astype(np.float32)
     codes = np.empty(v.size, np.uint8 if c32.size <= 256 else np.uint16)
     if imp is None and present is None:

@@ -112,7 +112,7 @@ def _split_worst(bounds, s0, s1, s2, missing: int) -> np.ndarray:
     makes progress."""
     gain, at = _best_splits(bounds, s0, s1, s2)
     length = np.diff(bounds)
-    order = np.lexsort((-length, gain))[:missing]
+    order = np.lexsort((-length, -gain))[:missing]
     chosen = order[length[order] >= 2]
     middle = (bounds[:-1] + bounds[1:]) // 2
     return np.sort(np.concatenate([bounds, np.where(gain > 0, at, middle)[chosen]]))

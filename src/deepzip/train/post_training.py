@@ -200,18 +200,31 @@ def compress_planned(tensor: torch.Tensor, setting: dict | None, init: str = "li
     if setting is None:
         return RawTensor(tensor.detach().contiguous())
     if setting.get("step") is not None:
-        return quantize_uniform(tensor, setting["step"])
+        return quantize_uniform(tensor, setting["step"], setting.get("scale"), setting.get("scale_axis"))
     return compress_tensor(tensor, setting["sparsity"], setting["bits"], init, index_bits=setting["index_bits"])
 
 
-def quantize_uniform(weight: torch.Tensor, step: float) -> CodebookTensor:
-    """`weight` quantized on a uniform grid of `step` (`deepzip.train.uniform`), every weight kept (dense)."""
+def quantize_uniform(
+    weight: torch.Tensor, step: float, scale: np.ndarray | None = None, scale_axis: int | None = None
+) -> CodebookTensor:
+    """`weight` quantized on a uniform grid of `step` (`deepzip.train.uniform`), every weight kept (dense).
+
+    With `scale` (float32 [shape[scale_axis]]), slice j along `scale_axis` is divided by
+    scale[j] before quantization and the record keeps the scales: slice j's effective step
+    is step * scale[j].
+    """
     if weight.dtype not in FLOAT_DTYPES:
         raise ConfigError(f"only floating tensors can be quantized, got {weight.dtype}")
-    flat = weight.detach().reshape(-1).cpu()
+    dtype, weight = weight.dtype, weight.detach().cpu()
+    if scale is not None:
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+        view = [1] * weight.dim()
+        view[scale_axis] = -1
+        weight = weight.float() / torch.from_numpy(scale).view(view)
+    flat = weight.reshape(-1)
     values = flat.numpy() if flat.dtype in (torch.float32, torch.float64) else flat.float().numpy()
     codebook, codes = uniform_quantize(values, step)
-    return CodebookTensor(tuple(weight.shape), weight.dtype, codebook, None, codes)
+    return CodebookTensor(tuple(weight.shape), dtype, codebook, None, codes, None, scale, scale_axis)
 
 
 def _check_values(sparsity, bits, index_bits) -> None:

@@ -5,8 +5,9 @@ values it holds (the centroid, not the grid point: one Lloyd update on a uniform
 partition, which lowers the error at no cost in rate). At the rates of rANS-coded weights
 (2-8 bits of entropy a weight) a uniform partition with entropy coding is within about
 0.1 dB of the entropy-constrained optimum for smooth densities (Gish and Pierce 1968),
-and about 0.25 bit a weight better than the best fixed-rate (Lloyd-Max) quantizer of a
-Gaussian: what it saves is the codes' entropy, which is why the coder must reach it.
+and at high rate 0.47 bit a weight better than the best fixed-rate (Lloyd-Max) quantizer
+of a Gaussian (0.94 for a Laplacian; `deepzip.train.ecsq` measures 0.39 at 4 bits): what
+it saves is the codes' entropy, which is why the coder must reach it.
 
 Pure numpy functions, a chunk at a time: memory beyond the values is the codes and a few
 MiB. `uniform_quantize` works on values, `uniform_curve` on a histogram (distinct values

@@ -1,0 +1,100 @@
+"""compress --size: the file on disk fits its budget, data-free and calibrated, and decodes."""
+
+import os
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers imports huggingface_hub: never download
+transformers = pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+import deepzip  # noqa: E402
+from deepzip import container  # noqa: E402
+from deepzip.checkpoints.calibration import transformers_probe  # noqa: E402
+from deepzip.checkpoints.sized import compress_to_size  # noqa: E402
+from deepzip.cli import main  # noqa: E402
+from deepzip.errors import ConfigError  # noqa: E402
+
+torch.set_num_threads(1)
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "the", "a", "cat", "sat", "on", "mat"]
+TEXT = ["hello world", "the cat sat on the mat", "a cat", "the world", "hello the cat on a mat"] * 4
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    """A seeded tiny BertModel with its tokenizer, and a calibration text file."""
+    root = tmp_path_factory.mktemp("bert")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, max_position_embeddings=64)
+    transformers.BertModel(config).eval().save_pretrained(root / "model")
+    (root / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    transformers.BertTokenizer(str(root / "vocab.txt")).save_pretrained(root / "model")
+    (root / "text.txt").write_text("\n".join(TEXT) + "\n")
+    return root / "model", root / "text.txt"
+
+
+def fp32_bytes(directory):
+    return sum(4 * t.numel() for t in deepzip.checkpoints.read_checkpoint(directory).state_dict.values())
+
+
+@pytest.mark.parametrize("size", ["3x", "5x", "8x"])
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_the_file_on_disk_fits_the_budget(bert, tmp_path, size, calibrated):
+    directory, text = bert
+    probe = transformers_probe(directory, text) if calibrated else None
+    out = tmp_path / "m.dzip"
+    written, _, allocation = compress_to_size(directory, out, size, probe=probe)
+    assert written == out.stat().st_size <= allocation.budget == fp32_bytes(directory) // int(size[0])
+    assert set(deepzip.load(out)) >= {"embeddings.word_embeddings.weight"}
+    assert container.open_file(out).header.version == 3
+
+
+def test_more_bytes_give_less_distortion_on_the_calibration_text(bert, tmp_path):
+    directory, text = bert
+    probe = transformers_probe(directory, text)
+    errors = []
+    for size in ("8x", "4x"):
+        out = tmp_path / f"{size}.dzip"
+        compress_to_size(directory, out, size, probe=probe)
+        state = deepzip.load(out)
+        model = transformers.AutoModel.from_pretrained(directory).eval()
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        errors.append(OutputError.of(probe, model))
+    assert errors[1] < errors[0]
+
+
+class OutputError:
+    @staticmethod
+    def of(probe, model):
+        from deepzip.budget.sensitivity import relative_error
+
+        with torch.no_grad():
+            return sum(relative_error(r, model(**b), b["attention_mask"]) for b, r in zip(probe.batches, probe.reference))
+
+
+def test_an_impossible_budget_is_one_clear_error(bert, tmp_path):
+    directory, _ = bert
+    with pytest.raises(ConfigError, match="budget"):
+        compress_to_size(directory, tmp_path / "m.dzip", "1000x")
+    assert not (tmp_path / "m.dzip").exists()
+
+
+def test_cli_size_and_its_errors(bert, tmp_path):
+    directory, text = bert
+    runner = CliRunner()
+    out = tmp_path / "cli.dzip"
+    result = runner.invoke(main, ["compress", str(directory), "-o", str(out), "--size", "6x", "--calibration-text", str(text)])
+    assert result.exit_code == 0, result.output
+    assert "budget" in result.output and out.stat().st_size <= fp32_bytes(directory) // 6
+    for args, message in [
+        (["--size", "banana"], "size"),
+        (["--size", "6x", "--bits", "4"], "--size"),
+        (["--calibration-text", str(text)], "--size"),
+        (["--size", "6x", "--bits-per-weight", "3"], "one of"),
+    ]:
+        result = runner.invoke(main, ["compress", str(directory), "-o", str(tmp_path / "bad.dzip"), *args])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output
+        assert not (tmp_path / "bad.dzip").exists()
