@@ -2,10 +2,12 @@
 
     python benchmarks/fuzz_reader.py --inputs 100000 --seed 0 --json fuzz.json
 
-Each input is a seed file from `fuzzing.seed_files()` changed by one mutator (or a
-chain of 2-3) from `fuzzing.MUTATORS`, drawn deterministically from (--seed, index).
-The parent process generates the inputs and sends them one at a time to a worker process
-that runs `container.from_bytes(data).state_dict()` and reports the outcome:
+Each input is a seed file from `fuzzing.seed_files()` (format versions 1, 2 and 3: the
+writer's files, the version-2 writer's forms of them and the committed golden files)
+changed by one mutator (or a chain of 2-3) from `fuzzing.MUTATORS`, drawn
+deterministically from (--seed, index). The parent process generates the inputs and
+sends them one at a time to a worker process that runs
+`container.from_bytes(data, max_decoded_size=...).state_dict()` and reports the outcome:
 
 - ok / format_error: the reader behaved;
 - exception: it raised something other than FormatError (type, message and traceback kept);
@@ -13,6 +15,11 @@ that runs `container.from_bytes(data).state_dict()` and reports the outcome:
   the input with a 10x longer limit (--no-confirm-hangs skips that) before it counts;
 - crash: the worker died (e.g. SIGSEGV in a numba kernel); it is restarted and the run
   goes on after the input.
+
+The decoded-size cap (--max-decoded-size-mb, default 16) is far below the reader's 64 GiB
+default: with rANS a shape edit turns a tiny file into a *valid* one of any decoded size
+up to the cap (a certain symbol costs no bits), which would exhaust the worker's memory
+without any reader bug. Inputs above the cap are refused by the header (format_error).
 
 Memory: the worker reports its peak RSS (VmHWM) after every input; the baseline is the
 peak RSS of a fresh process with the same imports that only decodes the largest undamaged
@@ -74,18 +81,18 @@ def _setup_process() -> None:
     torch.set_num_threads(1)
 
 
-def _baseline(conn, data: bytes) -> None:
+def _baseline(conn, data: bytes, max_decoded_size: int) -> None:
     """Decode one undamaged file, report the peak RSS, exit."""
     _setup_process()
-    outcome = fuzz.check_one(data)
+    outcome = fuzz.check_one(data, max_decoded_size)
     conn.send((outcome, _proc_status_kb("VmHWM")))
     conn.close()
 
 
-def _worker(conn, warmup: bytes, memory_limit_mb: int) -> None:
+def _worker(conn, warmup: bytes, memory_limit_mb: int, max_decoded_size: int) -> None:
     """Decode the inputs the parent sends, one answer per input, until it sends None."""
     _setup_process()
-    fuzz.check_one(warmup)  # loads the numba kernels before any input is timed
+    fuzz.check_one(warmup, max_decoded_size)  # loads the numba kernels before any input is timed
     if memory_limit_mb > 0:
         limit = (_proc_status_kb("VmSize") or 0) * 1024 + memory_limit_mb * (1 << 20)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -98,7 +105,7 @@ def _worker(conn, warmup: bytes, memory_limit_mb: int) -> None:
         index, data = message
         info = None
         try:
-            outcome = fuzz.check_one(data)
+            outcome = fuzz.check_one(data, max_decoded_size)
         except Exception as error:  # noqa: BLE001 - any non-FormatError is what we look for
             outcome = "exception"
             info = {
@@ -115,15 +122,17 @@ def _worker(conn, warmup: bytes, memory_limit_mb: int) -> None:
 class Worker:
     """A worker process, restarted after a hang or a crash."""
 
-    def __init__(self, ctx, warmup: bytes, memory_limit_mb: int):
+    def __init__(self, ctx, warmup: bytes, memory_limit_mb: int, max_decoded_size: int):
         self.ctx, self.warmup, self.memory_limit_mb = ctx, warmup, memory_limit_mb
+        self.max_decoded_size = max_decoded_size
         self.proc = self.conn = None
         self.starts = 0
         self.peak_kb = 0  # max VmHWM over all worker processes
 
     def start(self) -> None:
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.warmup, self.memory_limit_mb), daemon=True)
+        args = (child, self.warmup, self.memory_limit_mb, self.max_decoded_size)
+        self.proc = self.ctx.Process(target=_worker, args=args, daemon=True)
         self.proc.start()
         child.close()
         if not self.conn.poll(300):
@@ -183,10 +192,10 @@ class Worker:
         return {"outcome": "hang", "info": {"type": "hang", "message": f"no answer within {timeout:g} s"}, "hwm": None}
 
 
-def measure_baseline(ctx, data: bytes) -> int | None:
+def measure_baseline(ctx, data: bytes, max_decoded_size: int) -> int | None:
     """Peak RSS (kB) of a fresh process that imports what the worker does and decodes `data`."""
     conn, child = ctx.Pipe()
-    proc = ctx.Process(target=_baseline, args=(child, data), daemon=True)
+    proc = ctx.Process(target=_baseline, args=(child, data, max_decoded_size), daemon=True)
     proc.start()
     child.close()
     hwm = None
@@ -232,29 +241,34 @@ def _table(rows: dict[str, Counter], first: str) -> str:
               help="Address-space limit of the worker above its size after start-up (0: none).")
 @click.option("--max-rss-ratio", default=2.0, show_default=True,
               help="Fail if the worker's peak RSS exceeds this multiple of the baseline (0: never).")
+@click.option("--max-decoded-size-mb", default=fuzz.FUZZ_MAX_DECODED_SIZE >> 20, show_default=True,
+              help="The reader's decoded-size cap (valid files above it are refused from their header).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 @click.option("--save-failures", type=click.Path(file_okay=False, path_type=Path),
               help="Write each failing input (.dzip) and its description (.json) to this folder.")
 @click.option("--reproduce", type=int, help="Regenerate input INDEX and decode it in this process, then exit.")
 def main(count, seed, start, timeout_per_input, confirm_hangs, mutators, memory_limit_mb, max_rss_ratio,
-         json_path, save_failures, reproduce):
+         max_decoded_size_mb, json_path, save_failures, reproduce):
     torch.set_num_threads(1)
     seeds = fuzz.seed_files()
     pool = list(mutators) or None
+    max_decoded_size = max_decoded_size_mb << 20
     if reproduce is not None:
         data, chain, seed_name = fuzz.generate(seeds, seed, reproduce, pool)
-        click.echo(f"input {reproduce}: seed file {seed_name}, mutators {chain}, {len(data)} bytes")
-        click.echo(f"outcome: {fuzz.check_one(data)}")  # any other exception shows its traceback
+        click.echo(f"input {reproduce}: seed file {seed_name} (version {seeds[seed_name][8]}), mutators {chain}, {len(data)} bytes")
+        # Any other exception shows its traceback.
+        click.echo(f"outcome: {fuzz.check_one(data, max_decoded_size)}")
         return
 
     ctx = mp.get_context("spawn")
     largest = max(seeds.values(), key=len)
-    click.echo(f"seed files: {', '.join(f'{n} ({len(d)} B)' for n, d in seeds.items())}")
-    baseline_kb = measure_baseline(ctx, largest)
-    worker = Worker(ctx, largest, memory_limit_mb)
+    click.echo(f"seed files: {', '.join(f'{n} (v{d[8]}, {len(d)} B)' for n, d in seeds.items())}")
+    baseline_kb = measure_baseline(ctx, largest, max_decoded_size)
+    worker = Worker(ctx, largest, memory_limit_mb, max_decoded_size)
     worker.start()
 
     outcomes, per_mutator, per_length = Counter(), defaultdict(Counter), defaultdict(Counter)
+    per_seed = defaultdict(Counter)
     examples: dict[str, list] = {kind: [] for kind in FAILURES}
     slow, memory_events, timings, harness_errors = [], [], [], []
     saved = 0
@@ -302,6 +316,7 @@ def main(count, seed, start, timeout_per_input, confirm_hangs, mutators, memory_
                 outcomes[outcome] += 1
                 steps = chain.split("+")
                 per_length[f"chain of {len(steps)}"][outcome] += 1
+                per_seed[f"{seed_name} (v{seeds[seed_name][8]})"][outcome] += 1
                 for name in set(steps):
                     per_mutator[name][outcome] += 1
                 if outcome in FAILURES:
@@ -338,6 +353,7 @@ def main(count, seed, start, timeout_per_input, confirm_hangs, mutators, memory_
     click.echo("\nper mutator x outcome (an input counts for every mutator in its chain):")
     click.echo(_table(dict(sorted(per_mutator.items())), "mutator"))
     click.echo(_table(dict(sorted(per_length.items())), "chain"))
+    click.echo(_table(dict(sorted(per_seed.items())), "seed file"))
     click.echo("\npeak RSS: worker {} MiB, baseline (fresh process decoding {} B) {} MiB, ratio {}; "
                "max over children by getrusage {} MiB".format(
                    round(worker.peak_kb / 1024, 1), len(largest),
@@ -364,13 +380,14 @@ def main(count, seed, start, timeout_per_input, confirm_hangs, mutators, memory_
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({
             "inputs": done, "seed": seed, "start": start, "interrupted": interrupted,
-            "timeout_per_input_s": timeout_per_input,
+            "timeout_per_input_s": timeout_per_input, "max_decoded_size": max_decoded_size,
             "elapsed_s": round(wall, 2), "inputs_per_s": round(done / wall, 1),
             "generate_s": round(generate_s, 2), "worker_starts": worker.starts,
             "seed_files": {n: len(d) for n, d in seeds.items()},
             "outcomes": {o: outcomes.get(o, 0) for o in OUTCOMES},
             "per_mutator": {m: {o: c.get(o, 0) for o in OUTCOMES} for m, c in sorted(per_mutator.items())},
             "per_chain_length": {m: {o: c.get(o, 0) for o in OUTCOMES} for m, c in sorted(per_length.items())},
+            "per_seed_file": {m: {o: c.get(o, 0) for o in OUTCOMES} for m, c in sorted(per_seed.items())},
             "peak_rss_kb": {"worker": worker.peak_kb, "baseline": baseline_kb,
                             "ratio": round(ratio, 4) if ratio else None, "rusage_children_max": rusage_kb,
                             "max_ratio": max_rss_ratio, "exceeded": memory_failed},

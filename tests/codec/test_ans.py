@@ -1,4 +1,4 @@
-"""Tests of deepzip.codec.ans against a reference written from docs/FORMAT-ans.md alone.
+"""Tests of deepzip.codec.ans against a reference written from docs/FORMAT.md ("rANS-coded streams") alone.
 
 The reference below parses tables, encodes and decodes streams in plain Python integers,
 sharing no code with deepzip.codec.ans; the optimal-quantization reference is the textbook
@@ -18,7 +18,7 @@ from deepzip.errors import FormatError
 
 
 class RefError(Exception):
-    """The reference found a rule of docs/FORMAT-ans.md broken."""
+    """The reference found a rule of docs/FORMAT.md ("rANS-coded streams") broken."""
 
 
 def ref_unpack_table(data: bytes, alphabet: int) -> list[int]:

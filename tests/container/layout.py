@@ -1,28 +1,33 @@
-"""Spec-level helpers of the .dzip format tests: a strict parser and a builder for both versions.
+"""Spec-level helpers of the .dzip format tests: a strict parser and a builder for versions 1-3.
 
-Written from the format's description (docs/FORMAT.md; container/spec.py and header.py
-until it is updated), not from the reader, so that expected bytes and crafted files do not
-inherit the reader's mistakes. `parse_layout` splits a well-formed file into its fields;
-`build_layout` writes a (possibly edited) layout back in either version, recomputing the
-checksums, so that a crafted file reaches the semantic checks behind valid crcs.
+Written from the format's description (docs/FORMAT.md), not from the reader, so that
+expected bytes and crafted files do not inherit the reader's mistakes. `parse_layout`
+splits a well-formed file into its fields; `build_layout` writes a (possibly edited)
+layout back in its version, recomputing the checksums, so that a crafted file reaches
+the semantic checks behind valid crcs. `section_parts` splits a codebook section.
 
 Version 1: preamble (magic, u16 version, u16 flags, u32 header size H), header (u32
-record count, records), u32 crc32 of preamble + header, sections. Version 2: preamble
-(the u32 is reserved, 0), sections, header body (varint record count, records), trailer (u32
-body size H, u32 crc32 of preamble + body). A record: u16 name length, name, u8 dtype, u8
-ndim, u32 dims, u8 encoding, section size (u32 in v1, varint in v2), u32 section crc32, and
-for codebook records u16 k, u8 b, then E, C, G (u32, v1) or E, K, C, G (varints, v2).
+record count, records), u32 crc32 of preamble + header, sections. Versions 2 and 3:
+preamble (the u32 is reserved, 0), sections, header body (varint record count, records),
+trailer (u32 body size H, u32 crc32 of preamble + body). A record: u16 name length, name,
+u8 dtype, u8 ndim, u32 dims, u8 encoding, section size (u32 in v1, varint after), u32
+section crc32, and for codebook records u16 k, u8 b, then E, C, G (u32, v1), E, K, C, G
+(varints, v2), or u8 flags, u8 scale axis and varints E, K, C, G, TC, TG (v3: the last
+two are the sizes of the code and gap tables).
 
-A varint (version 2) is unsigned LEB128: 7 bits a byte, the least significant group
-first, the high bit set on every byte but the last; minimal, at most 10 bytes, < 2**64.
+A varint (versions 2 and 3) is unsigned LEB128: 7 bits a byte, the least significant
+group first, the high bit set on every byte but the last; minimal, at most 10 bytes, < 2**64.
 
-The writer writes version 2 only; `encode(model, 1)` re-lays its output out as version 1,
-which is byte for byte what deepzip 0.1 wrote (checked against the hand-derived version-1
-bytes and against tests/container/golden/v1.dzip, in test_fileformat.py).
+The writer writes version 3 only. `encode(model, 2)` is what the version-2 writer wrote:
+the writer's records with every codebook stream Huffman-coded and every codebook float32
+(no scales, no xz), laid out as version 2; `encode(model, 1)` re-lays that out as version
+1, which is byte for byte what deepzip 0.1 wrote. Both are checked against hand-derived
+bytes and against the committed golden files (test_fileformat.py, test_golden.py).
 """
 
 from __future__ import annotations
 
+import lzma
 import struct
 import zlib
 
@@ -31,15 +36,27 @@ import pytest
 import torch
 
 from deepzip import container
+from deepzip.codec.layer import encode_dense, encode_layer_smallest
+from deepzip.codec.streams import HUFFMAN
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.errors import ChecksumError, FormatError
 
 MAGIC = bytes([0x89, 0x44, 0x5A, 0x49, 0x50, 0x0D, 0x0A, 0x1A])
-VERSIONS = (1, 2)
-PARAMS = {1: ("k", "b", "E", "C", "G"), 2: ("k", "b", "E", "K", "C", "G")}
-PARAMS_FORMAT = {1: "<HBIII"}  # version 2: "<HB" then four varints
-TRAILER_FORMAT = "<II"  # version 2: body size H, crc32
+VERSIONS = (1, 2, 3)
+CURRENT = 3  # the version the writer writes
+PARAMS = {
+    1: ("k", "b", "E", "C", "G"),
+    2: ("k", "b", "E", "K", "C", "G"),
+    3: ("k", "b", "flags", "axis", "E", "K", "C", "G", "TC", "TG"),
+}
+PARAMS_FORMAT = {1: "<HBIII", 2: "<HB", 3: "<HBBB"}  # versions 2 and 3: then the varints
+VARINT_PARAMS = {2: ("E", "K", "C", "G"), 3: ("E", "K", "C", "G", "TC", "TG")}
+TRAILER_FORMAT = "<II"  # versions 2 and 3: body size H, crc32
 TRAILER_SIZE = struct.calcsize(TRAILER_FORMAT)
+
+# Version 3 codebook record flags (docs/FORMAT.md, "Codebook records, version 3").
+CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16 = 1, 2, 4, 8
+ENC_RAW, ENC_CODEBOOK, ENC_ALIAS, ENC_FILE, ENC_FILE_XZ = 0, 1, 2, 3, 4
 
 
 # ---------------------------------------------------------------- varints
@@ -71,7 +88,7 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def pack_size(version: int, value: int) -> bytes:
-    """A record count or section size: u32 in version 1, varint in version 2."""
+    """A record count or section size: u32 in version 1, varint in versions 2 and 3."""
     return struct.pack("<I", value) if version == 1 else varint(value)
 
 
@@ -82,29 +99,66 @@ def read_size(version: int, data: bytes, pos: int) -> tuple[int, int]:
 
 
 def pack_params(version: int, params: dict) -> bytes:
+    """A codebook record's coding parameters in `version`'s field widths."""
     if version == 1:
         return struct.pack(PARAMS_FORMAT[1], *(params[name] for name in PARAMS[1]))
-    return struct.pack("<HB", params["k"], params["b"]) + b"".join(varint(params[n]) for n in ("E", "K", "C", "G"))
+    fixed = PARAMS[version][: len(PARAMS[version]) - len(VARINT_PARAMS[version])]
+    head = struct.pack(PARAMS_FORMAT[version], *(params[name] for name in fixed))
+    return head + b"".join(varint(params[n]) for n in VARINT_PARAMS[version])
 
 
 def read_params(version: int, data: bytes, pos: int) -> tuple[dict, int]:
-    if version == 1:
-        return dict(zip(PARAMS[1], struct.unpack_from(PARAMS_FORMAT[1], data, pos))), pos + struct.calcsize(PARAMS_FORMAT[1])
-    k, b = struct.unpack_from("<HB", data, pos)
-    params, pos = dict(k=k, b=b), pos + 3
-    for name in ("E", "K", "C", "G"):
+    """(coding parameters, position after them) of the codebook record at `pos`."""
+    fmt = PARAMS_FORMAT[version]
+    fixed = struct.unpack_from(fmt, data, pos)
+    params, pos = dict(zip(PARAMS[version], fixed)), pos + struct.calcsize(fmt)
+    for name in VARINT_PARAMS.get(version, ()):
         params[name], pos = read_varint(data, pos)
     return params, pos
+
+
+def huffman_table_sizes(k: int, b: int) -> tuple[int, int]:
+    """The code and gap Huffman table sizes: ceil((k+1)/2) and ceil(2**b/2) (0 when b = 0)."""
+    return (k + 2) // 2, ((1 << b) + 1) // 2 if b else 0
+
+
+def section_parts(version: int, record: dict) -> list[tuple[str, int]]:
+    """(part, size) of a codebook record's section, in order: codebook, scales, code_table,
+    gap_table, code_stream, gap_stream (docs/FORMAT.md). Versions 1 and 2 have float32
+    codebooks, no scales and Huffman tables only."""
+    p = record["params"]
+    flags, axis = (p["flags"], p["axis"]) if version >= 3 else (0, 0)
+    tables = (p["TC"], p["TG"]) if version >= 3 else huffman_table_sizes(p["k"], p["b"])
+    scales = record["dims"][axis - 1] * (2 if flags & SCALE_F16 else 4) if axis else 0
+    sizes = [p["k"] * (2 if flags & CODEBOOK_F16 else 4), scales, *tables, p["C"], p["G"]]
+    return list(zip(("codebook", "scales", "code_table", "gap_table", "code_stream", "gap_stream"), sizes))
+
+
+def part_offsets(version: int, record: dict) -> dict[str, tuple[int, int]]:
+    """{part: (offset in the section, size)} of a codebook record's section."""
+    out, pos = {}, 0
+    for name, size in section_parts(version, record):
+        out[name] = (pos, size)
+        pos += size
+    return out
+
+
+def split_section(version: int, record: dict, section: bytes) -> dict[str, bytes]:
+    """A codebook section cut into its parts; asserts the parts fill it exactly."""
+    parts = {name: section[offset : offset + size] for name, (offset, size) in part_offsets(version, record).items()}
+    assert sum(len(p) for p in parts.values()) == len(section) == record["size"]
+    return parts
 
 
 # ---------------------------------------------------------------- parse and build
 
 
 def parse_layout(data: bytes) -> dict:
-    """Split a well-formed file of either version into preamble fields, record dicts and sections.
+    """Split a well-formed file of any version into preamble fields, record dicts and sections.
 
-    {"version", "flags", "reserved" (v2), "records": [{name, dtype, ndim, dims, enc, size,
-    crc, params: {k, b, E, (K,) C, G} or None}], "sections": [bytes]}; asserts every crc.
+    {"version", "flags", "reserved" (v2, v3), "records": [{name, dtype, ndim, dims, enc,
+    size, crc, params: {k, b, (flags, axis,) E, (K,) C, G, (TC, TG)} or None}],
+    "sections": [bytes]}; asserts every crc.
     """
     magic, version, flags, word = struct.unpack_from("<8sHHI", data, 0)
     assert magic == MAGIC and version in VERSIONS
@@ -143,13 +197,13 @@ def parse_layout(data: bytes) -> dict:
         pos += r["size"]
     assert pos == (len(data) if version == 1 else body_start)
     layout = dict(version=version, flags=flags, records=records, sections=sections)
-    if version == 2:
+    if version >= 2:
         layout["reserved"] = word
     return layout
 
 
 def header_body(layout: dict, version: int, fix_section_crcs: bool = True) -> bytes:
-    """The record count and records of `layout` in `version`'s field widths (v2: varints).
+    """The record count and records of `layout` in `version`'s field widths (v2, v3: varints).
 
     Each record's `size` is written as given (a test that changes a section sets it).
     """
@@ -176,9 +230,9 @@ def seal(
 ) -> bytes:
     """A whole file of `version`'s layout around a header body, with a valid header crc32.
 
-    `word` is the preamble's u32 (v1: the header size, by default len(body); v2: reserved,
-    by default 0); `body_size` the v2 trailer's H (by default len(body)); `version_field`
-    the version the preamble names (by default `version`).
+    `word` is the preamble's u32 (v1: the header size, by default len(body); v2, v3:
+    reserved, by default 0); `body_size` the trailer's H (by default len(body));
+    `version_field` the version the preamble names (by default `version`).
     """
     preamble = MAGIC + struct.pack(
         "<HHI", version if version_field is None else version_field, flags, (len(body) if version == 1 else 0) if word is None else word
@@ -197,20 +251,35 @@ def build_layout(layout: dict, fix_section_crcs: bool = True, **options) -> byte
     """
     version = layout["version"]
     options.setdefault("flags", layout["flags"])
-    if version == 2:
+    if version >= 2:
         options.setdefault("word", layout.get("reserved", 0))
     return seal(version, header_body(layout, version, fix_section_crcs), layout["sections"], **options)
 
 
 def as_version(layout: dict, version: int) -> dict:
-    """`layout` re-laid out as `version`: v2 -> v1 drops K (a dense record, b = 0, has no v1 form)."""
+    """`layout` re-laid out as `version`, sections unchanged; only where no re-encoding is needed.
+
+    v2 -> v1 drops K (a dense record, b = 0, has no v1 form); v1 -> v2 needs K, which a
+    v1 record lacks. v2 -> v3 adds flags 0, no scales and the Huffman table sizes; v3 ->
+    v2 or v1 is only for records of that form (no rANS, float16 or scales, no xz file).
+    """
     out = dict(layout, version=version, records=[dict(r) for r in layout["records"]], sections=list(layout["sections"]))
     out.pop("reserved", None)
     for r in out["records"]:
-        if r["params"] is not None:
-            assert version == 2 or r["params"]["b"] > 0, "version 1 has no dense records"
-            assert "K" in r["params"] or version == 1, "K of a version-1 record is unknown"
-            r["params"] = {name: r["params"][name] for name in PARAMS[version]}
+        assert version >= 3 or r["enc"] != ENC_FILE_XZ, "xz file records are version 3"
+        if r["params"] is None:
+            continue
+        p = dict(r["params"])
+        assert version >= 2 or p["b"] > 0, "version 1 has no dense records"
+        assert "K" in p or version == 1, "K of a version-1 record is unknown"
+        tables = huffman_table_sizes(p["k"], p["b"])
+        if "flags" in p and version < 3:
+            assert (p["flags"], p["axis"], p["TC"], p["TG"]) == (0, 0, *tables), "not a version-2 record"
+        p.setdefault("flags", 0)
+        p.setdefault("axis", 0)
+        p.setdefault("TC", tables[0])
+        p.setdefault("TG", tables[1])
+        r["params"] = {name: p[name] for name in PARAMS[version]}
     return out
 
 
@@ -221,18 +290,59 @@ def _sparse_form(record):
     return record
 
 
+def version_2_codebook(record: CodebookTensor) -> tuple[bytes, dict]:
+    """(section, params) of `record` as the version-2 writer stored it.
+
+    float32 codebook, Huffman-coded streams (the narrowest of the smallest widths when
+    the width is left open), dense (b = 0) when every position is kept and no width is
+    given. The codec's Huffman-only coding is what that writer ran.
+    """
+    assert record.scale is None, "version 2 has no scales"
+    k = len(record.codebook)
+    codebook = np.ascontiguousarray(record.codebook, dtype="<f4").tobytes()
+    if record.index_bits is None and record.kept == record.numel and record.kept:
+        stream = encode_dense(record.codes, k, coders=(HUFFMAN,))
+        params = {"k": k, "b": 0, "E": record.kept, "K": record.kept, "C": len(stream.data), "G": 0}
+        return codebook + stream.table + stream.data, params
+    positions = record.flat_positions() if record.positions is None else record.positions
+    layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits, coders=(HUFFMAN,))
+    params = {"k": k, "b": layer.index_bits, "E": layer.entry_count, "K": record.kept}
+    params |= {"C": len(layer.code_stream), "G": len(layer.gap_stream)}
+    return codebook + layer.code_table + layer.gap_table + layer.code_stream + layer.gap_stream, params
+
+
+def version_2_layout(model: CompressedModel) -> dict:
+    """`model` as the version-2 writer wrote it, as a layout (see `version_2_codebook`).
+
+    The writer's records in its order (names sorted, aliases, files last); codebook
+    sections re-encoded, xz file sections decompressed to plain file records.
+    """
+    layout = parse_layout(container.to_bytes(model))
+    layout["version"] = 2
+    for r, i in zip(layout["records"], range(len(layout["records"]))):
+        if r["enc"] == ENC_FILE_XZ:
+            layout["sections"][i] = lzma.decompress(layout["sections"][i], format=lzma.FORMAT_XZ)
+            r["enc"] = ENC_FILE
+        elif r["enc"] == ENC_CODEBOOK:
+            layout["sections"][i], r["params"] = version_2_codebook(model.tensors[r["name"].decode()])
+        r["size"] = len(layout["sections"][i])
+    return layout
+
+
 def encode(model: CompressedModel, version: int) -> bytes:
-    """`model` as a file of `version`: the writer's bytes (v2) or those re-laid out as v1.
+    """`model` as a file of `version`: the writer's bytes (v3), the version-2 writer's
+    (see `version_2_layout`), or those re-laid out as v1.
 
     For version 1 a record the writer would store dense is stored with 1-bit gaps, the
     width deepzip 0.1 chose for it (the narrowest of the equal smallest). Ties are kept.
     """
-    if version == 2:
+    if version == 3:
         return container.to_bytes(model)
+    if version == 2:
+        return build_layout(version_2_layout(model))
     forms: dict[int, object] = {}
     tensors = {name: forms.setdefault(id(r), _sparse_form(r)) for name, r in model.tensors.items()}
-    v2 = container.to_bytes(CompressedModel(tensors, dict(model.files)))
-    return build_layout(as_version(parse_layout(v2), 1))
+    return build_layout(as_version(version_2_layout(CompressedModel(tensors, dict(model.files))), 1))
 
 
 # ---------------------------------------------------------------- the small model
@@ -306,3 +416,148 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         as_int = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
         return torch.equal(a.contiguous().view(as_int), b.contiguous().view(as_int))
     return torch.equal(a, b)
+
+
+def round_float32(values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """float32 `values` converted to `dtype`, round to nearest, ties to even, by numpy alone.
+
+    numpy rounds float32 to float16 so; it has no bfloat16, whose conversion is done on the
+    bits: add 0x7FFF plus the lowest kept bit, keep the top 16 (a NaN becomes the quiet
+    NaN 0x7FC0: the spec promises a NaN, not which). float64 holds every float32 exactly.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if dtype == torch.float32:
+        return torch.from_numpy(values.copy())
+    if dtype == torch.float64:
+        return torch.from_numpy(values.astype(np.float64))
+    if dtype == torch.float16:
+        with np.errstate(over="ignore"):  # beyond float16's range: inf, as it must
+            return torch.from_numpy(values.astype(np.float16))
+    assert dtype == torch.bfloat16, dtype
+    bits = values.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    rounded[np.isnan(values)] = 0x7FC0
+    return torch.from_numpy(rounded.view(np.int16)).view(torch.bfloat16)
+
+
+def scaled_reference(shape, dtype, codebook, positions, codes, scales=None, axis=None) -> torch.Tensor:
+    """A codebook tensor decoded by docs/FORMAT.md's formula, in numpy.
+
+    Entry values are codebook[c] widened to float32 (a float16 entry exactly); every
+    other position is 0. With `scales` (float16 or float32, along dimension `axis`), the
+    value at flat position p is multiplied, in float32, by scale[j], j = (p // prod(
+    shape[axis+1:])) % shape[axis]: unkept positions give 0 * scale[j]. Then the float32
+    result is rounded to `dtype` (`round_float32`). `positions` None: every position.
+    """
+    numel = int(np.prod(shape, dtype=np.int64))
+    flat = np.zeros(numel, np.float32)
+    where = slice(None) if positions is None else np.asarray(positions, dtype=np.int64)
+    flat[where] = np.asarray(codebook).astype(np.float32)[np.asarray(codes, dtype=np.int64)]
+    if scales is not None:
+        inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+        slice_of = (np.arange(numel) // inner) % shape[axis]
+        flat = flat * np.asarray(scales).astype(np.float32)[slice_of]  # float32 * float32: rounded to float32
+        assert flat.dtype == np.float32
+    return round_float32(flat, dtype).reshape(shape)
+
+
+def relative_symbols(positions, codes, numel: int, index_bits: int, k: int) -> tuple[list[int], list[int]]:
+    """(gap symbols, code symbols) of the entries per docs/FORMAT.md, "The entries": gap
+    symbol p_i - p_{i-1} - 1 from p_{-1} = -1, code symbol k for a filler."""
+    entries = spec_entries(positions, numel, index_bits)
+    code_of = dict(zip((int(p) for p in positions), (int(c) for c in codes)))
+    gaps = [p - q - 1 for p, q in zip(entries, [-1, *entries[:-1]])]
+    return gaps, [code_of.get(p, k) for p in entries]
+
+
+# ---------------------------------------------------------------- rANS, from the spec alone
+# docs/FORMAT.md, "rANS-coded streams", in plain Python integers (no deepzip.codec.ans).
+
+
+def rans_table(freqs: list[int]) -> bytes:
+    """A frequency table's bytes: P, then a varint token per run of unused symbols
+    (2 (r - 1) + 1) and per used symbol (2 (f - 1)); all-zero frequencies give 0xFF."""
+    total = sum(freqs)
+    if total == 0:
+        return b"\xff"
+    precision = total.bit_length() - 1
+    assert total == 1 << precision <= 1 << 16
+    last = max(s for s, f in enumerate(freqs) if f)
+    out, run = bytearray([precision]), 0
+    for f in freqs[: last + 1]:
+        if not f:
+            run += 1
+            continue
+        if run:
+            out += varint(2 * (run - 1) + 1)
+            run = 0
+        out += varint(2 * (f - 1))
+    return bytes(out)
+
+
+def rans_frequencies(table: bytes, alphabet: int) -> list[int]:
+    """The frequencies of a valid table of `alphabet` symbols (asserts it is one, whole)."""
+    if table == b"\xff":
+        return [0] * alphabet
+    precision, pos, total, freqs = table[0], 1, 0, []
+    assert precision <= 16
+    while total < 1 << precision:
+        token, pos = read_varint(table, pos)
+        if token & 1:
+            freqs += [0] * ((token >> 1) + 1)
+        else:
+            freqs.append((token >> 1) + 1)
+            total += freqs[-1]
+    assert pos == len(table) and total == 1 << precision and len(freqs) <= alphabet
+    return freqs + [0] * (alphabet - len(freqs))
+
+
+def rans_encode(symbols: list[int], freqs: list[int]) -> bytes:
+    """The coded bytes: from x = 0, last symbol first, a word out whenever x >= f 2**(64-P),
+    then x in its fewest little-endian bytes and the words, the last emitted first."""
+    precision = sum(freqs).bit_length() - 1
+    if max(freqs) == 1 << precision:
+        return b""  # a certain symbol: no bits at all
+    starts = [sum(freqs[:s]) for s in range(len(freqs))]
+    x, words = 0, []
+    for s in reversed(symbols):
+        if x >= freqs[s] << (64 - precision):
+            words.append(x & 0xFFFFFFFF)
+            x >>= 32
+        x = (x // freqs[s] << precision) + x % freqs[s] + starts[s]
+    return x.to_bytes((x.bit_length() + 7) // 8, "little") + b"".join(struct.pack("<I", w) for w in reversed(words))
+
+
+def rans_decode(data: bytes, freqs: list[int], count: int) -> list[int]:
+    """`count` symbols of the coded bytes (asserts they are valid: final state 0, every word read)."""
+    precision = sum(freqs).bit_length() - 1
+    if sum(freqs) == 0 or max(freqs) == 1 << precision:
+        assert not data and (count == 0 or sum(freqs))
+        return [freqs.index(max(freqs))] * count
+    head = len(data) if len(data) <= 8 else 5 + (len(data) - 5) % 4
+    assert head == 0 or data[head - 1] != 0
+    x = int.from_bytes(data[:head], "little")
+    words = [int.from_bytes(data[i : i + 4], "little") for i in range(head, len(data), 4)]
+    owner = [s for s, f in enumerate(freqs) for _ in range(f)]
+    starts = [sum(freqs[:s]) for s in range(len(freqs))]
+    out, read = [], 0
+    for _ in range(count):
+        q = x % (1 << precision)
+        s = owner[q]
+        x = freqs[s] * (x >> precision) + q - starts[s]
+        if x < 1 << 32 and read < len(words):
+            x, read = (x << 32) + words[read], read + 1
+        out.append(s)
+    assert x == 0 and read == len(words)
+    return out
+
+
+def simple_frequencies(counts: list[int], precision: int = 12) -> list[int]:
+    """Frequencies summing to 2**precision with f > 0 exactly where the count is (a plain
+    proportional rounding, the remainder to the most frequent: any valid table will do)."""
+    total, used = sum(counts), [s for s, c in enumerate(counts) if c]
+    freqs = [max(1, c * (1 << precision) // total) if c else 0 for c in counts]
+    top = max(used, key=lambda s: counts[s])
+    freqs[top] += (1 << precision) - sum(freqs)
+    assert freqs[top] > 0 and sum(freqs) == 1 << precision
+    return freqs

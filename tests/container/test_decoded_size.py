@@ -1,7 +1,8 @@
 """The decoded-size limit: a small file that declares a huge tensor is refused before allocation.
 
 Fillers cost 2 bits each (one in each stream), so a valid file of 1.6 MB can declare
-100 GiB of zeros. Readers sum what the tensor and file records decode to (aliases
+100 GiB of zeros; in version 3 a rANS stream of one certain symbol costs nothing, so a
+valid file of 60 bytes can. Readers sum what the tensor and file records decode to (aliases
 decode to their target: nothing more) and refuse a file above `max_decoded_size`
 (default 64 GiB) from its header alone, with a FormatError naming the tensor.
 """
@@ -71,15 +72,18 @@ def bomb_file(shape=BOMB_SHAPE, version: int = 1) -> bytes:
     assert entries % 8 == 0 and numel <= (entries + 1) * (1 << BITS) - 1
     stream = b"\xff" * (entries // 8)
     section = struct.pack("<f", 0.5) + bytes([0x11]) + bytes([0x10]) + bytes(2046) + bytes([0x01]) + stream + stream
-    # Counts and sizes: u32 in version 1, varints in version 2 (K = 0: no weight kept).
+    # Counts and sizes: u32 in version 1, varints after (K = 0: no weight kept). Version 3
+    # adds flags 0 (Huffman, float32) and scale axis 0 after b, and the two table sizes.
     size = (lambda v: struct.pack("<I", v)) if version == 1 else varint
     counts = (entries, len(stream), len(stream)) if version == 1 else (entries, 0, len(stream), len(stream))
+    coding = struct.pack("<HB", 1, BITS) if version < 3 else struct.pack("<HBBB", 1, BITS, 0, 0)
+    tables = (1, 2048) if version >= 3 else ()
     body = (
         size(1)
         + struct.pack("<H", 11) + b"bomb.weight"
         + bytes([1, len(shape)]) + struct.pack(f"<{len(shape)}I", *shape)  # float32
         + bytes([1]) + size(len(section)) + struct.pack("<I", zlib.crc32(section))  # codebook
-        + struct.pack("<HB", 1, BITS) + b"".join(size(v) for v in counts)  # k, b, E, (K,) C, G
+        + coding + b"".join(size(v) for v in (*counts, *tables))  # k, b, (flags, axis,) E, (K,) C, G, (TC, TG)
     )  # fmt: skip
     return seal(version, body, [section])
 
@@ -91,6 +95,38 @@ def test_a_small_bomb_is_a_valid_file(version):
     assert len(spec_entries([], 8 * 4096, BITS)) == 8
     state = container.from_bytes(bomb_file((8, 4096), version)).state_dict()
     assert torch.equal(state["bomb.weight"], torch.zeros(8, 4096))
+
+
+def rans_bomb_file(shape=BOMB_SHAPE) -> bytes:
+    """A valid version-3 file of one dense float32 record of `shape`, every code 0.
+
+    k = 1, b = 0, flags 0x01 (rANS codes, float32 codebook): codebook [0.5], the rANS table
+    of the one used symbol (P = 0, token 0: f = 1), `00 00`, and an empty code stream, for
+    any element count n; E = K = n, C = G = 0, TC = 2, TG = 0.
+    """
+    numel = int(np.prod(shape))
+    section = struct.pack("<f", 0.5) + bytes([0x00, 0x00])
+    body = (
+        varint(1)
+        + struct.pack("<H", 11) + b"bomb.weight"
+        + bytes([1, len(shape)]) + struct.pack(f"<{len(shape)}I", *shape)
+        + bytes([1]) + varint(len(section)) + struct.pack("<I", zlib.crc32(section))
+        + struct.pack("<HBBB", 1, 0, 0x01, 0) + b"".join(varint(v) for v in (numel, numel, 0, 0, 2, 0))
+    )  # fmt: skip
+    return seal(3, body, [section])
+
+
+def test_a_rans_bomb_is_tiny_valid_and_refused_for_its_size_alone():
+    small = rans_bomb_file((8, 4096))
+    assert torch.equal(container.from_bytes(small).state_dict()["bomb.weight"], torch.full((8, 4096), 0.5))
+    data = rans_bomb_file()
+    assert len(data) < 80
+    (record,) = header.parse(data, None).records
+    assert record.decoded_bytes == 100 * GIB
+    start = time.perf_counter()
+    with pytest.raises(FormatError, match=r"tensor 'bomb.weight': decodes to 100\.00 GiB"):
+        container.from_bytes(data)
+    assert time.perf_counter() - start < 0.5
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +147,9 @@ def test_bomb_is_a_small_version_1_file(bomb):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_bomb_is_refused_before_allocating(bomb, version):
     path, data = bomb
-    if version == 2:
-        data = bomb_file(version=2)
-        path = path.with_name("bomb-v2.dzip")
+    if version != 1:
+        data = bomb_file(version=version)
+        path = path.with_name(f"bomb-v{version}.dzip")
         path.write_bytes(data)
     container.from_bytes(bomb_file((8, 4096), version))  # the reader's imports are warm
     for read in (lambda: container.from_bytes(data), lambda: deepzip.load(path)):

@@ -1,11 +1,11 @@
 """Tests of deepzip.container against docs/FORMAT.md: golden bytes, round trips, the writer.
 
 Expected bytes are assembled here from the spec with struct and zlib.crc32. The writer
-writes version 2; version-1 files (what deepzip 0.1 wrote, which the reader must keep
-reading) are the writer's records re-laid out by `layout.encode(model, 1)`, checked
-against the hand-derived version-1 golden below. Rejections of damaged files are in
-test_rejections.py, version-2 specifics in test_reader_v2.py, the decoded-size limit in
-test_decoded_size.py.
+writes version 3; version-2 and version-1 files (which the reader must keep reading) are
+what the earlier writers wrote, rebuilt by `layout.encode(model, 2 or 1)` and checked
+against the hand-derived goldens below. Rejections of damaged files are in
+test_rejections.py, version-2 specifics in test_reader_v2.py, version-3 ones in
+test_reader_v3.py, the decoded-size limit in test_decoded_size.py.
 """
 
 import os
@@ -123,11 +123,54 @@ def expected_small_bytes_v2() -> bytes:
     return data
 
 
-EXPECTED_SMALL = {1: expected_small_bytes_v1, 2: expected_small_bytes_v2}
+# Version 3 stores the same codebook as float16, since both entries are exactly float16
+# (-1.0 = 0xBC00, 0.5 = 0x3800): 4 bytes instead of 8. Tables and streams are unchanged
+# (both Huffman: a rANS table alone is as long as either whole Huffman stream here).
+WEIGHT_SECTION_V3 = bytes.fromhex("00bc" "0038") + WEIGHT_SECTION[8:]
+
+
+def expected_small_bytes_v3() -> bytes:
+    """The version-3 file of `small_model`, derived by hand.
+
+    Framed as version 2 (preamble with version 3, sections, header body, trailer). The
+    codebook record's parameters are u16 k, u8 b, u8 flags, u8 scale axis, then varints
+    E, K, C, G, TC, TG: k = 2, b = 2, flags = 0x04 (codebook entries float16; both
+    streams Huffman), scale axis 0 (none), E = K = 2, C = G = 1, TC = ceil(3 / 2) = 2,
+    TG = ceil(4 / 2) = 2. fc.weight: 2 + 9 + 1 + 1 + 8 + 1 + 1 + 4 + (2 + 1 + 1 + 1 + 6)
+    = 38; body: 1 + 21 + 38 = 60; sections 8 + 10; file: 16 + 18 + 60 + 8 = 102.
+    """
+    preamble = MAGIC + bytes([0x03, 0x00]) + bytes([0x00, 0x00]) + bytes(4)
+    bias_record = (
+        struct.pack("<H", 7) + b"fc.bias"
+        + bytes([1, 1]) + struct.pack("<I", 2)
+        + bytes([0]) + bytes([0x08]) + struct.pack("<I", zlib.crc32(BIAS_SECTION))
+    )  # fmt: skip
+    weight_record = (
+        struct.pack("<H", 9) + b"fc.weight"
+        + bytes([1, 2]) + struct.pack("<II", 2, 3)
+        + bytes([1]) + bytes([0x0A]) + struct.pack("<I", zlib.crc32(WEIGHT_SECTION_V3))  # codebook, 10 bytes
+        + struct.pack("<H", 2) + bytes([2]) + bytes([0x04, 0x00])  # k, b, flags, scale axis
+        + bytes([0x02, 0x02, 0x01, 0x01, 0x02, 0x02])  # E, K, C, G, TC, TG
+    )  # fmt: skip
+    assert (len(bias_record), len(weight_record)) == (21, 38)
+    body = bytes([0x02]) + bias_record + weight_record
+    trailer = struct.pack("<I", len(body)) + struct.pack("<I", zlib.crc32(preamble + body))
+    data = preamble + BIAS_SECTION + WEIGHT_SECTION_V3 + body + trailer
+    assert (len(body), len(data)) == (60, 102)
+    return data
+
+
+EXPECTED_SMALL = {1: expected_small_bytes_v1, 2: expected_small_bytes_v2, 3: expected_small_bytes_v3}
+expected_written = expected_small_bytes_v3  # what this writer writes
 
 
 def test_golden_bytes_small_model():
-    assert container.to_bytes(small_model()) == expected_small_bytes_v2()
+    assert container.to_bytes(small_model()) == expected_small_bytes_v3()
+
+
+def test_version_2_form_of_the_writers_records_is_the_version_2_golden():
+    # The helper that makes version-2 files for the tests makes the version-2 writer's bytes.
+    assert encode(small_model(), 2) == expected_small_bytes_v2()
 
 
 def test_version_1_layout_of_the_writers_records_is_the_version_1_golden():
@@ -156,25 +199,33 @@ def test_golden_bytes_decode_to_hand_computed_tensors(version):
 #   1 bit, sym0 and sym1 2 bits: nibbles 2 2 0 1 -> 0x22 0x01; canonical sym3 '0',
 #   sym0 '10', sym1 '11': '11' '0' '0' '10' '0' '0' -> 11001000 -> 0xC8
 FILLERS_SECTION = struct.pack("<f", 0.25) + bytes([0x11]) + bytes([0x22, 0x01]) + bytes([0x6C]) + bytes([0xC8])
+# Version 3: 0.25 is exactly a float16 (0x3400), so the codebook takes 2 bytes.
+FILLERS_SECTION_V3 = bytes([0x00, 0x34]) + FILLERS_SECTION[4:]
 
 
 def _size(version: int, value: int) -> bytes:
-    """A count or size below 128: u32 in version 1, the one-byte varint of its value in version 2."""
+    """A count or size below 128: u32 in version 1, the one-byte varint of its value after."""
     assert 0 <= value < 128
     return struct.pack("<I", value) if version == 1 else bytes([value])
 
 
 def fillers_file(version: int) -> bytes:
-    # version 2: k, b, then varints E = 6, K = 2, C = 1, G = 1 (one byte each)
-    params = struct.pack("<HBIII", 1, 2, 6, 1, 1) if version == 1 else struct.pack("<HB", 1, 2) + bytes([6, 2, 1, 1])
+    # version 2: k, b, then varints E = 6, K = 2, C = 1, G = 1 (one byte each); version 3
+    # adds flags 0x04 (float16 codebook) and scale axis 0 after b, and TC = 1, TG = 2.
+    section = FILLERS_SECTION_V3 if version == 3 else FILLERS_SECTION
+    params = {
+        1: struct.pack("<HBIII", 1, 2, 6, 1, 1),
+        2: struct.pack("<HB", 1, 2) + bytes([6, 2, 1, 1]),
+        3: struct.pack("<HBBB", 1, 2, 0x04, 0) + bytes([6, 2, 1, 1, 1, 2]),
+    }[version]
     body = (
         _size(version, 1)
         + struct.pack("<H", 1) + b"w"
         + bytes([2, 1]) + struct.pack("<I", 20)  # float16, ndim 1, dims [20]
-        + bytes([1]) + _size(version, len(FILLERS_SECTION)) + struct.pack("<I", zlib.crc32(FILLERS_SECTION))
+        + bytes([1]) + _size(version, len(section)) + struct.pack("<I", zlib.crc32(section))
         + params
     )  # fmt: skip
-    return seal(version, body, [FILLERS_SECTION])
+    return seal(version, body, [section])
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -192,7 +243,7 @@ def test_golden_bytes_with_fillers_float16(version):
 
 def test_helpers_reproduce_the_hand_derived_files():
     # parse_layout / build_layout (and `seal`, the framing the other goldens use) against
-    # the two hand-derived files: faithful in both directions.
+    # the hand-derived files: faithful in both directions.
     for version, expected in EXPECTED_SMALL.items():
         layout = parse_layout(expected())
         assert layout["version"] == version
@@ -205,9 +256,9 @@ def test_golden_bytes_empty_model(version):
         head = MAGIC + struct.pack("<HHI", 1, 0, 4) + struct.pack("<I", 0)
         expected = head + struct.pack("<I", zlib.crc32(head))
     else:
-        preamble, body = MAGIC + struct.pack("<HHI", 2, 0, 0), bytes([0x00])  # varint count 0
+        preamble, body = MAGIC + struct.pack("<HHI", version, 0, 0), bytes([0x00])  # varint count 0
         expected = preamble + body + struct.pack("<II", 1, zlib.crc32(preamble + body))
-    assert len(expected) == {1: 24, 2: 25}[version]
+    assert len(expected) == {1: 24, 2: 25, 3: 25}[version]
     assert encode(CompressedModel({}), version) == expected
     assert container.from_bytes(expected).tensors == {}
 
@@ -351,12 +402,12 @@ def test_round_trip_codebook(k, index_bits, density, version):
     record = CodebookTensor(shape, torch.float32, codebook, positions, codes, index_bits)
     data = encode(CompressedModel({"conv.weight": record}), version)
     # E counts the kept weights plus the spec's fillers, trailing ones included; a record
-    # whose weights are all kept is dense in version 2 (b = 0: E = K = numel, no gaps).
+    # whose weights are all kept is dense from version 2 on (b = 0: E = K = numel, no gaps).
     params = parse_layout(data)["records"][0]["params"]
     assert params["E"] == len(spec_entries(positions, numel, params["b"]))
     assert numel <= (params["E"] + 1) << params["b"]
     assert params.get("K", positions.size) == positions.size
-    dense = version == 2 and index_bits is None and density == 1.0
+    dense = version >= 2 and index_bits is None and density == 1.0
     assert (params["b"] == 0) == dense
     back = container.from_bytes(data).tensors["conv.weight"]
     assert isinstance(back, CodebookTensor)
@@ -422,8 +473,8 @@ def test_same_tensors_any_insertion_order_same_bytes():
 def test_write_creates_file_and_returns_size(tmp_path):
     path = tmp_path / "m.dzip"
     size = container.write(small_model(), path)
-    assert size == path.stat().st_size == len(expected_small_bytes_v2())
-    assert path.read_bytes() == expected_small_bytes_v2()
+    assert size == path.stat().st_size == len(expected_written())
+    assert path.read_bytes() == expected_written()
     assert os.listdir(tmp_path) == ["m.dzip"]
     assert bits_equal(container.read(path).state_dict()["fc.bias"], torch.tensor([1.5, -2.0]))
 
@@ -447,7 +498,7 @@ def test_write_overwrite_replaces(tmp_path):
     path = tmp_path / "m.dzip"
     path.write_bytes(b"old contents, longer than nothing")
     size = container.write(small_model(), path, overwrite=True)
-    assert path.read_bytes() == expected_small_bytes_v2() and size == len(expected_small_bytes_v2())
+    assert path.read_bytes() == expected_written() and size == len(expected_written())
     assert os.listdir(tmp_path) == ["m.dzip"]
 
 
@@ -476,7 +527,7 @@ def test_write_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch, failing
 def test_write_relative_path_in_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     container.write(small_model(), "rel.dzip")
-    assert (tmp_path / "rel.dzip").read_bytes() == expected_small_bytes_v2()
+    assert (tmp_path / "rel.dzip").read_bytes() == expected_written()
     assert os.listdir(tmp_path) == ["rel.dzip"]
 
 

@@ -16,7 +16,7 @@ import torch
 from deepzip import container
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import header
-from deepzip.container.spec import ENCODING_ALIAS, ENCODING_CODEBOOK
+from deepzip.container.spec import ENCODING_ALIAS, ENCODING_CODEBOOK, ENCODING_FILE, ENCODING_FILE_XZ
 from deepzip.errors import ChecksumError, FormatError
 
 SEED = 1
@@ -29,7 +29,7 @@ def seeds():
 
 
 def test_seed_files_decode_and_parse(seeds):
-    assert len(seeds) >= 4
+    assert len(seeds) >= 8
     versions = Counter()
     for name, data in seeds.items():
         assert fuzz.check_one(data) == "ok", name
@@ -44,6 +44,13 @@ def test_seed_files_decode_and_parse(seeds):
             if checked.encoding == ENCODING_CODEBOOK:
                 params = [record.value(n) for n in ("k", "b", "E", "K", "C", "G")]
                 assert params == [checked.k, checked.index_bits, checked.entries, checked.kept, checked.code_bytes, checked.gap_bytes]
+                assert [name for name, _ in record.part_sizes()] == list(fuzz.PARTS)
+                sizes = dict(record.part_sizes())
+                assert (sizes["code_table"], sizes["gap_table"]) == (checked.code_table_bytes, checked.gap_table_bytes), name
+                assert (sizes["codebook"], sizes["scales"]) == (checked.codebook_bytes, checked.scale_bytes), name
+                if layout.version == 3:
+                    axis = None if not record.value("scale_axis") else record.value("scale_axis") - 1
+                    assert (record.coding_flags, axis) == (checked.flags, checked.scale_axis), name
         sections = sum(size for _, _, size in layout.sections())
         start, end = layout.body
         if layout.version == 1:  # preamble, header, crc32, sections
@@ -51,7 +58,7 @@ def test_seed_files_decode_and_parse(seeds):
         else:  # preamble, sections, header body, trailer
             assert (16 + sections, end + 8) == (start, len(data)), name
         assert fuzz.recompute_crcs(data) == data, name
-    assert versions[1] >= 1 and versions[2] >= 3, versions
+    assert versions[1] >= 1 and versions[2] >= 3 and versions[3] >= 4, versions
 
 
 def test_seed_files_hold_dense_records_and_aliases(seeds):
@@ -60,23 +67,74 @@ def test_seed_files_hold_dense_records_and_aliases(seeds):
         for record in header.parse(data).records:
             kinds["dense" if record.encoding == ENCODING_CODEBOOK and record.index_bits == 0 else record.encoding] += 1
             kinds[f"v{data[8]} alias"] += record.encoding == ENCODING_ALIAS
-    assert kinds["dense"] >= 3 and kinds["v2 alias"] >= 2 and kinds["v1 alias"] >= 1, kinds
+            kinds[f"v{data[8]} file"] += record.encoding == ENCODING_FILE
+    assert kinds["dense"] >= 3 and kinds["v2 alias"] >= 2 and kinds["v1 alias"] >= 1 and kinds["v3 alias"] >= 3, kinds
+    assert kinds["v2 file"] >= 2 and kinds["v3 file"] >= 2, kinds
+
+
+def test_seed_files_hold_what_version_3_adds(seeds):
+    # Each coding flag, scales along the first and a later dim, xz files: for the
+    # v3-aware mutators to work on.
+    kinds = Counter()
+    for data in seeds.values():
+        for record in header.parse(data).records:
+            if record.encoding == ENCODING_CODEBOOK:
+                for bit, kind in ((1, "rans codes"), (2, "rans gaps"), (4, "f16 codebook"), (8, "f16 scales")):
+                    kinds[kind] += bool(record.flags & bit)
+                kinds["huffman codes, rans gaps"] += record.flags & 3 == 2
+                kinds["certain symbol"] += record.flags & 1 and record.code_bytes == 0 and record.entries > 0
+                kinds[f"scale axis {'first' if record.scale_axis == 0 else 'later'}"] += record.scale_axis is not None
+            kinds["xz file"] += record.encoding == ENCODING_FILE_XZ
+    needed = ["rans codes", "rans gaps", "f16 codebook", "f16 scales", "huffman codes, rans gaps", "certain symbol"]
+    needed += ["scale axis first", "scale axis later", "xz file"]
+    assert all(kinds[kind] >= 2 for kind in needed), kinds
 
 
 def test_relayout_keeps_every_record_and_section(seeds):
-    for name in ("mlp_small", "lenet_conv"):  # version 2, no dense record
+    for name in ("mlp_small_v2", "lenet_conv_v2"):  # version 2, no dense record
         data = seeds[name]
-        as_v1 = fuzz.relayout(data, 1)
-        assert as_v1[8] == 1 and fuzz.parse_layout(as_v1).complete
-        expected, got = container.from_bytes(data).state_dict(), container.from_bytes(as_v1).state_dict()
-        assert sorted(got) == sorted(expected) and all(torch.equal(got[k], expected[k]) for k in expected), name
+        expected = container.from_bytes(data).state_dict()
+        for version in (1, 3):
+            other = fuzz.relayout(data, version)
+            assert other[8] == version and fuzz.parse_layout(other).complete
+            got = container.from_bytes(other).state_dict()
+            assert sorted(got) == sorted(expected) and all(torch.equal(got[k], expected[k]) for k in expected), name
+            if version == 3:  # Huffman records of float32 entries without scales: back unchanged
+                assert fuzz.relayout(other, 2) == data, name
     # Version 1 -> 2 -> 1 is the identity (K = E is dropped again); K = E is wrong where fillers are.
     as_v2 = fuzz.relayout(seeds["golden_v1"], 2)
     assert as_v2[8] == 2 and fuzz.relayout(as_v2, 1) == seeds["golden_v1"]
     assert fuzz.check_one(as_v2) == "format_error"
     # A dense record has no version-1 form: the version-1 reader refuses b = 0.
-    assert fuzz.check_one(fuzz.relayout(seeds["dtypes"], 1)) == "format_error"
+    assert fuzz.check_one(fuzz.relayout(seeds["dtypes_v2"], 1)) == "format_error"
     assert fuzz.relayout(seeds["dtypes"][:-1], 1) is None
+    # rANS streams, float16 entries, scales and xz files have no version-2 form.
+    assert fuzz.check_one(fuzz.relayout(seeds["v3_features"], 2)) == "format_error"
+
+
+def test_version_2_seeds_are_the_version_3_seeds_huffman_coded(seeds):
+    for name in ("mlp_small", "lenet_conv", "dtypes"):
+        v3, v2 = container.from_bytes(seeds[name]), container.from_bytes(seeds[f"{name}_v2"])
+        assert seeds[f"{name}_v2"][8] == 2 and v2.files == v3.files
+        expected, got = v3.state_dict(), v2.state_dict()
+        assert sorted(got) == sorted(expected) and all(torch.equal(got[k], expected[k]) for k in expected), name
+
+
+def test_stream_recode_without_a_change_is_a_valid_file(seeds):
+    # Re-coding the symbols it decoded, with either coder, must give a file that decodes
+    # to the same tensors: the mutator's valid outputs are valid files.
+    same = 0
+    for index in range(60):
+        rng = np.random.default_rng([SEED, index])
+        name = ("v3_features", "dtypes", "golden_v3", "mlp_small_v2")[index % 4]
+        data = fuzz.MUTATORS["stream_recode"](seeds[name], rng)
+        try:
+            got = container.from_bytes(data).state_dict()
+        except FormatError:
+            continue
+        expected = container.from_bytes(seeds[name]).state_dict()
+        same += all(torch.equal(got[k], expected[k]) or torch.isnan(got[k]).any() for k in expected)
+    assert same >= 5
 
 
 def test_recompute_crcs_gets_past_the_checksums(seeds):
@@ -199,11 +257,11 @@ def test_zero_size_shape_with_huge_dims(model, dims):
 
 
 def test_varint_field_edits_shift_the_header(seeds):
-    # Version 2's counts and sizes are varints: an edit that changes a varint's length
-    # shifts what follows and the trailer's H, so the layout still parses whole.
+    # Version 2's and 3's counts and sizes are varints: an edit that changes a varint's
+    # length shifts what follows and the trailer's H, so the layout still parses whole.
     data = seeds["mlp_small"]
     layout = fuzz.parse_layout(data)
-    assert layout.version == 2 and all(f.varint for f in layout.fields if f.name in ("count", "size", "E", "K", "C", "G"))
+    assert layout.version == 3 and all(f.varint for f in layout.fields if f.name in ("count", "size", "E", "K", "C", "G", "TC", "TG"))
     size = layout.records[0].fields["size"]
     for value in (0, 127, 129, 1 << 32, (1 << 64) - 1):  # the section is 128 bytes
         edited = fuzz.recompute_crcs(fuzz._put(data, size, value))

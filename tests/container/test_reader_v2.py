@@ -6,8 +6,10 @@ record states K, its kept weights (E minus the fillers), which must agree with t
 stream. The header body follows the sections and an 8-byte trailer (u32 body size H, u32
 crc32 of preamble + body) ends the file; the preamble's last u32 is reserved (0). Its
 counts and sizes (record count, section sizes, E, K, C, G) are unsigned LEB128 varints:
-minimal, at most 10 bytes, below 2**64.
-Checks that both versions share are in test_rejections.py.
+minimal, at most 10 bytes, below 2**64. Version 3 keeps all of this (its own additions are
+in test_reader_v3.py): the dense-record tests run on both versions where the Huffman
+coding is not the point, on version 2 (`layout.encode(model, 2)`, Huffman only) where it is.
+Checks that every version shares are in test_rejections.py.
 """
 
 import struct
@@ -23,9 +25,11 @@ from layout import (
     bits_equal,
     build_layout,
     crafted,
+    encode,
     header_body,
     parse_layout,
     seal,
+    section_parts,
     small_bytes,
     varint,
 )
@@ -51,26 +55,34 @@ def dense_record(shape, k, dtype=torch.float32, seed=0) -> CodebookTensor:
     return CodebookTensor(tuple(shape), dtype, codebook, None, codes)
 
 
-def dense_file(shape, k, dtype=torch.float32) -> bytes:
-    return container.to_bytes(CompressedModel({"d.weight": dense_record(shape, k, dtype)}))
+def dense_file(shape, k, dtype=torch.float32, version=2) -> bytes:
+    """One dense record as a file of `version` (2: Huffman-coded, as the version-2 writer wrote)."""
+    return encode(CompressedModel({"d.weight": dense_record(shape, k, dtype)}), version)
 
 
 # ---------------------------------------------------------------- dense records (b = 0)
 
 
+@pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("k", [1, 2, 3, 16, 255, 256, 257, 4095, 4096])
-def test_dense_round_trip_is_bit_exact(dtype, k):
+def test_dense_round_trip_is_bit_exact(dtype, k, version):
     shape = (3, 2000) if k > 256 else (7, 13)
     record = dense_record(shape, k, dtype, seed=k)
-    data = container.to_bytes(CompressedModel({"d.weight": record}))
-    # The layout: b = 0, E = K = numel, G = 0, and the section is codebook (4k bytes),
-    # code-length table (ceil((k+1)/2) bytes) and code stream (C bytes), nothing else.
+    data = encode(CompressedModel({"d.weight": record}), version)
+    # The layout: b = 0, E = K = numel, G = 0, and the section is codebook (4k bytes; in
+    # version 3 2k when every entry is a float16), code table (ceil((k+1)/2) bytes for
+    # Huffman; TC in version 3) and code stream (C bytes), nothing else.
     (r,) = parse_layout(data)["records"]
     params, numel = r["params"], int(np.prod(shape))
     assert (params["k"], params["b"], params["E"], params["K"], params["G"]) == (k, 0, numel, numel, 0)
-    assert r["size"] == 4 * k + (k + 2) // 2 + params["C"]
-    assert parse_layout(data)["sections"][0][: 4 * k] == record.codebook.astype("<f4").tobytes()
+    if version == 2:
+        assert r["size"] == 4 * k + (k + 2) // 2 + params["C"]
+    sizes = dict(section_parts(version, r))
+    assert (sizes["scales"], sizes["gap_table"], sizes["gap_stream"]) == (0, 0, 0)
+    assert r["size"] == sizes["codebook"] + sizes["code_table"] + params["C"]
+    width = "<f2" if version == 3 and params["flags"] & 4 else "<f4"
+    assert parse_layout(data)["sections"][0][: sizes["codebook"]] == record.codebook.astype(width).tobytes()
     back = container.from_bytes(data).tensors["d.weight"]
     assert back.positions is None and back.index_bits is None
     assert (back.shape, back.dtype) == (record.shape, dtype)
@@ -82,19 +94,21 @@ def test_dense_round_trip_is_bit_exact(dtype, k):
     assert bits_equal(container.from_bytes(data).state_dict()["d.weight"], expected)
 
 
-def test_every_position_kept_is_written_dense_unless_the_width_is_given():
+@pytest.mark.parametrize("version", [2, 3])
+def test_every_position_kept_is_written_dense_unless_the_width_is_given(version):
     codes = np.array([1, 0, 1, 1, 0, 0], np.uint16)
     every = np.arange(6)
     for positions, index_bits, b in [(None, None, 0), (every, None, 0), (every, 3, 3)]:
         record = CodebookTensor((2, 3), torch.float32, np.array([2.0, -1.0], np.float32), positions, codes, index_bits)
-        data = container.to_bytes(CompressedModel({"w": record}))
+        data = encode(CompressedModel({"w": record}), version)
         assert parse_layout(data)["records"][0]["params"]["b"] == b
         assert container.from_bytes(data).state_dict()["w"].tolist() == [[-1.0, 2.0, -1.0], [-1.0, 2.0, 2.0]]
 
 
-def test_dense_record_with_an_alias():
+@pytest.mark.parametrize("version", [2, 3])
+def test_dense_record_with_an_alias(version):
     record = dense_record((10, 6), 7)
-    data = container.to_bytes(CompressedModel({"wte.weight": record, "lm_head.weight": record}))
+    data = encode(CompressedModel({"wte.weight": record, "lm_head.weight": record}), version)
     assert [r["enc"] for r in parse_layout(data)["records"]] == [1, 2]  # lm_head stored, wte its alias
     state = container.from_bytes(data).state_dict()
     assert state["wte.weight"] is state["lm_head.weight"]
@@ -150,8 +164,9 @@ def test_dense_stream_of_a_larger_codebook_holding_the_filler_is_rejected():
         ("G", 1, "dense record keeps every one"),  # (with one more byte: still no gap stream)
     ],
 )
-def test_dense_record_must_keep_every_element_and_have_no_gaps(field, value, words):
-    layout = parse_layout(dense_file((8, 8), 2))
+@pytest.mark.parametrize("version", [2, 3])
+def test_dense_record_must_keep_every_element_and_have_no_gaps(field, value, words, version):
+    layout = parse_layout(dense_file((8, 8), 2, version=version))
     layout["records"][0]["params"][field] = value
     if field == "G":
         layout["sections"][0] += b"\x00"

@@ -1,10 +1,11 @@
-"""Damaged .dzip files are rejected with FormatError, in both format versions.
+"""Damaged .dzip files are rejected with FormatError, in every format version (1, 2 and 3).
 
 Framing damage (magic, version, flags, truncation, checksums, header sizes) and semantic
 damage behind valid checksums: each crafted file is small_model's file of the version
 under test, edited at the spec level and re-sealed by `layout.build_layout`, so the
-reader's checks behind the crc32s are reached. Version-1 files keep the version-1 reader
-path covered; checks that exist in one version only are in test_reader_v2.py.
+reader's checks behind the crc32s are reached. Version-1 and version-2 files keep their
+reader paths covered; checks that exist in some versions only are in test_reader_v2.py
+and test_reader_v3.py.
 """
 
 import struct
@@ -14,6 +15,7 @@ import pytest
 import torch
 from layout import (
     BIAS,
+    CURRENT,
     MAGIC,
     VERSIONS,
     WEIGHT,
@@ -23,6 +25,7 @@ from layout import (
     encode,
     header_body,
     parse_layout,
+    part_offsets,
     seal,
     small_bytes,
     varint,
@@ -67,7 +70,7 @@ def test_bad_magic(version):
         container.from_bytes(b"PK\x03\x04" + bytes(100))
 
 
-@pytest.mark.parametrize("newer", [3, 0xFFFF])
+@pytest.mark.parametrize("newer", [CURRENT + 1, 0xFFFF])
 def test_newer_version(version, newer):
     layout = parse_layout(small_bytes(version))
     with pytest.raises(VersionError, match="newer"):
@@ -82,11 +85,14 @@ def test_version_zero(version):
         container.from_bytes(build_layout(parse_layout(small_bytes(version)), version_field=0))
 
 
-def test_the_other_versions_layout_is_rejected(version):
-    # The same header and sections laid out as one version but labelled as the other.
+@pytest.mark.parametrize("step", [1, 2])
+def test_the_other_versions_layout_is_rejected(version, step):
+    # The same header and sections laid out as one version but labelled as another: the
+    # framing (v1 against v2, v3) or the codebook record's fields (v2 against v3) differ.
+    label = VERSIONS[(VERSIONS.index(version) + step) % len(VERSIONS)]
     layout = parse_layout(small_bytes(version))
     with pytest.raises(FormatError):
-        container.from_bytes(build_layout(layout, version_field=3 - version))
+        container.from_bytes(build_layout(layout, version_field=label))
 
 
 @pytest.mark.parametrize("flags", [1, 0x8000])
@@ -160,7 +166,7 @@ def test_header_crc_mismatch(version):
     data = small_bytes(version)
     start, _ = header_range(data, version)
     damaged = bytearray(data)
-    damaged[start + {1: 4, 2: 8}[version] + 5] ^= 0x01  # inside the first record's name
+    damaged[start + (4 if version == 1 else 1) + 2 + 1] ^= 0x01  # inside the first record's name
     with pytest.raises(ChecksumError, match="(?i)checksum|crc"):
         container.from_bytes(bytes(damaged))
     damaged = bytearray(data)
@@ -361,12 +367,15 @@ def test_name_1024_bytes_is_fine(version):
     assert "x" * 1024 in container.from_bytes(crafted(edit, version)).tensors
 
 
-# Offsets inside small_model's 14-byte weight section:
-# 0..7 codebook, 8..9 code-length table, 10..11 gap-length table, 12 code stream, 13 gap stream.
+# small_model's weight section: codebook (8 bytes of float32 in v1 and v2, 4 of float16 in
+# v3), code-length table (2 bytes), gap-length table (2), code stream (1), gap stream (1).
 
 
-def replace_section_bytes(offset, new):
+def replace_part(version, part, new):
+    """An edit that overwrites the start of the weight section's `part` with `new`."""
+
     def edit(records, sections):
+        offset, _ = part_offsets(version, records[WEIGHT])[part]
         s = bytearray(sections[WEIGHT])
         s[offset : offset + len(new)] = new
         sections[WEIGHT] = bytes(s)
@@ -375,31 +384,32 @@ def replace_section_bytes(offset, new):
 
 
 @pytest.mark.parametrize(
-    "offset, new, why",
+    "part, new, why",
     [
-        (8, bytes([0x11, 0x10]), "Kraft: three 1-bit codes"),
-        (8, bytes([0x11, 0x01]), "nonzero pad nibble of the 3-symbol table"),
-        (10, bytes([0x11, 0x11]), "Kraft: four 1-bit codes"),
-        (12, bytes([0x81]), "nonzero padding bits in the code stream"),
-        (13, bytes([0x41]), "nonzero padding bits in the gap stream"),
-        (8, bytes([0x22, 0x00]), "incomplete code {00, 01}: stream '10..' is no code word"),
-        (8, bytes([0x00, 0x00]), "no code for 2 entries"),
+        ("code_table", bytes([0x11, 0x10]), "Kraft: three 1-bit codes"),
+        ("code_table", bytes([0x11, 0x01]), "nonzero pad nibble of the 3-symbol table"),
+        ("gap_table", bytes([0x11, 0x11]), "Kraft: four 1-bit codes"),
+        ("code_stream", bytes([0x81]), "nonzero padding bits in the code stream"),
+        ("gap_stream", bytes([0x41]), "nonzero padding bits in the gap stream"),
+        ("code_table", bytes([0x22, 0x00]), "incomplete code {00, 01}: stream '10..' is no code word"),
+        ("code_table", bytes([0x00, 0x00]), "no code for 2 entries"),
     ],
 )
-def test_damaged_codebook_section(version, offset, new, why):
-    assert_rejected(crafted(replace_section_bytes(offset, new), version), "fc.weight")
+def test_damaged_codebook_section(version, part, new, why):
+    assert_rejected(crafted(replace_part(version, part, new), version), "fc.weight")
 
 
 def test_long_codes_do_not_fit_the_streams(version):
     # Nibbles cap lengths at 15; a table of all-15 lengths for 3 symbols is a valid (if
     # wasteful) incomplete code, but then the 1-byte streams are too short for 2 symbols.
-    assert_rejected(crafted(replace_section_bytes(8, bytes([0xFF, 0xF0])), version), "fc.weight")
+    assert_rejected(crafted(replace_part(version, "code_table", bytes([0xFF, 0xF0])), version), "fc.weight")
 
 
 def test_stream_with_trailing_byte(version):
     def edit(records, sections):
         s = sections[WEIGHT]
-        sections[WEIGHT] = s[:13] + b"\x00" + s[13:]  # code stream 0x80 0x00
+        end = sum(part_offsets(version, records[WEIGHT])["code_stream"])
+        sections[WEIGHT] = s[:end] + b"\x00" + s[end:]  # code stream 0x80 0x00
         records[WEIGHT]["params"]["C"] = 2
         records[WEIGHT]["size"] += 1
 
@@ -426,7 +436,7 @@ def test_stream_ends_early(version):
         records[WEIGHT]["params"]["E"] = 5
         if "K" in records[WEIGHT]["params"]:
             records[WEIGHT]["params"]["K"] = 5
-        replace_section_bytes(8, bytes([0x22, 0x20]))(records, sections)
+        replace_part(version, "code_table", bytes([0x22, 0x20]))(records, sections)
 
     assert_rejected(crafted(edit, version), "fc.weight", "code or gap stream: stream truncated")
 

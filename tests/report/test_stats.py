@@ -43,7 +43,7 @@ def spec_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
-    """(header body size H, {name: (section size S, index bits b or None)}) read per FORMAT.md, version 2."""
+    """(header body size H, {name: (section size S, index bits b or None)}) read per FORMAT.md, version 3."""
     header_size, _crc = struct.unpack_from("<II", data, len(data) - 8)
     pos = len(data) - 8 - header_size
     count, pos = spec_varint(data, pos)
@@ -60,8 +60,8 @@ def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
         b = None
         if encoding == 1:
             b = data[pos + 2]
-            pos += 3  # k, b
-            for _ in range(4):  # E, K, C, G
+            pos += 5  # k, b, flags, scale axis
+            for _ in range(6):  # E, K, C, G, code table size, gap table size
                 _, pos = spec_varint(data, pos)
         out[name] = (size, b)
     assert pos == len(data) - 8
@@ -164,8 +164,9 @@ def test_stats_of_edge_tensors(edge_file):
     w = stats["w"]
     assert (w.kept, w.fillers, w.pruned_bytes, w.weight_bits) == (0, 0, 0, 1)
     assert w.quantized_bytes == 4
-    # Section: codebook 4 + tables ceil(2/2) + ceil(16/2) + empty streams.
-    assert w.file_bytes == 4 + 1 + 8
+    # Section: codebook 4; with no symbol to code, rANS tables and streams are empty (version 3),
+    # smaller than Huffman's ceil(2/2) + ceil(16/2) bytes of lengths.
+    assert w.file_bytes == 4
     assert summary(edge_file)["dense_bytes"] == 0 + 4 + 36
 
 

@@ -7,7 +7,7 @@ almost none. The model is a table of integer frequencies summing to 2**P, P <= 1
 table and stored in it. The coder keeps a 64-bit state and moves 32-bit words; the state
 starts at 0 and its final value is written in its fewest bytes, so a stream is within a few
 bytes of its information content and a stream of one used symbol is empty. The bytes are
-specified in docs/FORMAT-ans.md; the decoder accepts exactly what `encode` writes.
+specified in docs/FORMAT.md ("rANS-coded streams"); the decoder accepts exactly what `encode` writes.
 
 Why not constriction (`stack.AnsCoder`, the same construction at 24-bit precision): its
 `Categorical` reproduces an integer table only through `perfect=True`'s optimiser (exact
@@ -176,7 +176,7 @@ def coded_bytes(counts):
     An estimate: the table's size is exact, the stream's is the information content
     ceil(sum(count * log2(2**P / f)) / 8) under `quantize_frequencies(counts)`; the real
     stream is within -1..+2 bytes of it (measured on 3,000 streams of 1 to 3*10**5 symbols;
-    docs/FORMAT-ans.md proves a bound of +8 bytes plus 2**(P-34) a symbol). Encode to know
+    docs/FORMAT.md ("rANS-coded streams") proves a bound of +8 bytes plus 2**(P-34) a symbol). Encode to know
     the exact size. Costs what `quantize_frequencies` costs; raises ValueError as it does.
     """
     counts = _integers(counts, "counts", ValueError)
@@ -187,7 +187,7 @@ def coded_bytes(counts):
 
 
 def pack_table(freqs):
-    """The frequency table as bytes (docs/FORMAT-ans.md, "The frequency table").
+    """The frequency table as bytes (docs/FORMAT.md ("rANS-coded streams"), "The frequency table").
 
     One byte P, then one LEB128 varint token per used symbol in symbol order, 2*(f-1), each
     preceded by 2*(r-1)+1 when r unused symbols come before it; the table ends where the
@@ -342,7 +342,7 @@ def _as_symbols(symbols):
 def encode(symbols, freqs):
     """rANS-encode `symbols` (1-D integers) with the frequency table `freqs`.
 
-    Returns the stream of docs/FORMAT-ans.md: the final state in its fewest little-endian
+    Returns the stream of docs/FORMAT.md ("rANS-coded streams"): the final state in its fewest little-endian
     bytes, then the words in the order the decoder reads them. A stream whose symbols all
     have frequency 2**P (one used symbol) or that has no symbols is empty. Costs a pass to
     count and check the symbols and one to code them (~90 M symbols/s); memory, the stream
@@ -361,7 +361,7 @@ def encode(symbols, freqs):
         return b""  # a certain symbol leaves the state at 0
     used = np.flatnonzero(counts)
     bits = float(np.dot(counts[used], precision - np.log2(freqs[used])))
-    # The bound of docs/FORMAT-ans.md ("Stream size"), with room for float rounding.
+    # The bound of docs/FORMAT.md ("rANS-coded streams") ("Stream size"), with room for float rounding.
     bound_bits = bits * (1 + 1e-9) + symbols.size * 2.0 ** (precision - 31) + 64
     words = np.empty(int(bound_bits / 32) + 2, dtype=np.uint32)
     starts = (np.cumsum(freqs) - freqs).astype(np.uint64)

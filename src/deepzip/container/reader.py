@@ -184,6 +184,9 @@ def _decode_section(record: header_.Record, section: memoryview) -> CodebookTens
     return CodebookTensor(record.shape, dtype, codebook, positions, codes, b, scale, record.scale_axis)
 
 
+XZ_MEMORY_LIMIT = 96 << 20
+
+
 def _unxz(record: header_.Record, section: memoryview) -> bytes:
     """An xz file section decompressed to exactly the size its record declares, or FormatError.
 
@@ -192,7 +195,9 @@ def _unxz(record: header_.Record, section: memoryview) -> bytes:
     """
     where = f"file {record.name!r}, xz section"
     size = record.shape[0]
-    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    # The memory limit bounds what the stream's own headers can make liblzma allocate (a
+    # dictionary size is declared, not implied); the writer's preset needs about 65 MiB.
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
     try:
         content = decompressor.decompress(bytes(section), max_length=size + 1)
     except lzma.LZMAError as error:

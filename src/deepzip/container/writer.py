@@ -189,7 +189,8 @@ def _coding_params(
 def _float_entries(values: np.ndarray, flag: int) -> tuple[bytes, int]:
     """float16 bytes and `flag` when every value is exactly a float16, else float32 bytes and 0."""
     values32 = np.ascontiguousarray(values, dtype="<f4")
-    values16 = values32.astype("<f2")
+    with np.errstate(over="ignore"):  # out of float16's range: then float32, as the check below finds
+        values16 = values32.astype("<f2")
     if np.array_equal(values16.astype("<f4"), values32, equal_nan=False) and np.isfinite(values32).all():
         return values16.tobytes(), flag
     return values32.tobytes(), 0
