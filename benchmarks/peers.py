@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="deepzip CLI argument sets, one string each; {calibration_text} and {calibration_images} "
         "become the calibration files (default: '--bits 5' '--bits 6' '--bits 8')",
     )
-    parser.add_argument("--padding-check", action="store_true", help="also run EfficientNet with symmetric padding, to compare")
+    parser.add_argument(
+        "--skip-padding-check", action="store_true", help="do not also run fp32 EfficientNet with symmetric padding (a sanity line)"
+    )
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.tools = [t for t in args.tools.split(",") if t]
@@ -65,6 +67,14 @@ def make_target(name: str, workdir: Path, padding_check: bool) -> Target:
     from peerlib import classifier
 
     return classifier.make_target(workdir, padding_check=padding_check)
+
+
+def control_line(target: Target) -> str:
+    """The metrics of the model with every float tensor rounded to fp16 and back: the evaluator's noise floor."""
+    rounded = {k: v.half().float() if v.dtype == torch.float32 else v for k, v in target.state_dict.items()}
+    metrics = target.evaluate(target.build(rounded))
+    shown = ", ".join(f"{m.heading} {format(metrics[m.key], m.fmt)}" for m in target.metrics)
+    return f"control (not a tool): every float tensor rounded to fp16 and back gives {shown}"
 
 
 def sweep(tool: str, target: Target, args: argparse.Namespace, workdir: Path) -> list[Point]:
@@ -101,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print and write the tables."""
     args = parse_args(argv)
     info = machine.describe()
+    info["argv"] = sys.argv[1:] if argv is None else argv
     for line in machine.header_lines(info):
         print(line)
     sections = []
@@ -110,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir()
             print(f"\n# {name}: preparing model, data and fp32 reference", flush=True)
             start = time.perf_counter()
-            target = make_target(name, workdir, args.padding_check)
+            target = make_target(name, workdir, not args.skip_padding_check)
+            target.notes.append(control_line(target))
             print(f"  ready in {time.perf_counter() - start:.1f} s; fp32 bytes {target.fp32_bytes:,}", flush=True)
+            for note in target.notes:
+                print(f"  {note}", flush=True)
             points, sweep_seconds = [], {}
             for tool in args.tools:
                 print(f"# {name} / {tool}", flush=True)
