@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from peerlib import machine, report  # noqa: E402
-from peerlib.target import Point, Target  # noqa: E402
+from peerlib import machine, report
+from peerlib.target import Point, Target
 
 MODELS = ("minilm", "efficientnet")
 

@@ -47,8 +47,10 @@ def sanity_lines(reference: torch.Tensor, photo_set: photos.PhotoSet, symmetric_
     probs = reference.exp()
     confidence, top1 = probs.max(-1)
     lines = [
-        f"fp32 sanity: mean top-1 probability {float(confidence.mean()):.3f} (median {float(confidence.median()):.3f}) "
-        f"over {len(top1)} evaluation crops"
+        (
+            f"fp32 sanity: mean top-1 probability {float(confidence.mean()):.3f} "
+            f"(median {float(confidence.median()):.3f}) over {len(top1)} evaluation crops"
+        )
     ]
     if symmetric_conf is not None:
         lines.append(f"padding check: TF-'same' padding {float(confidence.mean()):.3f} vs symmetric padding {symmetric_conf:.3f} mean top-1 probability")
@@ -106,9 +108,11 @@ def make_target(workdir: Path, padding_check: bool = False) -> Target:
         deepzip_input=weights,
         placeholders={"calibration_images": str(calibration_file)},
         notes=[
-            f"fidelity: {len(evaluation.pixels)} crops of {len(evaluation_paths)} evaluation photos; "
-            f"deepzip's {{calibration_images}} = {len(calibration.pixels)} crops of {len(calibration_paths)} other photos "
-            f"(Debian packages {', '.join(photos.PACKAGES)})",
+            (
+                f"fidelity: {len(evaluation.pixels)} crops of {len(evaluation_paths)} evaluation photos; "
+                f"deepzip's {{calibration_images}} = {len(calibration.pixels)} crops of "
+                f"{len(calibration_paths)} other photos (Debian packages {', '.join(photos.PACKAGES)})"
+            ),
             *sanity_lines(reference, evaluation, symmetric),
         ],
     )

@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 import math
+import re
 import time
 
 import torch
@@ -51,7 +52,10 @@ def import_palettizer():
     only and are not needed to palettize) and warns about untested torch/scikit-learn versions.
     """
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        from coremltools.optimize.torch.palettization import PostTrainingPalettizer, PostTrainingPalettizerConfig
+        from coremltools.optimize.torch.palettization import (
+            PostTrainingPalettizer,
+            PostTrainingPalettizerConfig,
+        )
     return PostTrainingPalettizer, PostTrainingPalettizerConfig
 
 
@@ -102,13 +106,22 @@ def run_point(target: Target, granularity: str, n_bits: int) -> Point:
     point.ratio = target.fp32_bytes / point.bytes
     skipped = [name for name in _candidates(palettized) if name not in luts]
     if skipped:
-        reasons = {m.split(":")[0]: m.split(":", 1)[1].strip() for m in warnings.messages if ":" in m}
-        shown = ", ".join(f"{name} ({reasons[name]})" if name in reasons else name for name in skipped)
-        point.notes.append(f"skipped {len(skipped)} weight(s), kept fp16: {shown}")
+        point.notes.append(skipped_note(skipped, warnings.messages))
     start = time.perf_counter()
     point.metrics = target.evaluate(palettized)
     point.seconds["eval"] = time.perf_counter() - start
     return point
+
+
+def skipped_note(skipped: list[str], messages: list[str]) -> str:
+    """'skipped N weight(s), kept fp16: name (reason), ...', the reason from coremltools' warning."""
+    reasons = {}
+    for message in messages:
+        name, _, reason = message.partition(":")
+        found = re.fullmatch(r"\s*axis_length=(\d+) is not divisible by group_size=(\d+)", reason)
+        reasons[name] = f"{found[1]} channels, not a multiple of {found[2]}" if found else reason.strip()
+    shown = ", ".join(f"{name} ({reasons[name]})" if name in reasons else f"{name} (no reason logged)" for name in skipped)
+    return f"skipped {len(skipped)} weight(s), kept fp16: {shown}"
 
 
 def _luts(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -45,6 +45,26 @@ def versions() -> dict[str, str]:
     return found
 
 
+def deepzip_source() -> str:
+    """The git commit of the deepzip checkout this venv runs (editable install), and whether src/ differs from it.
+
+    Read-only git queries (no index refresh: --no-optional-locks); 'unknown' outside a git checkout. The other engineer may be editing
+    src/ while this runs, so 'uncommitted changes' means the figures are of the working tree.
+    """
+    import subprocess
+    from pathlib import Path
+
+    import deepzip
+
+    root = Path(deepzip.__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}" + (" + uncommitted changes in src/" if dirty else "")
+
+
 def describe() -> dict:
     """Everything above as one JSON-ready dict."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -55,6 +75,7 @@ def describe() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions(),
+        "deepzip_source": deepzip_source(),
     }
 
 
@@ -63,4 +84,5 @@ def header_lines(info: dict) -> list[str]:
     return [
         f"machine: {info['cpu']}, {info['cores']} cores (torch threads {info['torch_threads']}), Python {info['python']}, {info['platform']}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        f"deepzip source: git {info['deepzip_source']}",
     ]

@@ -104,9 +104,13 @@ def make_target() -> Target:
         deepzip_input=directory,
         placeholders={"calibration_text": str(CALIBRATION_SENTENCES)},
         notes=[
-            f"fidelity: {len(sentences)} evaluation sentences ({EVAL_SENTENCES.name}); deepzip's "
-            f"{{calibration_text}} = {len(calibration)} other sentences ({CALIBRATION_SENTENCES.name})",
-            f"the directory's {len(files)} other files (config, tokenizer, README...) hold "
-            f"{sum(p.stat().st_size for p in files):,} bytes on disk; only deepzip's file carries them",
+            (
+                f"fidelity: {len(sentences)} evaluation sentences ({EVAL_SENTENCES.name}); deepzip's "
+                f"{{calibration_text}} = {len(calibration)} other sentences ({CALIBRATION_SENTENCES.name})"
+            ),
+            (
+                f"the directory's {len(files)} other files (config, tokenizer, README...) hold "
+                f"{sum(p.stat().st_size for p in files):,} bytes on disk; only deepzip's file carries them"
+            ),
         ],
     )

@@ -17,9 +17,8 @@ import time
 def main(source: str, bitstream: str, decoded_path: str, qp: int) -> None:
     """Compress, decompress, save the decoded tensors, print {"compress_s", "decode_s"}."""
     import numpy as np
-    from safetensors.numpy import load_file, save_file
-
     from nncodec import nnc
+    from safetensors.numpy import load_file, save_file
 
     params = load_file(source)
     start = time.perf_counter()

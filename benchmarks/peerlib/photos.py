@@ -123,10 +123,10 @@ def crops(path: str) -> list[np.ndarray]:
     short = min(width, height)
     result = []
     for cx, cy, side in BOXES:
-        s = int(round(side * short))
+        s = round(side * short)
         # The box's centre is clamped so the box stays inside the image (corner boxes).
-        left = int(round(min(max(cx * width - s / 2, 0), width - s)))
-        top = int(round(min(max(cy * height - s / 2, 0), height - s)))
+        left = round(min(max(cx * width - s / 2, 0), width - s))
+        top = round(min(max(cy * height - s / 2, 0), height - s))
         crop = image.crop((left, top, left + s, top + s)).resize((SIZE, SIZE), Image.BICUBIC)
         array = np.asarray(crop, dtype=np.uint8)
         result += [array, array[:, ::-1]]

@@ -8,9 +8,9 @@ fp32 bytes, the fidelity metrics and the seconds each stage took.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
