@@ -1,18 +1,20 @@
 """How much each tensor's quantization error costs at the model's output, measured on calibration data.
 
-A tensor's sensitivity is the output distortion per unit of squared weight error: the
-model runs on the calibration inputs with that one tensor quantized at a probe step (about
-5 bits of entropy a weight, where the budgets of interest lie), and the distortion of its
-outputs against the original's, divided by the tensor's squared error, is the figure.
-At these rates quantization error behaves as small independent noise, so the distortion
-of the whole model is close to the sum of the tensors' (measured: see the README), which
-is what `deepzip.budget.allocate` assumes.
+A tensor's sensitivity is the output distortion per unit of squared weight error. For
+small independent weight noise (what quantization at 3-6 bits a weight is) the expected
+distortion is the noise power times the diagonal of J^T J, J the outputs' Jacobian in the
+weights; `sensitivities` estimates that diagonal for every tensor at once with
+Hutchinson's trick (a few backward passes of random output directions), and reduces it
+to a mean and, where it pays, per-slice means (`Sensitivity`). The distortion of the
+whole model is then close to the sum of the tensors', which `deepzip.budget.allocate`
+assumes. tests/budget/test_output_sensitivity.py checks the estimate against distortion
+measured by substitution.
 
-`OutputDistortion` holds a model, its inputs and its reference outputs; it swaps one
-parameter's values in place, runs the inputs, and restores them. The distortion is the
-relative squared error of every floating output (last hidden states, pooled outputs,
-logits), padding positions left out where an attention mask says which they are, unless
-the caller gives a metric of their own.
+`OutputDistortion` holds a model, its inputs and its reference outputs; it can also swap
+one parameter's values in place, run the inputs, and restore them (the substitution
+measurement). The distortion is the relative squared error of every floating output
+(last hidden states, pooled outputs, logits), padding positions left out where an
+attention mask says which they are, unless the caller gives a metric of their own.
 """
 
 from __future__ import annotations
