@@ -60,7 +60,6 @@ def attached_file_bytes(path: Path) -> int | None:
 
 def run_point(target: Target, args: str, workdir: Path, index: int) -> Point:
     """Compress the Target with one argument set, decode the file and score it."""
-    import deepzip
 
     point = Point(model=target.name, tool="deepzip", settings=args)
     try:
@@ -69,6 +68,8 @@ def run_point(target: Target, args: str, workdir: Path, index: int) -> Point:
         point.error = f"placeholder {{{missing.args[0]}}} is not defined for {target.name}"
         return point
     out = workdir / f"deepzip-{index}.dzip"
+    if argv[:1] == ["--api"]:
+        return _run_api(point, target, argv[1:], out)
     command = [cli(), "compress", str(target.deepzip_input), "-o", str(out), "--force", *argv]
     start = time.perf_counter()
     # One thread per BLAS/numba pool is what the CLI gets by default too; the env is passed as is.
@@ -78,6 +79,35 @@ def run_point(target: Target, args: str, workdir: Path, index: int) -> Point:
         lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
         point.error = f"`deepzip compress ... {args}` failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}"
         return point
+    return _score(point, target, out)
+
+
+def _run_api(point: Point, target: Target, argv: list[str], out: Path) -> Point:
+    """`--api --size S [--calibration FILE]`: the Python API with the Target's own model as the probe.
+
+    For a model the CLI cannot build (a bare state dict with no model class), this is how a
+    user calibrates: `compress_to_size(..., probe=OutputDistortion(model, batches))`.
+    """
+    from deepzip.budget.sensitivity import OutputDistortion
+    from deepzip.checkpoints.calibration import tensor_batches
+    from deepzip.checkpoints.sized import compress_to_size
+
+    options = dict(zip(argv[::2], argv[1::2], strict=True))
+    probe = None
+    start = time.perf_counter()
+    if "--calibration" in options:
+        # The model's forward takes the images positionally: one tensor a batch.
+        batches = [next(iter(batch.values())) for batch in tensor_batches(options["--calibration"])]
+        probe = OutputDistortion(target.build(target.state_dict), batches)
+    compress_to_size(target.deepzip_input, out, options["--size"], probe=probe, overwrite=True)
+    point.seconds["compress"] = time.perf_counter() - start
+    return _score(point, target, out)
+
+
+def _score(point: Point, target: Target, out: Path) -> Point:
+    """Bytes, ratio and the Target's metrics of the written file `out`."""
+    import deepzip
+
     point.bytes = out.stat().st_size
     point.ratio = target.fp32_bytes / point.bytes
     attached = attached_file_bytes(out)

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from deepzip.budget.sensitivity import OutputDistortion, Sensitivity, relative_error, sensitivities
+from deepzip.budget.sensitivity import (
+    OutputDistortion,
+    Sensitivity,
+    relative_error,
+    sensitivities,
+)
 
 torch.set_num_threads(1)
 

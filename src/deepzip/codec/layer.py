@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepzip.codec import sparse
-from deepzip.codec.streams import CODERS, HUFFMAN, CodedStream, decode_stream, encode_stream, huffman_lengths
+from deepzip.codec.streams import (
+    CODERS,
+    HUFFMAN,
+    CodedStream,
+    decode_stream,
+    encode_stream,
+    huffman_lengths,
+)
 from deepzip.errors import FormatError
 
 # Widths tried when the caller leaves the choice to us. The paper uses 5 (fc) and 8 (conv);

@@ -48,7 +48,6 @@ from deepzip.limits import (
 )
 
 
-
 @dataclass(frozen=True)
 class Record:
     """One header record: where its section lies and what it declares.
