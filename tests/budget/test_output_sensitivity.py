@@ -33,7 +33,7 @@ def measured_distortion(probe, name, std, draws=200):
 def test_hutchinson_matches_measured_distortion(name):
     model, batches = mlp_and_batches(torch.ones(16))
     probe = OutputDistortion(model, batches)
-    sens = sensitivities([name], None, probe, probes=64)[name]
+    sens = sensitivities([name], probe, probes=64)[name]
     std = 1e-3
     expected = sens.mean * std**2 * probe.params[name].numel()
     assert measured_distortion(probe, name, std) == pytest.approx(expected, rel=0.15)
@@ -46,7 +46,7 @@ def test_input_features_of_unequal_scale_are_scaled_along_the_input_axis():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 8))
     probe = OutputDistortion(model, batches)
-    sens = sensitivities(["0.weight"], None, probe, probes=16)["0.weight"]
+    sens = sensitivities(["0.weight"], probe, probes=16)["0.weight"]
     assert sens.axis == 1
     # The loud features matter (about 100**2 times) more: their slices are the clipped top.
     assert sens.slices[:4].min() > 10 * sens.slices[4:].max()
@@ -63,7 +63,7 @@ def test_distortion_restores_the_parameter_and_missing_names_are_none():
     assert probe.distortion("0.weight", torch.zeros_like(before)) > 0
     assert torch.equal(model[0].weight.detach(), before)
     assert probe.distortion("0.weight", before) == 0.0
-    assert sensitivities(["nope.weight"], None, probe)["nope.weight"] is None
+    assert sensitivities(["nope.weight"], probe)["nope.weight"] is None
 
 
 def test_relative_error_leaves_padding_out():

@@ -43,11 +43,6 @@ class Curve:
     sse: np.ndarray
     levels: np.ndarray
 
-    @property
-    def numel_bits(self) -> np.ndarray:
-        """Bits of the record per point, for reporting."""
-        return 8 * self.nbytes
-
 
 def histogram(tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(mean value, count) of each non-empty bin of a 65,536-bin histogram over the tensor's range.

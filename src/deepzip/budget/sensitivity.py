@@ -35,6 +35,19 @@ HUTCHINSON_PROBES = 4  # random output directions; the sensitivities vary by a f
 Metric = Callable[[object, object], float]
 
 
+def geometric_mean(values: np.ndarray) -> float:
+    """The geometric mean of positive `values`."""
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def _kept(reference: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The real-token positions of an output ([batch, tokens, ...]) where `mask` matches it, else None (all)."""
+    if mask is None or reference.dim() < 2 or tuple(reference.shape[:2]) != tuple(mask.shape):
+        return None
+    keep = mask.to(torch.bool)
+    return keep.view(*keep.shape, *([1] * (reference.dim() - 2))).expand(reference.shape)
+
+
 def _floating_outputs(output) -> list[torch.Tensor]:
     """The floating tensors of a model's output: a tensor, a tuple/list, or a dict-like ModelOutput."""
     if isinstance(output, torch.Tensor):
@@ -57,8 +70,8 @@ def relative_error(reference, output, mask: torch.Tensor | None = None) -> float
     for ref, out in pairs:
         diff = (out.double() - ref.double()) ** 2
         norm = ref.double() ** 2
-        if mask is not None and ref.dim() >= 2 and tuple(ref.shape[:2]) == tuple(mask.shape):
-            keep = mask.to(torch.bool)
+        keep = _kept(ref, mask)
+        if keep is not None:
             diff, norm = diff[keep], norm[keep]
         total += float(diff.sum()) / max(float(norm.sum()), 1e-30)
     return total / max(len(pairs), 1)
@@ -79,11 +92,17 @@ class OutputDistortion:
             raise ConfigError("calibration needs at least one batch of inputs")
         self.metric = metric
         self.params = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
-        self.reference = [self._run(batch) for batch in self.batches]
+        self.reference = [self.run(batch) for batch in self.batches]
 
-    def _run(self, batch):
-        with torch.no_grad():
+    def run(self, batch, grad: bool = False):
+        """The model's output on one batch (keyword arguments or a tensor), with or without autograd."""
+        with torch.set_grad_enabled(grad):
             return self.model(**batch) if isinstance(batch, Mapping) else self.model(batch)
+
+    @staticmethod
+    def mask_of(batch) -> torch.Tensor | None:
+        """A batch's attention mask, where it has one."""
+        return batch.get("attention_mask") if isinstance(batch, Mapping) else None
 
     def find(self, name: str) -> str | None:
         """The model's own name for checkpoint tensor `name` (base-model prefixes differ), or None."""
@@ -103,12 +122,11 @@ class OutputDistortion:
         try:
             scores = []
             for batch, reference in zip(self.batches, self.reference, strict=True):
-                output = self._run(batch)
+                output = self.run(batch)
                 if self.metric is not None:
                     scores.append(float(self.metric(reference, output)))
                 else:
-                    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-                    scores.append(relative_error(reference, output, mask))
+                    scores.append(relative_error(reference, output, self.mask_of(batch)))
             return sum(scores) / len(scores)
         finally:
             param.data = saved
@@ -144,7 +162,7 @@ class Sensitivity:
                 if np.mean(slices < 1e-6 * mean) > 0.1:
                     continue
                 slices = np.clip(slices, mean * SLICE_RANGE[0], mean * SLICE_RANGE[1])
-                bits = 0.5 * math.log2(float(np.mean(slices)) / float(np.exp(np.mean(np.log(slices)))))
+                bits = 0.5 * math.log2(float(np.mean(slices)) / geometric_mean(slices))
                 if bits > gain:
                     best, gain = (axis, slices), bits
         if best is None:
@@ -154,7 +172,6 @@ class Sensitivity:
 
 def sensitivities(
     names: Iterable[str],
-    tensor_of: Callable[[str], torch.Tensor],
     probe: OutputDistortion,
     progress: Callable[[str], None] | None = None,
     probes: int = HUTCHINSON_PROBES,
@@ -167,10 +184,7 @@ def sensitivities(
     E_v ||J^T v||^2 for Gaussian v (Hutchinson 1989), so `probes` backward passes of
     sum(v * y) over the calibration batches give every tensor's sensitivity at once:
     trace / (numel * ||y||^2), averaged as `relative_error` averages. `seed` fixes v.
-    `tensor_of` is unused (the model holds the tensors); it is kept for callers that
-    measure by substitution.
     """
-    del tensor_of
     wanted = {name: probe.find(name) for name in names}
     params = {own: probe.params[own] for own in wanted.values() if own is not None}
     totals = {own: torch.zeros(p.shape, dtype=torch.float64) for own, p in params.items()}
@@ -187,14 +201,13 @@ def sensitivities(
             for index, (batch, reference) in enumerate(zip(probe.batches, probe.reference, strict=True)):
                 if progress is not None:
                     progress(f"sensitivity pass {k + 1}/{probes}, batch {index + 1}/{len(probe.batches)}")
-                output = probe.model(**batch) if isinstance(batch, Mapping) else probe.model(batch)
-                mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+                output = probe.run(batch, grad=True)
                 pairs = list(zip(_floating_outputs(reference), _floating_outputs(output), strict=True))
                 loss = 0.0
                 for ref, out in pairs:
-                    keep = torch.ones(ref.shape, dtype=torch.bool)
-                    if mask is not None and ref.dim() >= 2 and tuple(ref.shape[:2]) == tuple(mask.shape):
-                        keep = mask.to(torch.bool).view(*mask.shape, *([1] * (ref.dim() - 2))).expand(ref.shape)
+                    keep = _kept(ref, probe.mask_of(batch))
+                    if keep is None:
+                        keep = torch.ones(ref.shape, dtype=torch.bool)
                     norm = float(ref.double().pow(2)[keep].sum()) or 1e-30
                     v = torch.randn(ref.shape, generator=generator) * keep
                     loss = loss + (out * v).sum() / math.sqrt(norm * len(pairs) * len(probe.batches))

@@ -19,14 +19,14 @@ import numpy as np
 
 from deepzip import container
 from deepzip.budget.allocate import Curve, choose, tensor_curve
-from deepzip.budget.sensitivity import OutputDistortion, sensitivities
+from deepzip.budget.sensitivity import OutputDistortion, geometric_mean, sensitivities
 from deepzip.budget.sizes import budget_bytes
 from deepzip.checkpoints.compress import Settings, compress_file
 from deepzip.checkpoints.read import open_checkpoint
 from deepzip.container.writer import xz_compress
 from deepzip.errors import ConfigError
 from deepzip.summary import Summary
-from deepzip.train.post_training import plan
+from deepzip.train.post_training import divide_slices, plan
 
 MAX_TRIES = 6
 # Header bytes a record costs besides its section (name, dtype, shape, sizes, checksum).
@@ -76,7 +76,7 @@ def compress_to_size(
         weights = {first: 1.0 for first in decided.chosen}
         scales: dict[str, tuple[np.ndarray, int]] = {}
         if probe is not None:
-            measured = sensitivities(decided.chosen, source.tensor, probe, progress)
+            measured = sensitivities(decided.chosen, probe, progress)
             known = [v.mean for v in measured.values() if v is not None]
             if not known:
                 raise ConfigError("no compressed tensor of the checkpoint was found in the calibration model")
@@ -87,15 +87,14 @@ def compress_to_size(
             for name, found in measured.items():
                 weights[name] = fallback if found is None else found.mean
                 if found is not None and found.axis is not None:
-                    scales[name], weights[name] = slice_scales(found.slices), _geometric_mean(found.slices)
-                    scales[name] = (scales[name], found.axis)
+                    scales[name], weights[name] = (slice_scales(found.slices), found.axis), geometric_mean(found.slices)
         curves: dict[str, Curve] = {}
         for first in decided.chosen:
             if progress is not None:
                 progress(f"curve {first}")
             tensor = source.tensor(first)
             if first in scales:
-                tensor = _divided(tensor, *scales[first])
+                tensor = divide_slices(tensor, *scales[first])
             curves[first] = tensor_curve(tensor, extra_bytes=2 * len(scales[first][0]) if first in scales else 0)
     note(f"budget {budget:,} bytes: {fixed:,} for raw tensors, files and the header, the rest for {len(curves)} tensors")
     target = budget - fixed
@@ -115,21 +114,8 @@ def compress_to_size(
 
 def slice_scales(slices: np.ndarray) -> np.ndarray:
     """Per-slice step factors (slices / geometric mean) ** -0.5, rounded to float16 values (as stored)."""
-    factors = (slices / _geometric_mean(slices)) ** -0.5
+    factors = (slices / geometric_mean(slices)) ** -0.5
     return factors.astype(np.float16).astype(np.float32)
-
-
-def _geometric_mean(values: np.ndarray) -> float:
-    return float(np.exp(np.mean(np.log(values))))
-
-
-def _divided(tensor, scale: np.ndarray, axis: int):
-    """`tensor` (as float32) with slice j along `axis` divided by scale[j]: what the quantizer sees."""
-    import torch
-
-    view = [1] * tensor.dim()
-    view[axis] = -1
-    return tensor.float() / torch.from_numpy(scale).view(view)
 
 
 def _fixed_bytes(source, decided, metas) -> int:

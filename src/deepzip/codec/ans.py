@@ -24,6 +24,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
+from deepzip.codec.buffers import as_uint8
 from deepzip.errors import FormatError
 
 MAX_PRECISION = 16
@@ -214,7 +215,7 @@ def unpack_table(data, alphabet_size):
     symbols right after another or at the end; the symbols within `alphabet_size`; the
     frequencies reaching exactly 2**P at the last byte, never above. Vectorised: O(size).
     """
-    data = _as_bytes(data)
+    data = as_uint8(data)
     alphabet_size = int(alphabet_size)
     if not 0 <= alphabet_size <= MAX_ALPHABET_SIZE:
         raise FormatError(f"alphabet size must be in 0..{MAX_ALPHABET_SIZE}, got {alphabet_size}")
@@ -315,15 +316,6 @@ def _decode_kernel(words, x, slot_symbols, slot_steps, precision, out):
     return x, pos
 
 
-def _as_bytes(data):
-    """`data` (bytes, bytearray, memoryview or 1-D uint8 array) as a uint8 array, no copy."""
-    if isinstance(data, np.ndarray):
-        if data.dtype != np.uint8 or data.ndim != 1:
-            raise ValueError(f"data must be a 1-D uint8 array, got {data.dtype} {data.shape}")
-        return np.ascontiguousarray(data)
-    return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-
-
 def _as_symbols(symbols):
     """`symbols` as a 1-D uint8 or uint16 array (uint8 stays uint8: no widened copy)."""
     symbols = np.asarray(symbols)
@@ -385,7 +377,7 @@ def decode(data, freqs, count):
     by len(data) (a certain symbol costs no bits): the caller bounds it before this call.
     """
     freqs, precision = _precision_of(freqs)
-    data = _as_bytes(data)
+    data = as_uint8(data)
     count = int(count)
     if count < 0:
         raise FormatError(f"symbol count must be non-negative, got {count}")

@@ -11,6 +11,7 @@ and zero-padded to a whole byte; the decoder rejects every stream that is not ex
 import numpy as np
 from numba import njit
 
+from deepzip.codec.buffers import as_uint8
 from deepzip.errors import FormatError
 
 FORMAT_MAX_CODE_LENGTH = 15
@@ -264,15 +265,6 @@ def _decode_kernel(data, table_symbol, table_length, peek_bits, out):
     return _OK, 0, consumed
 
 
-def _as_bytes_array(data):
-    """`data` (bytes, bytearray, memoryview or 1-D uint8 array) as a uint8 array, no copy."""
-    if isinstance(data, np.ndarray):
-        if data.dtype != np.uint8 or data.ndim != 1:
-            raise ValueError(f"data must be a 1-D uint8 array, got {data.dtype} {data.shape}")
-        return np.ascontiguousarray(data)
-    return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-
-
 def _decode_table(lengths):
     """Lookup table of 2**L entries (L = longest code): symbol and code length per L-bit peek.
 
@@ -302,7 +294,7 @@ def decode(data, lengths, count):
     which keeps a damaged count from allocating a huge output.
     """
     lengths = validate_lengths(lengths)
-    data = _as_bytes_array(data)
+    data = as_uint8(data)
     count = int(count)
     if count < 0:
         raise FormatError(f"symbol count must be non-negative, got {count}")
@@ -356,7 +348,7 @@ def unpack_lengths(data, alphabet_size):
     nibble of an odd size is not zero. The lengths are not checked for Kraft here;
     `decode` does that.
     """
-    data = _as_bytes_array(data)
+    data = as_uint8(data)
     alphabet_size = int(alphabet_size)
     if not 0 <= alphabet_size <= MAX_ALPHABET_SIZE:
         raise FormatError(f"alphabet size must be in 0..{MAX_ALPHABET_SIZE}, got {alphabet_size}")

@@ -257,6 +257,16 @@ def _assign_nearest(v: np.ndarray, c32: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- public entry
 
 
+def check_lloyd_arguments(values, k, init, max_iter) -> tuple[np.ndarray, int]:
+    """(values as a checked 1-D array, k as an int) for a Lloyd run; ConfigError for any bad argument."""
+    v = _check_values(values)
+    k = _check_k(k)
+    _check_method(init)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        raise ConfigError(f"max_iter must be a positive integer, got {max_iter!r}")
+    return v, k
+
+
 def kmeans_1d(values, k, init="linear", seed=0, max_iter=100_000, weights=None):
     """Cluster 1-D ``values`` into ``k`` shared values with Lloyd's algorithm.
 
@@ -279,11 +289,7 @@ def kmeans_1d(values, k, init="linear", seed=0, max_iter=100_000, weights=None):
     Raises ConfigError for non-1-D, empty or non-finite ``values``, ``k`` outside 1..65536,
     an unknown ``init``, ``max_iter < 1`` or unusable ``weights``.
     """
-    v = _check_values(values)
-    k = _check_k(k)
-    _check_method(init)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-        raise ConfigError(f"max_iter must be a positive integer, got {max_iter!r}")
+    v, k = check_lloyd_arguments(values, k, init, max_iter)
     if weights is None:
         x, w = _sorted_values(v), None
     else:

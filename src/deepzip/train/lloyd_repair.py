@@ -21,17 +21,13 @@ running sums of `deepzip.train.optimal`.
 
 from __future__ import annotations
 
-import numbers
 
 import numba
 import numpy as np
 
-from deepzip.errors import ConfigError
 from deepzip.train.kmeans import (
     _assign_nearest,
-    _check_k,
-    _check_method,
-    _check_values,
+    check_lloyd_arguments,
     drop_empty_clusters,
 )
 from deepzip.train.optimal import _cost, check_weights, distinct_weighted, prefix_sums
@@ -177,11 +173,7 @@ def lloyd_no_empty(values, k, weights=None, init="linear", seed=0, max_iter=100_
     Raises ConfigError for non-1-D, empty or non-finite ``values``, ``k`` outside 1..65536,
     an unknown ``init``, ``max_iter < 1`` or unusable ``weights``.
     """
-    v = _check_values(values)
-    k = _check_k(k)
-    _check_method(init)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-        raise ConfigError(f"max_iter must be a positive integer, got {max_iter!r}")
+    v, k = check_lloyd_arguments(values, k, init, max_iter)
     x, xw = distinct_weighted(v, None if weights is None else check_weights(weights, v.size))
     if x.size <= k:
         centroids = x

@@ -204,6 +204,13 @@ def compress_planned(tensor: torch.Tensor, setting: dict | None, init: str = "li
     return compress_tensor(tensor, setting["sparsity"], setting["bits"], init, index_bits=setting["index_bits"])
 
 
+def divide_slices(tensor: torch.Tensor, scale: np.ndarray, axis: int) -> torch.Tensor:
+    """`tensor` as float32 with slice j along `axis` divided by scale[j]: what a scaled quantizer sees."""
+    view = [1] * tensor.dim()
+    view[axis] = -1
+    return tensor.float() / torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32)).view(view)
+
+
 def quantize_uniform(
     weight: torch.Tensor, step: float, scale: np.ndarray | None = None, scale_axis: int | None = None
 ) -> CodebookTensor:
@@ -218,9 +225,7 @@ def quantize_uniform(
     dtype, weight = weight.dtype, weight.detach().cpu()
     if scale is not None:
         scale = np.ascontiguousarray(scale, dtype=np.float32)
-        view = [1] * weight.dim()
-        view[scale_axis] = -1
-        weight = weight.float() / torch.from_numpy(scale).view(view)
+        weight = divide_slices(weight, scale, scale_axis)
     flat = weight.reshape(-1)
     values = flat.numpy() if flat.dtype in (torch.float32, torch.float64) else flat.float().numpy()
     codebook, codes = uniform_quantize(values, step)
