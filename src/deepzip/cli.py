@@ -275,7 +275,11 @@ def _compress_to_size(input_path, output, size, bits_per_weight, text, inputs, f
     for name in sorted(allocation.steps):
         axis = allocation.scale_axes.get(name)
         scaled = "" if axis is None else f", scaled along axis {axis}"
-        click.echo(f"  {name:<60} step {allocation.steps[name]:.4g}  ~{allocation.nbytes[name]:>10,} B  sensitivity {allocation.sensitivity[name]:.3g}{scaled}")
+        compensated = ", error-compensated" if name in allocation.compensated else ""
+        click.echo(
+            f"  {name:<60} step {allocation.steps[name]:.4g}  ~{allocation.nbytes[name]:>10,} B  "
+            f"sensitivity {allocation.sensitivity[name]:.3g}{scaled}{compensated}"
+        )
     return written, summary
 
 

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from deepzip import container
 from deepzip.budget.allocate import Curve, choose, tensor_curve
+from deepzip.budget.moments import input_moments
 from deepzip.budget.sensitivity import OutputDistortion, geometric_mean, sensitivities
 from deepzip.budget.sizes import budget_bytes
 from deepzip.checkpoints.compress import Settings, compress_file
@@ -29,13 +31,20 @@ from deepzip.summary import Summary
 from deepzip.train.post_training import divide_slices, plan
 
 MAX_TRIES = 6
+# The calibration inputs' second moments (float64 [in, in] a Linear) are held for the whole
+# run; past this, the remaining layers are rounded without error compensation.
+MAX_MOMENT_BYTES = 4 << 30
 # Header bytes a record costs besides its section (name, dtype, shape, sizes, checksum).
 _HEAD_BYTES = 24
 
 
 @dataclass(frozen=True)
 class Allocation:
-    """What the budget run chose: per stored tensor its step, estimated bytes, sensitivity and scale axis."""
+    """What the budget run chose: per stored tensor its step, estimated bytes, sensitivity and scale axis.
+
+`compensated` names the Linear weights whose levels were chosen by error compensation
+(`deepzip.train.gptq`, calibrated runs only); the others are rounded to the nearest level.
+"""
 
     budget: int
     steps: dict[str, float]
@@ -43,6 +52,7 @@ class Allocation:
     sensitivity: dict[str, float]
     tries: int
     scale_axes: dict[str, int]
+    compensated: frozenset[str] = frozenset()
 
 
 def compress_to_size(
@@ -60,9 +70,11 @@ def compress_to_size(
 
     `size` is `8x` (against the fp32 parameters), `12MB`, `11MiB` or bytes; or give
     `bits_per_weight`. With `probe` (calibration: `deepzip.checkpoints.calibration`), each
-    tensor's step is weighted by its measured output sensitivity; without, data-free, every
-    tensor's squared error counts the same. ConfigError if even the coarsest quantization
-    of every tensor cannot fit. Returns (file size, Summary, Allocation).
+    tensor's step is weighted by its measured output sensitivity, and Linear weights are
+    rounded with error compensation on the calibration inputs (`deepzip.train.gptq`);
+    without, data-free, every tensor's squared error counts the same. ConfigError if even
+    the coarsest quantization of every tensor cannot fit. Returns (file size, Summary,
+    Allocation).
     """
     note = log or (lambda message: None)
     with open_checkpoint(path) as source:
@@ -75,6 +87,7 @@ def compress_to_size(
         fixed = _fixed_bytes(source, decided, metas)
         weights = {first: 1.0 for first in decided.chosen}
         scales: dict[str, tuple[np.ndarray, int]] = {}
+        moments: dict[str, torch.Tensor] = {}
         if probe is not None:
             measured = sensitivities(decided.chosen, probe, progress)
             known = [v.mean for v in measured.values() if v is not None]
@@ -88,6 +101,7 @@ def compress_to_size(
                 weights[name] = fallback if found is None else found.mean
                 if found is not None and found.axis is not None:
                     scales[name], weights[name] = (slice_scales(found.slices), found.axis), geometric_mean(found.slices)
+            moments = _bounded(input_moments(decided.chosen, probe, progress), note)
         curves: dict[str, Curve] = {}
         for first in decided.chosen:
             if progress is not None:
@@ -101,15 +115,33 @@ def compress_to_size(
     for tries in range(1, MAX_TRIES + 1):
         choice = choose(curves, weights, target)
         steps = {n: float(curves[n].steps[i]) for n, i in choice.items()}
-        quantizers = {n: {"step": step} | ({"scale": scales[n][0], "scale_axis": scales[n][1]} if n in scales else {}) for n, step in steps.items()}
+        quantizers = {
+            n: {"step": step}
+            | ({"scale": scales[n][0], "scale_axis": scales[n][1]} if n in scales else {})
+            | ({"hessian": moments[n]} if n in moments else {})
+            for n, step in steps.items()
+        }
         written, summary = compress_file(path, output, Settings(0.0, 8, None, None, []), overwrite=overwrite or tries > 1, steps=quantizers)
         if written <= budget:
             estimates = {n: int(curves[n].nbytes[i]) for n, i in choice.items()}
-            return written, summary, Allocation(budget, steps, estimates, weights, tries, {n: a for n, (_, a) in scales.items()})
+            axes = {n: a for n, (_, a) in scales.items()}
+            return written, summary, Allocation(budget, steps, estimates, weights, tries, axes, frozenset(moments))
         note(f"the file is {written - budget:,} bytes over the budget: allocating again")
         target -= (written - budget) + max(64, (written - budget) // 4)
     os.unlink(output)
     raise ConfigError(f"could not fit the budget of {budget:,} bytes in {MAX_TRIES} tries")
+
+
+def _bounded(moments: dict[str, torch.Tensor], note: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """The input moments, in order, up to MAX_MOMENT_BYTES in all; the layers past it are rounded plainly."""
+    kept, total = {}, 0
+    for name, moment in moments.items():
+        total += moment.numel() * moment.element_size()
+        if total > MAX_MOMENT_BYTES:
+            note(f"input moments past {MAX_MOMENT_BYTES >> 30} GiB: {len(moments) - len(kept)} Linear weights are rounded without error compensation")
+            break
+        kept[name] = moment
+    return kept
 
 
 def slice_scales(slices: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from deepzip.errors import ConfigError
 from deepzip.limits import MAX_BITS, MAX_INDEX_BITS
 from deepzip.summary import Row, Summary
 from deepzip.train import patterns
+from deepzip.train.gptq import compensated_levels, grid_of
 from deepzip.train.masks import sparsity_positions
 from deepzip.train.registry import (
     DEFAULT_MIN_SIZE,
@@ -34,7 +35,7 @@ from deepzip.train.registry import (
 )
 from deepzip.train.sharing import check_bits, check_init, share_tensor
 from deepzip.train.ties import group_tied
-from deepzip.train.uniform import uniform_quantize
+from deepzip.train.uniform import grid_quantize, uniform_quantize
 
 __all__ = ["compress_state_dict", "compress_tensor"]
 
@@ -200,7 +201,7 @@ def compress_planned(tensor: torch.Tensor, setting: dict | None, init: str = "li
     if setting is None:
         return RawTensor(tensor.detach().contiguous())
     if setting.get("step") is not None:
-        return quantize_uniform(tensor, setting["step"], setting.get("scale"), setting.get("scale_axis"))
+        return quantize_uniform(tensor, setting["step"], setting.get("scale"), setting.get("scale_axis"), setting.get("hessian"))
     return compress_tensor(tensor, setting["sparsity"], setting["bits"], init, index_bits=setting["index_bits"])
 
 
@@ -212,19 +213,31 @@ def divide_slices(tensor: torch.Tensor, scale: np.ndarray, axis: int) -> torch.T
 
 
 def quantize_uniform(
-    weight: torch.Tensor, step: float, scale: np.ndarray | None = None, scale_axis: int | None = None
+    weight: torch.Tensor,
+    step: float,
+    scale: np.ndarray | None = None,
+    scale_axis: int | None = None,
+    hessian: torch.Tensor | None = None,
 ) -> CodebookTensor:
     """`weight` quantized on a uniform grid of `step` (`deepzip.train.uniform`), every weight kept (dense).
 
     With `scale` (float32 [shape[scale_axis]]), slice j along `scale_axis` is divided by
     scale[j] before quantization and the record keeps the scales: slice j's effective step
-    is step * scale[j].
+    is step * scale[j]. With `hessian` (the [in, in] second moment of a Linear's inputs,
+    from calibration) a 2-D weight's levels are chosen by error compensation
+    (`deepzip.train.gptq`) and decode to their grid points; without, each weight goes to its
+    nearest level and levels decode to their centroids.
     """
     if weight.dtype not in FLOAT_DTYPES:
         raise ConfigError(f"only floating tensors can be quantized, got {weight.dtype}")
     dtype, weight = weight.dtype, weight.detach().cpu()
     if scale is not None:
         scale = np.ascontiguousarray(scale, dtype=np.float32)
+    if hessian is not None:
+        levels = compensated_levels(weight, grid_of(tuple(weight.shape), step, scale, scale_axis), hessian)
+        codebook, codes = grid_quantize(levels.numpy(), step)
+        return CodebookTensor(tuple(weight.shape), dtype, codebook, None, codes, None, scale, scale_axis)
+    if scale is not None:
         weight = divide_slices(weight, scale, scale_axis)
     flat = weight.reshape(-1)
     values = flat.numpy() if flat.dtype in (torch.float32, torch.float64) else flat.float().numpy()

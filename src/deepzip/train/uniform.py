@@ -61,14 +61,38 @@ def uniform_quantize(values: np.ndarray, step: float) -> tuple[np.ndarray, np.nd
         counts += np.bincount(q, minlength=count)
     used = np.flatnonzero(counts)
     codebook = (sums[used] / counts[used]).astype(np.float32)
-    code_dtype = np.uint8 if used.size <= 256 else np.uint16
-    renumber = np.zeros(count, dtype=code_dtype)
-    renumber[used] = np.arange(used.size, dtype=code_dtype)
-    codes = np.empty(values.size, dtype=code_dtype)
+    renumber = _renumbering(used, count)
+    codes = np.empty(values.size, dtype=renumber.dtype)
     for i in range(0, values.size, _CHUNK):
         q = (np.rint(values[i : i + _CHUNK] / step) - low).astype(np.uint16)
         codes[i : i + _CHUNK] = apply_table(renumber, q)
     return codebook, codes
+
+
+def grid_quantize(levels: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Integer `levels` (chosen elsewhere: `deepzip.train.gptq`) as (codebook, codes) of their grid points level * step.
+
+    The codebook holds the used levels' grid points, float32 ascending; codes as in
+    `uniform_quantize`. ConfigError past MAX_CODEBOOK levels.
+    """
+    levels = np.asarray(levels, dtype=np.int64).reshape(-1)
+    if levels.size == 0:
+        return np.zeros(1, dtype=np.float32), np.zeros(0, dtype=np.uint8)
+    low = int(levels.min())
+    count = int(levels.max()) - low + 1
+    if count > MAX_CODEBOOK:
+        raise ConfigError(f"a step of {step:.3g} needs {count} levels; the most is {MAX_CODEBOOK}")
+    used = np.flatnonzero(np.bincount(levels - low, minlength=count))
+    renumber = _renumbering(used, count)
+    return ((used + low) * float(step)).astype(np.float32), apply_table(renumber, (levels - low).astype(np.uint16))
+
+
+def _renumbering(used: np.ndarray, count: int) -> np.ndarray:
+    """The table from level index (0..count-1) to code: used levels numbered in order, uint8 for <= 256."""
+    code_dtype = np.uint8 if used.size <= 256 else np.uint16
+    renumber = np.zeros(count, dtype=code_dtype)
+    renumber[used] = np.arange(used.size, dtype=code_dtype)
+    return renumber
 
 
 def uniform_curve(x: np.ndarray, counts: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
