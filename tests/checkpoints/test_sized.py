@@ -51,6 +51,19 @@ def test_the_file_on_disk_fits_the_budget(bert, tmp_path, size, calibrated):
     assert container.open_file(out).header.version == 3
 
 
+def test_a_file_well_under_its_budget_is_written_again_with_the_spare_bytes(bert, tmp_path):
+    from deepzip.checkpoints.sized import MAX_TRIES, SLACK
+
+    directory, _ = bert
+    logged = []
+    out = tmp_path / "m.dzip"
+    written, _, allocation = compress_to_size(directory, out, "5x", log=logged.append)
+    spent = allocation.budget - written <= SLACK * allocation.budget
+    assert spent or allocation.tries == MAX_TRIES or any("under the budget" in line for line in logged)
+    assert written == out.stat().st_size <= allocation.budget
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.dzip"]  # no spare file left
+
+
 def test_more_bytes_give_less_distortion_on_the_calibration_text(bert, tmp_path):
     directory, text = bert
     probe = transformers_probe(directory, text)

@@ -111,3 +111,14 @@ def test_quantize_uniform_with_a_moment_decodes_to_grid_points(axis):
     expected = compensated_levels(weight32, grid, hessian) * grid
     assert torch.allclose(record.to_dense().double(), expected, rtol=1e-6, atol=1e-7)
     assert record.positions is None
+
+
+def test_groups_are_solved_as_separate_problems():
+    """A grouped (depthwise-like) layer: each group's rows against its own moment, as the textbook form gives."""
+    groups, rows, columns = 5, 2, 9
+    problems = [correlated_problem(rows, columns, samples=30, seed=s) for s in range(groups)]
+    weight = torch.cat([w for w, _ in problems]).reshape(groups * rows, 1, 3, 3)
+    hessian = torch.stack([h for _, h in problems])
+    levels = compensated_levels(weight, grid_of(tuple(weight.shape), 0.3), hessian)
+    for g, (w, h) in enumerate(problems):
+        assert torch.equal(levels[g * rows : (g + 1) * rows].reshape(rows, columns), obq_levels(w, 0.3, h))

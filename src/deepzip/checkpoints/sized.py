@@ -6,12 +6,14 @@ data-free, all equal. Everything in the file besides the compressed tensors (raw
 attached files, the header) is measured first and taken off the budget; the file is then
 written and its real size checked. When rounding in the estimates makes it overshoot, the
 budget for the tensors shrinks by the excess and the file is written again, so the file
-on disk always fits.
+on disk always fits; when it lands more than SLACK under, the spare bytes are allocated
+too and the larger file replaces it if it still fits.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +33,11 @@ from deepzip.summary import Summary
 from deepzip.train.post_training import divide_slices, plan
 
 MAX_TRIES = 6
+# A file further than this under its budget is written again with the spare bytes given
+# to the tensors (kept only if it still fits): the estimates are within a few % of the
+# coded sizes, and that much rate is fidelity left unused.
+SLACK = 0.004
+SETTINGS = Settings(0.0, 8, None, None, [])  # unused by tensors with a step: every compressed tensor has one
 # The calibration inputs' second moments (float64 [in, in] a Linear) are held for the whole
 # run; past this, the remaining layers are rounded without error compensation.
 MAX_MOMENT_BYTES = 4 << 30
@@ -112,22 +119,45 @@ def compress_to_size(
             curves[first] = tensor_curve(tensor, extra_bytes=2 * len(scales[first][0]) if first in scales else 0)
     note(f"budget {budget:,} bytes: {fixed:,} for raw tensors, files and the header, the rest for {len(curves)} tensors")
     target = budget - fixed
-    for tries in range(1, MAX_TRIES + 1):
-        choice = choose(curves, weights, target)
-        steps = {n: float(curves[n].steps[i]) for n, i in choice.items()}
-        quantizers = {
-            n: {"step": step}
-            | ({"scale": scales[n][0], "scale_axis": scales[n][1]} if n in scales else {})
-            | ({"hessian": moments[n]} if n in moments else {})
-            for n, step in steps.items()
-        }
-        written, summary = compress_file(path, output, Settings(0.0, 8, None, None, []), overwrite=overwrite or tries > 1, steps=quantizers)
-        if written <= budget:
+    best: tuple[int, Summary, Allocation] | None = None
+    spare = None
+    try:
+        for tries in range(1, MAX_TRIES + 1):
+            choice = choose(curves, weights, target)
+            steps = {n: float(curves[n].steps[i]) for n, i in choice.items()}
+            quantizers = {
+                n: {"step": step}
+                | ({"scale": scales[n][0], "scale_axis": scales[n][1]} if n in scales else {})
+                | ({"hessian": moments[n]} if n in moments else {})
+                for n, step in steps.items()
+            }
+            # A file that fits stays at `output`; a larger one is tried beside it and replaces it only if it fits too.
+            if best is not None and spare is None:
+                handle, spare = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(output)), suffix=".dzip.part")
+                os.close(handle)
+            destination = output if best is None else spare
+            written, summary = compress_file(path, destination, SETTINGS, overwrite=overwrite or tries > 1, steps=quantizers)
+            if written > budget:
+                if best is not None:
+                    return best
+                note(f"the file is {written - budget:,} bytes over the budget: allocating again")
+                target -= (written - budget) + max(64, (written - budget) // 4)
+                continue
+            if destination == spare:
+                os.replace(spare, output)
             estimates = {n: int(curves[n].nbytes[i]) for n, i in choice.items()}
             axes = {n: a for n, (_, a) in scales.items()}
-            return written, summary, Allocation(budget, steps, estimates, weights, tries, axes, frozenset(moments))
-        note(f"the file is {written - budget:,} bytes over the budget: allocating again")
-        target -= (written - budget) + max(64, (written - budget) // 4)
+            best = written, summary, Allocation(budget, steps, estimates, weights, tries, axes, frozenset(moments))
+            under = budget - written
+            if under <= SLACK * budget:
+                return best
+            note(f"the file is {under:,} bytes under the budget: allocating them too")
+            target += under
+        if best is not None:
+            return best
+    finally:
+        if spare is not None and os.path.exists(spare):
+            os.unlink(spare)
     os.unlink(output)
     raise ConfigError(f"could not fit the budget of {budget:,} bytes in {MAX_TRIES} tries")
 
