@@ -169,3 +169,16 @@ def test_reproduce_with_a_missing_recipe_file(tmp_path):
     result = run("reproduce", "lenet-5", "--recipe", str(tmp_path / "nope.yaml"), "--out", str(tmp_path))
     assert result.exit_code == 1
     assert "nope.yaml" in one_error_line(result)
+
+
+def test_reproduce_nproc_relaunches_itself_under_torchrun(monkeypatch, tmp_path):
+    import subprocess
+
+    calls = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
+    result = run("reproduce", "lenet-5", "--nproc", "2", "--out", str(tmp_path), "--seed", "4")
+    assert result.exit_code == 0, result.output
+    (command,) = calls
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert command[5:] == ["-m", "deepzip.cli", "reproduce", "lenet-5", "--seed", "4", "--out", str(tmp_path)]

@@ -7,6 +7,7 @@ errors (click's own), 1 for everything else. `--debug` shows the traceback inste
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 from pathlib import Path
 
@@ -58,19 +59,42 @@ def main(debug: bool) -> None:
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/MODEL).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialization and batch order.")
 @click.option("--recipe", "recipe_file", default=None, metavar="NAME_OR_FILE", help="Final per-layer sparsity and bits from a recipe (e.g. one `deepzip sensitivity` wrote).")
-def reproduce(model: str, data: Path | None, out: Path | None, seed: int, recipe_file: str | None) -> None:
+@click.option("--nproc", type=click.IntRange(1, 64), default=1, show_default=True, help="Processes (ranks) to train on, launched with torchrun; each global batch is split across them.")
+def reproduce(model: str, data: Path | None, out: Path | None, seed: int, recipe_file: str | None, nproc: int) -> None:
     """Run the paper's pipeline on MODEL and print its compression table.
 
     Trains the dense baseline (cached in OUT for re-runs), prunes and retrains,
     quantizes and fine-tunes, writes OUT/model.dzip, decodes it into a fresh model and
-    reports its test error. Writes OUT/results.json.
+    reports its test error. Writes OUT/results.json. With --nproc N, N processes train
+    data-parallel (gloo on CPU, nccl on GPUs) on the same global batches; under torchrun
+    of its own, the command joins the process group it describes.
     """
+    from deepzip.train import distributed
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        arguments = ["reproduce", model, "--seed", str(seed)]
+        for option, value in (("--data", data), ("--out", out), ("--recipe", recipe_file)):
+            arguments += [option, str(value)] if value is not None else []
+        _launch(arguments, nproc)
+        return
     from deepzip.paper.reproduce import recipe_schedule
     from deepzip.paper.reproduce import reproduce as run
     from deepzip.train.recipe import load_recipe
 
+    distributed.init_from_environment()
     schedule = None if recipe_file is None else recipe_schedule(model, load_recipe(recipe_file))
     run(model, out or Path("runs") / model, data, seed, log=click.echo, recipe=schedule)
+
+
+def _launch(arguments: list[str], nproc: int) -> None:
+    """Run this command again as `nproc` ranks under torchrun (one machine); exit with its status."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "deepzip.cli", *arguments]
+    click.echo(f"deepzip: launching {nproc} processes: {' '.join(command[1:])}", err=True)
+    status = subprocess.call(command)
+    if status:
+        raise SystemExit(status)
 
 
 @main.command()

@@ -37,6 +37,7 @@ MAX_TRIES = 6
 # to the tensors (kept only if it still fits): the estimates are within a few % of the
 # coded sizes, and that much rate is fidelity left unused.
 SLACK = 0.004
+MAX_GROWS = 2  # larger files tried after one fits: each costs a write
 SETTINGS = Settings(0.0, 8, None, None, [])  # unused by tensors with a step: every compressed tensor has one
 # The calibration inputs' second moments (float64 [in, in] a Linear) are held for the whole
 # run; past this, the remaining layers are rounded without error compensation.
@@ -120,7 +121,7 @@ def compress_to_size(
     note(f"budget {budget:,} bytes: {fixed:,} for raw tensors, files and the header, the rest for {len(curves)} tensors")
     target = budget - fixed
     best: tuple[int, Summary, Allocation] | None = None
-    spare = None
+    spare, fitted, grows = None, None, 0  # fitted: the last target whose file fit; grows: larger files tried
     try:
         for tries in range(1, MAX_TRIES + 1):
             choice = choose(curves, weights, target)
@@ -138,8 +139,11 @@ def compress_to_size(
             destination = output if best is None else spare
             written, summary = compress_file(path, destination, SETTINGS, overwrite=overwrite or tries > 1, steps=quantizers)
             if written > budget:
-                if best is not None:
-                    return best
+                if best is not None:  # the larger file did not fit: try half as much more, if a try is left
+                    if grows == MAX_GROWS:
+                        return best
+                    target, grows = fitted + (target - fitted) // 2, grows + 1
+                    continue
                 note(f"the file is {written - budget:,} bytes over the budget: allocating again")
                 target -= (written - budget) + max(64, (written - budget) // 4)
                 continue
@@ -149,10 +153,10 @@ def compress_to_size(
             axes = {n: a for n, (_, a) in scales.items()}
             best = written, summary, Allocation(budget, steps, estimates, weights, tries, axes, frozenset(moments))
             under = budget - written
-            if under <= SLACK * budget:
+            if under <= SLACK * budget or grows == MAX_GROWS:
                 return best
             note(f"the file is {under:,} bytes under the budget: allocating them too")
-            target += under
+            fitted, target, grows = target, target + under, grows + 1
         if best is not None:
             return best
     finally:

@@ -23,6 +23,7 @@ from deepzip.paper import models
 from deepzip.paper.data import load_mnist
 from deepzip.paper.training import TrainConfig, error_rate, train
 from deepzip.runtime.load import load
+from deepzip.train import distributed
 from deepzip.train.export import save
 from deepzip.train.parametrizations import SharedWeights, transform_of
 from deepzip.train.prune import prune_
@@ -118,11 +119,16 @@ def reproduce(
     """Run the recipe for model `name`, write OUT/model.dzip and OUT/results.json, return the results.
 
     `recipe` replaces the shipped one (`recipe_schedule` makes one from a recipe file;
-    tests pass tiny ones to run the pipeline in seconds).
+    tests pass tiny ones to run the pipeline in seconds). Under a process group (torchrun,
+    `deepzip reproduce --nproc N`) every rank trains its share of each global batch, the
+    ranks' masks, codes and centroids are checked equal after every step, and rank 0 alone
+    logs, writes the files and returns the results; the others return their rank.
     """
     if recipe is None and name not in RECIPES:
         raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(RECIPES)}")
     recipe = recipe or RECIPES[name]
+    if not distributed.is_writer():
+        log = _silent  # rank 0 speaks and writes for all
     out.mkdir(parents=True, exist_ok=True)
     train_x, train_y = load_mnist("train", data_root)
     valid = load_mnist("valid", data_root)
@@ -136,6 +142,7 @@ def reproduce(
 
     for step, prune_step in enumerate(recipe.prune_steps, 1):
         kept = prune_(model, prune_step.sparsity)
+        distributed.check_agreement(model)
         config = _seeded(prune_step.retrain, seed + step)
         train(model, train_x, train_y, config, desc=f"prune {step}/{len(recipe.prune_steps)}")
         shown = ", ".join(f"{layer} {100 * f:.1f}%" for layer, f in kept.items())
@@ -144,13 +151,17 @@ def reproduce(
     clustered = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     clustered |= {f"{n}.weight": m.weight.detach().clone() for n, m in model.named_modules() if transform_of(m) is not None}
     quantize_(model, recipe.bits)
+    distributed.check_agreement(model)
     log(f"quantized: valid error before fine-tuning {100 * error_rate(model, *valid):.2f}%")
     trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
     train(model, train_x, train_y, _seeded(recipe.finetune, seed + 100), desc="fine-tune centroids", parameters=trainable)
     log(f"fine-tuned: valid error {100 * error_rate(model, *valid):.2f}%")
 
+    distributed.check_agreement(model)
     path = out / "model.dzip"
     save(model, path, overwrite=True)
+    if not distributed.is_writer():
+        return {"world_size": distributed.world_size(), "rank": distributed.rank()}
     decoded = models.build(name)
     decoded.load_state_dict(load(path))
     _check_bit_identical(model, decoded)
@@ -164,6 +175,7 @@ def reproduce(
     results = {
         "model": name,
         "seed": seed,
+        "world_size": distributed.world_size(),
         "dense_error": dense_error,
         "compressed_error": compressed_error,
         "dense_bytes": totals["dense_bytes"],
@@ -193,7 +205,8 @@ def trained_baseline(name: str, out: Path, train_set, config: TrainConfig, seed:
         log(f"baseline: loaded from {path}")
     else:
         train(model, *train_set, config, desc="baseline")
-        torch.save(model.state_dict(), path)
+        if distributed.is_writer():
+            torch.save(model.state_dict(), path)
     return model
 
 
@@ -235,6 +248,10 @@ def recipe_schedule(name: str, rules: CompressionRecipe) -> Recipe:
     # The recipe's bits first (first match wins), then the shipped ones for other layers.
     bits = {**rules.setting("bits"), **{p: b for p, b in shipped.bits.items() if p not in rules.setting("bits")}}
     return Recipe(name, shipped.baseline, schedule, bits, shipped.finetune)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
 
 
 def _seeded(config: TrainConfig, seed: int) -> TrainConfig:

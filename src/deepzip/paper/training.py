@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from deepzip.train import distributed
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -39,6 +41,12 @@ def train(
     `parameters` defaults to every parameter that requires a gradient; pass the centroids
     alone to fine-tune a quantized model. Batches are drawn from a generator seeded with
     `config.seed`, so a run is repeatable on the same machine.
+
+    Under a process group of several ranks (`torchrun`), every rank draws the same global
+    batches and takes its share of each (`deepzip.train.distributed.wrap` averages the
+    gradients): each rank's loss is its summed cross-entropy times the world size over the
+    global batch size, so the averaged gradient is the global batch's mean, as in one
+    process, whatever the split. The progress bar shows on rank 0 only.
     """
     params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -46,14 +54,20 @@ def train(
     total = config.epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     generator = torch.Generator().manual_seed(config.seed)
-    loss_fn = nn.CrossEntropyLoss()
+    ranks, rank = distributed.world_size(), distributed.rank()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum" if ranks > 1 else "mean")
+    wrapped = distributed.wrap(model)
     model.train()
-    with tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=rank != 0) as bar:
         for epoch in range(config.epochs):
             order = torch.randperm(len(images), generator=generator)
             for start in range(0, len(images), config.batch_size):
                 batch = order[start : start + config.batch_size]
-                loss = loss_fn(model(images[batch]), labels[batch])
+                if ranks > 1:
+                    share = batch.tensor_split(ranks)[rank]
+                    loss = loss_fn(wrapped(images[share]), labels[share]) * (ranks / len(batch))
+                else:
+                    loss = loss_fn(model(images[batch]), labels[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -20,6 +20,7 @@ from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.errors import ConfigError
 from deepzip.limits import MAX_INDEX_BITS
 from deepzip.train import patterns
+from deepzip.train.distributed import is_writer
 from deepzip.train.kmeans import drop_empty_clusters
 from deepzip.train.parametrizations import SharedWeights, transform_of
 
@@ -80,8 +81,11 @@ def save(
 
     Quantized weights are stored as sparse codebook tensors, everything else raw; see
     `export`. The write is atomic, and an existing file is replaced only with
-    `overwrite=True`.
+    `overwrite=True`. Under a process group of several ranks only rank 0 writes; the
+    others write nothing and return 0.
     """
+    if not is_writer():
+        return 0
     if isinstance(model, CompressedModel):
         if index_bits:
             raise ConfigError("index_bits applies to a module; a CompressedModel carries its own")

@@ -8,6 +8,7 @@ from torch import nn
 
 from deepzip.errors import ConfigError
 from deepzip.summary import Summary
+from deepzip.train.distributed import agree, refuse_sharded
 from deepzip.train.masks import quality_mask, sparsity_mask
 from deepzip.train.parametrizations import (
     Masked,
@@ -50,6 +51,7 @@ def prune_(
         raise ConfigError("give exactly one of sparsity= or quality=")
     what = "sparsity" if quality is None else "quality"
     make_mask = sparsity_mask if quality is None else quality_mask
+    refuse_sharded(model)
     selection = select(model, sparsity if quality is None else quality, what, layers, min_size)
     new_masks = {}
     for name, value in selection.chosen.items():
@@ -57,6 +59,7 @@ def prune_(
         if isinstance(transform_of(site.module, site.tensor_name), SharedWeights):
             raise ConfigError(f"{name} is already quantized: prune before quantize_")
         new_masks[name] = make_mask(site.value(), value, mask_of(site.module, site.tensor_name))
+    agree(new_masks.values())  # under a process group, rank 0's masks on every rank
     for name, mask in new_masks.items():
         set_transform(selection.targets[name].sites, Masked(mask))
     kept = {name: kept_fraction(mask) for name, mask in new_masks.items()}

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from deepzip.summary import Summary
+from deepzip.train.distributed import agree, refuse_sharded
 from deepzip.train.parametrizations import (
     SharedWeights,
     mask_of,
@@ -38,10 +39,12 @@ def quantize_(
     fixed from here on; only the centroids train (`module.parametrizations.weight[-1]
     .centroids`), each by the summed gradient of its weights; they require grad as the
     weight did. Pruned weights stay zero. A tied tensor gets one codebook. Clustering runs
-    on the CPU; codes and centroids live on the model's device. Returns a Summary mapping
+    on the CPU; codes and centroids live on the model's device. Under a process group every
+    rank gets rank 0's codes and centroids (`deepzip.train.distributed`). Returns a Summary mapping
     each quantized target to its bits.
     """
     check_init(init)
+    refuse_sharded(model)
     selection = select(model, True if bits is None else bits, "bits", layers, min_size)
     chosen = {
         name: check_bits((CONV_BITS if selection.targets[name].conv else FC_BITS) if bits is None else value)
@@ -55,6 +58,8 @@ def quantize_(
         mask = torch.ones(weight.shape, dtype=torch.bool, device=weight.device) if mask is None else mask.clone()
         centroids, codes = share_weights(weight, mask, layer_bits, init, seed)
         transforms[name] = SharedWeights(centroids, codes, mask, requires_grad=_trainable(site))
+    # Under a process group, rank 0's codebooks and codes on every rank.
+    agree(tensor for t in transforms.values() for tensor in (t.centroids, t.codes, t.mask))
     for name, transform in transforms.items():
         set_transform(selection.targets[name].sites, transform)
     return selection.summary(
