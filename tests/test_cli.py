@@ -181,4 +181,4 @@ def test_reproduce_nproc_relaunches_itself_under_torchrun(monkeypatch, tmp_path)
     assert result.exit_code == 0, result.output
     (command,) = calls
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    assert command[5:] == ["-m", "deepzip.cli", "reproduce", "lenet-5", "--seed", "4", "--out", str(tmp_path)]
+    assert command[5:] == ["-m", "deepzip.cli", "reproduce", "lenet-5", "--seed", "4", "--checkpoint-every", "2000", "--out", str(tmp_path)]

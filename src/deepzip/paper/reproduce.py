@@ -21,11 +21,12 @@ from deepzip import report
 from deepzip.errors import ConfigError
 from deepzip.paper import models
 from deepzip.paper.data import load_mnist
+from deepzip.paper.resume import DEFAULT_EVERY, RunState
 from deepzip.paper.training import TrainConfig, error_rate, train
 from deepzip.runtime.load import load
 from deepzip.train import distributed
 from deepzip.train.export import save
-from deepzip.train.parametrizations import SharedWeights, transform_of
+from deepzip.train.parametrizations import SharedWeights, load_state_dict, transform_of
 from deepzip.train.prune import prune_
 from deepzip.train.quantize import quantize_
 from deepzip.train.recipe import Recipe as CompressionRecipe
@@ -114,7 +115,15 @@ RECIPES = {
 
 
 def reproduce(
-    name: str, out: Path, data_root: Path | None = None, seed: int = 0, log=print, recipe: Recipe | None = None
+    name: str,
+    out: Path,
+    data_root: Path | None = None,
+    seed: int = 0,
+    log=print,
+    recipe: Recipe | None = None,
+    *,
+    resume: bool = False,
+    checkpoint_every: int = DEFAULT_EVERY,
 ) -> dict:
     """Run the recipe for model `name`, write OUT/model.dzip and OUT/results.json, return the results.
 
@@ -123,6 +132,10 @@ def reproduce(
     `deepzip reproduce --nproc N`) every rank trains its share of each global batch, the
     ranks' masks, codes and centroids are checked equal after every step, and rank 0 alone
     logs, writes the files and returns the results; the others return their rank.
+
+    Every `checkpoint_every` optimizer steps and after every stage, OUT/checkpoint.pt
+    records where the run is (`deepzip.paper.resume`); with `resume`, a run killed
+    part-way continues from there to the very file an uninterrupted run writes.
     """
     if recipe is None and name not in RECIPES:
         raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(RECIPES)}")
@@ -130,32 +143,64 @@ def reproduce(
     if not distributed.is_writer():
         log = _silent  # rank 0 speaks and writes for all
     out.mkdir(parents=True, exist_ok=True)
+    run = RunState(out, name, seed, recipe, checkpoint_every)
+    saved = run.load() if resume else None
+    if resume and saved is None:
+        log(f"resume: no {run.path} yet, starting from the beginning")
     train_x, train_y = load_mnist("train", data_root)
     valid = load_mnist("valid", data_root)
     test = load_mnist("test", data_root)
     started = time.perf_counter()
+    model = models.build(name)
+    first = 0
+    if saved is not None:
+        load_state_dict(model, saved["model"])
+        first = saved["stage"] + (saved["training"] is None)
+        where = "done" if saved["training"] is None else f"at step {saved['training']['step']}"
+        log(f"resume: from stage {saved['stage']} ({where})")
 
-    model = trained_baseline(name, out, (train_x, train_y), recipe.baseline, seed, log)
-    dense_error = error_rate(model, *test)
-    dense_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    log(f"baseline: valid error {100 * error_rate(model, *valid):.2f}%, test error {100 * dense_error:.2f}%")
+    def within(stage: int) -> dict | None:
+        """The training loop's saved state if the run was killed inside `stage`."""
+        return saved["training"] if saved is not None and saved["stage"] == stage else None
 
+    if first == 0:
+        model = trained_baseline(name, out, (train_x, train_y), recipe.baseline, seed, log, run, within(0), model)
+        run.kept["dense_weights"] = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        run.save(0, model)
+    dense_weights = run.kept["dense_weights"]
+    dense = _dense(name, dense_weights)
+    dense_error = error_rate(dense, *test)
+    log(f"baseline: valid error {100 * error_rate(dense, *valid):.2f}%, test error {100 * dense_error:.2f}%")
+
+    steps = len(recipe.prune_steps)
     for step, prune_step in enumerate(recipe.prune_steps, 1):
-        kept = prune_(model, prune_step.sparsity)
-        distributed.check_agreement(model)
+        if step < first:
+            continue
+        if within(step) is None:
+            kept = prune_(model, prune_step.sparsity)
+            distributed.check_agreement(model)
+            shown = ", ".join(f"{layer} {100 * f:.1f}%" for layer, f in kept.items())
+            log(f"prune step {step}: kept {shown}")
         config = _seeded(prune_step.retrain, seed + step)
-        train(model, train_x, train_y, config, desc=f"prune {step}/{len(recipe.prune_steps)}")
-        shown = ", ".join(f"{layer} {100 * f:.1f}%" for layer, f in kept.items())
-        log(f"prune step {step}: kept {shown}; valid error {100 * error_rate(model, *valid):.2f}%")
+        train(model, train_x, train_y, config, f"prune {step}/{steps}", None, run.during(step, model), within(step))
+        run.save(step, model)
+        log(f"prune step {step}: valid error {100 * error_rate(model, *valid):.2f}% after retraining")
 
-    clustered = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    clustered |= {f"{n}.weight": m.weight.detach().clone() for n, m in model.named_modules() if transform_of(m) is not None}
-    quantize_(model, recipe.bits)
-    distributed.check_agreement(model)
-    log(f"quantized: valid error before fine-tuning {100 * error_rate(model, *valid):.2f}%")
-    trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
-    train(model, train_x, train_y, _seeded(recipe.finetune, seed + 100), desc="fine-tune centroids", parameters=trainable)
-    log(f"fine-tuned: valid error {100 * error_rate(model, *valid):.2f}%")
+    finetune = steps + 1
+    if first <= finetune:
+        if within(finetune) is None:
+            clustered = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            clustered |= {f"{n}.weight": m.weight.detach().clone() for n, m in model.named_modules() if transform_of(m) is not None}
+            run.kept["clustered"] = clustered
+            quantize_(model, recipe.bits)
+            distributed.check_agreement(model)
+            log(f"quantized: valid error before fine-tuning {100 * error_rate(model, *valid):.2f}%")
+        trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
+        config = _seeded(recipe.finetune, seed + 100)
+        train(model, train_x, train_y, config, "fine-tune centroids", trainable, run.during(finetune, model), within(finetune))
+        run.save(finetune, model)
+        log(f"fine-tuned: valid error {100 * error_rate(model, *valid):.2f}%")
+    clustered = run.kept["clustered"]
 
     distributed.check_agreement(model)
     path = out / "model.dzip"
@@ -189,24 +234,49 @@ def reproduce(
     log(f"deepzip: {results['file_bytes']:,} bytes ({path}), test error {100 * compressed_error:.2f}% (decoded from the file)")
     log(f"ratio:   {results['ratio']:.1f}x")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    run.finish()
     summary = report.write_report(path, out / "report", dense_state_dict=dense_weights, clustered_state_dict=clustered)
     log(f"report:  {summary}")
     return results
 
 
-def trained_baseline(name: str, out: Path, train_set, config: TrainConfig, seed: int, log=print) -> torch.nn.Module:
-    """The dense model trained on `train_set`, cached in OUT for re-runs (see `baseline_path`)."""
+def trained_baseline(
+    name: str,
+    out: Path,
+    train_set,
+    config: TrainConfig,
+    seed: int,
+    log=print,
+    run: RunState | None = None,
+    resume: dict | None = None,
+    model: torch.nn.Module | None = None,
+) -> torch.nn.Module:
+    """The dense model trained on `train_set`, cached in OUT for re-runs (see `baseline_path`).
+
+    With `run`, its training is checkpointed as stage 0; `resume` and `model` (holding the
+    checkpoint's weights) continue a killed one.
+    """
     torch.manual_seed(seed)
-    model = models.build(name)
+    fresh = models.build(name)
+    model = fresh if resume is None or model is None else model
     config = _seeded(config, seed)
     path = baseline_path(out, name, train_set, config)
     if path.exists():
+        model = fresh
         model.load_state_dict(torch.load(path, weights_only=True))
         log(f"baseline: loaded from {path}")
     else:
-        train(model, *train_set, config, desc="baseline")
+        checkpointing = None if run is None else run.during(0, model)
+        train(model, *train_set, config, "baseline", None, checkpointing, resume)
         if distributed.is_writer():
             torch.save(model.state_dict(), path)
+    return model
+
+
+def _dense(name: str, weights: dict) -> torch.nn.Module:
+    """A fresh `name` model holding the dense baseline's weights."""
+    model = models.build(name)
+    model.load_state_dict(weights)
     return model
 
 

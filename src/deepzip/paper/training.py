@@ -7,6 +7,7 @@ training loop. This one exists for `deepzip reproduce` and the examples.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,14 @@ class TrainConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Every `every` optimizer steps, `save(state)` receives the loop's state (see `train`'s `resume`)."""
+
+    every: int
+    save: Callable[[dict], None]
+
+
 def train(
     model: nn.Module,
     images: torch.Tensor,
@@ -35,6 +44,8 @@ def train(
     config: TrainConfig,
     desc: str = "train",
     parameters: list[nn.Parameter] | None = None,
+    checkpointing: Checkpointing | None = None,
+    resume: dict | None = None,
 ) -> None:
     """Train `model` in place with cross-entropy on (images, labels).
 
@@ -47,6 +58,11 @@ def train(
     gradients): each rank's loss is its summed cross-entropy times the world size over the
     global batch size, so the averaged gradient is the global batch's mean, as in one
     process, whatever the split. The progress bar shows on rank 0 only.
+
+    With `checkpointing`, the loop's state (optimizer and schedule state, the batch
+    generator's state, this epoch's order and the position in it) is handed over every
+    `every` steps; passed back as `resume` to the same call on the same model, training
+    continues from there and ends exactly as an uninterrupted run does.
     """
     params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -57,11 +73,18 @@ def train(
     ranks, rank = distributed.world_size(), distributed.rank()
     loss_fn = nn.CrossEntropyLoss(reduction="sum" if ranks > 1 else "mean")
     wrapped = distributed.wrap(model)
+    step, first_epoch, first_start, order = 0, 0, 0, None
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        generator.set_state(resume["generator"])
+        step, first_epoch, first_start, order = resume["step"], resume["epoch"], resume["start"], resume["order"]
     model.train()
-    with tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=rank != 0) as bar:
-        for epoch in range(config.epochs):
-            order = torch.randperm(len(images), generator=generator)
-            for start in range(0, len(images), config.batch_size):
+    with tqdm(total=total, initial=step, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=rank != 0) as bar:
+        for epoch in range(first_epoch, config.epochs):
+            if epoch != first_epoch or order is None:
+                order = torch.randperm(len(images), generator=generator)
+            for start in range(first_start if epoch == first_epoch else 0, len(images), config.batch_size):
                 batch = order[start : start + config.batch_size]
                 if ranks > 1:
                     share = batch.tensor_split(ranks)[rank]
@@ -73,7 +96,20 @@ def train(
                 optimizer.step()
                 schedule.step()
                 bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+                step += 1
+                if checkpointing is not None and step % checkpointing.every == 0:
+                    checkpointing.save(
+                        {
+                            "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(),
+                            "generator": generator.get_state(),
+                            "step": step,
+                            "epoch": epoch,
+                            "start": start + config.batch_size,
+                            "order": order,
+                        }
+                    )
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", refresh=False)
     model.eval()
 
 
