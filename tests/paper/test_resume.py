@@ -61,3 +61,9 @@ def test_a_checkpoint_of_another_run_is_refused(tiny_mnist, tmp_path, monkeypatc
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="another run"):
         reproduce("lenet-300-100", tmp_path, tiny_mnist, seed=3, log=lambda *a: None, recipe=RECIPE, resume=True)
+
+
+def test_a_damaged_checkpoint_is_one_clear_error(tiny_mnist, tmp_path):
+    (tmp_path / FILE_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot read the checkpoint"):
+        reproduce("lenet-300-100", tmp_path, tiny_mnist, seed=2, log=lambda *a: None, recipe=RECIPE, resume=True)

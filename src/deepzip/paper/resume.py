@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle  # for its error type only: weights_only loading never unpickles code
 from dataclasses import asdict
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class RunState:
             return None
         try:
             state = torch.load(self.path, weights_only=True)
-        except Exception as error:  # any unreadable or foreign file: torch raises several kinds
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:  # what torch raises for a bad file
             raise ConfigError(f"{self.path}: cannot read the checkpoint ({error}); remove it to start afresh") from None
         if not isinstance(state, dict) or state.get("identity") != self.identity:
             raise ConfigError(f"{self.path} is from another run (model, seed, recipe or --nproc differ): remove it or use another --out")
