@@ -223,7 +223,8 @@ def compress(
     With --size (or --bits-per-weight) deepzip chooses each tensor's quantizer step so the
     file on disk fits the budget at the least distortion, every weight kept; calibration
     data, where given, weights each tensor by its measured effect on the model's outputs
-    (data-free otherwise).
+    and rounds Linear and Conv2d weights with error compensation on the calibration
+    inputs (data-free otherwise).
     """
     import math
 
