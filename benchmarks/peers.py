@@ -24,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-
 from peerlib import machine, report
 from peerlib.target import Point, Target
 
@@ -42,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--deepzip",
         nargs="+",
         metavar="ARGS",
-        help="deepzip CLI argument sets, one string each; {calibration_text} and {calibration_images} "
+        help="deepzip CLI argument sets, one string each, for `deepzip compress` (or `deepzip retrain` when the "
+        "set starts with 'retrain'; '--api ...' for the Python API); {calibration_text} and {calibration_images} "
         "become the calibration files (default: '--bits 5' '--bits 6' '--bits 8')",
     )
     parser.add_argument(

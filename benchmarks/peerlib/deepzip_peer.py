@@ -70,14 +70,16 @@ def run_point(target: Target, args: str, workdir: Path, index: int) -> Point:
     out = workdir / f"deepzip-{index}.dzip"
     if argv[:1] == ["--api"]:
         return _run_api(point, target, argv[1:], out)
-    command = [cli(), "compress", str(target.deepzip_input), "-o", str(out), "--force", *argv]
+    # "retrain ..." runs `deepzip retrain` (distillation) instead of post-training `compress`.
+    verb, argv = ("retrain", argv[1:]) if argv[:1] == ["retrain"] else ("compress", argv)
+    command = [cli(), verb, str(target.deepzip_input), "-o", str(out), "--force", *argv]
     start = time.perf_counter()
     # One thread per BLAS/numba pool is what the CLI gets by default too; the env is passed as is.
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
     point.seconds["compress"] = time.perf_counter() - start
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
-        point.error = f"`deepzip compress ... {args}` failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}"
+        point.error = f"`deepzip {verb} ... {args}` failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}"
         return point
     return _score(point, target, out)
 

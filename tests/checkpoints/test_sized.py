@@ -18,23 +18,6 @@ from deepzip.cli import main
 from deepzip.errors import ConfigError
 
 torch.set_num_threads(1)
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "the", "a", "cat", "sat", "on", "mat"]
-TEXT = ["hello world", "the cat sat on the mat", "a cat", "the world", "hello the cat on a mat"] * 4
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    """A seeded tiny BertModel with its tokenizer, and a calibration text file."""
-    root = tmp_path_factory.mktemp("bert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, max_position_embeddings=64)
-    transformers.BertModel(config).eval().save_pretrained(root / "model")
-    (root / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    transformers.BertTokenizer(str(root / "vocab.txt")).save_pretrained(root / "model")
-    (root / "text.txt").write_text("\n".join(TEXT) + "\n")
-    return root / "model", root / "text.txt"
-
-
 def fp32_bytes(directory):
     return sum(4 * t.numel() for t in deepzip.checkpoints.read_checkpoint(directory).state_dict.values())
 

@@ -7,12 +7,12 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers imports huggingface_hub: never download
 transformers = pytest.importorskip("transformers")
 
-import torch  # noqa: E402
-from torch.nn.functional import cosine_similarity  # noqa: E402
+import torch
+from torch.nn.functional import cosine_similarity
 
-import deepzip  # noqa: E402
-from deepzip import container  # noqa: E402
-from deepzip.checkpoints import (  # noqa: E402
+import deepzip
+from deepzip import container
+from deepzip.checkpoints import (
     compress_checkpoint,
     group_tied,
     read_checkpoint,

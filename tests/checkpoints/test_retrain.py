@@ -1,0 +1,73 @@
+"""deepzip retrain: distillation after pruning and after quantization beats the same compression without it."""
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+import torch
+from click.testing import CliRunner
+
+import deepzip
+from deepzip.budget.sensitivity import relative_error
+from deepzip.checkpoints.calibration import model_of, text_batches
+from deepzip.checkpoints.retrain import distill_, output_loss, retrain
+from deepzip.cli import main
+
+torch.set_num_threads(1)
+
+
+def distortion(directory, text, state):
+    """Relative squared error of the last hidden states against the original's, on the text."""
+    teacher = model_of(directory)
+    student = model_of(directory)
+    student.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    with torch.no_grad():
+        return sum(relative_error(teacher(**b), student(**b), b["attention_mask"]) for b in text_batches(directory, text))
+
+
+def test_distillation_lowers_the_distortion_of_the_same_compression(bert, tmp_path):
+    directory, text = bert
+    torch.manual_seed(0)
+    _, plain = retrain(directory, tmp_path / "plain.dzip", text, sparsity=0.6, bits=3, prune_steps=0, finetune_steps=0)
+    torch.manual_seed(0)
+    size, trained = retrain(directory, tmp_path / "trained.dzip", text, sparsity=0.6, bits=3, prune_steps=60, finetune_steps=60, lr=3e-3)
+    assert size == (tmp_path / "trained.dzip").stat().st_size
+    before = distortion(directory, text, plain.state_dict())
+    after = distortion(directory, text, deepzip.load(tmp_path / "trained.dzip"))
+    assert after < 0.5 * before
+    # The file carries the directory's files and the compression: 60% of each weight pruned, 8 levels.
+    assert "config.json" in trained.files and any(name.startswith("tokenizer") for name in trained.files)
+    weight = deepzip.load(tmp_path / "trained.dzip")["encoder.layer.0.intermediate.dense.weight"]
+    assert float((weight == 0).float().mean()) == pytest.approx(0.6, abs=0.01)
+    assert len(torch.unique(weight[weight != 0])) <= 8
+
+
+def test_distill_matches_a_teacher_it_started_from():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    student = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    batches = [torch.randn(32, 8) for _ in range(4)]
+    start = sum(float(output_loss(teacher(b), student(b), b)) for b in batches)
+    distill_(student, teacher, batches, 400, lr=1e-2)
+    with torch.no_grad():
+        end = sum(float(output_loss(teacher(b), student(b), b)) for b in batches)
+    assert end < 0.05 * start
+
+
+def test_cli_retrain_and_its_errors(bert, tmp_path):
+    directory, text = bert
+    runner = CliRunner()
+    out = tmp_path / "r.dzip"
+    args = ["retrain", str(directory), "-o", str(out), "--text", str(text), "--sparsity", "0.5", "--bits", "3", "--prune-steps", "5", "--finetune-steps", "5"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and out.is_file()
+    for bad, words in (
+        (["--text", str(tmp_path / "missing.txt")], "cannot read"),
+        (["--sparsity", "2"], "--sparsity"),
+    ):
+        result = runner.invoke(main, ["retrain", str(directory), "-o", str(tmp_path / "bad.dzip"), "--text", str(text), *bad])
+        assert result.exit_code != 0 and words in result.output and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "bad.dzip").exists()
+    result = runner.invoke(main, args)  # the output exists now
+    assert result.exit_code == 1 and "exists" in result.output
