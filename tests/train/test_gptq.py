@@ -6,7 +6,7 @@ import torch
 
 from deepzip.errors import ConfigError
 from deepzip.train import gptq
-from deepzip.train.gptq import compensated_levels, grid_of, output_error
+from deepzip.train.gptq import compensated_levels, grid_of
 from deepzip.train.post_training import quantize_uniform
 from deepzip.train.uniform import grid_quantize
 
@@ -17,6 +17,12 @@ def correlated_problem(rows=12, columns=24, samples=200, seed=0):
     mixing = torch.randn(columns, columns, generator=g, dtype=torch.float64)
     x = torch.randn(samples, columns, generator=g, dtype=torch.float64) @ mixing
     return torch.randn(rows, columns, generator=g, dtype=torch.float64), x.T @ x
+
+
+def output_error(weight, quantized, hessian):
+    """trace((W - Q) H (W - Q)^T): the layer's squared output error on the inputs H summarises."""
+    delta = weight.to(torch.float64) - quantized.to(torch.float64)
+    return float(torch.sum((delta @ hessian.to(torch.float64)) * delta))
 
 
 def obq_levels(weight, step, hessian, damping=gptq.DAMPING):

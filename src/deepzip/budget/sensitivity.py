@@ -59,22 +59,31 @@ def _floating_outputs(output) -> list[torch.Tensor]:
     return []
 
 
-def relative_error(reference, output, mask: torch.Tensor | None = None) -> float:
-    """Mean over the model's floating outputs of ||output - reference||^2 / ||reference||^2.
+def output_error(reference, output, mask: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Mean over the model's floating outputs of ||output - reference||^2 / ||reference||^2, as a tensor.
 
-    Where `mask` ([batch, tokens], 1 = real token) matches an output's first two dims, only
-    real tokens count: padding positions carry values no one reads.
+    Differentiable in `output` (distillation trains on it: `deepzip.checkpoints.retrain`);
+    computed in `dtype` where given. Where `mask` ([batch, tokens], 1 = real token) matches
+    an output's first two dims, only real tokens count: padding positions carry values no
+    one reads.
     """
     pairs = list(zip(_floating_outputs(reference), _floating_outputs(output), strict=True))
-    total = 0.0
+    total = torch.zeros((), dtype=dtype or torch.float32)
     for ref, out in pairs:
-        diff = (out.double() - ref.double()) ** 2
-        norm = ref.double() ** 2
+        if dtype is not None:
+            ref, out = ref.to(dtype), out.to(dtype)
+        diff, norm = (out - ref) ** 2, ref**2
         keep = _kept(ref, mask)
         if keep is not None:
             diff, norm = diff[keep], norm[keep]
-        total += float(diff.sum()) / max(float(norm.sum()), 1e-30)
+        total = total + diff.sum() / norm.sum().clamp(min=1e-30)
     return total / max(len(pairs), 1)
+
+
+def relative_error(reference, output, mask: torch.Tensor | None = None) -> float:
+    """`output_error` in float64, as a number: the default distortion of `OutputDistortion`."""
+    with torch.no_grad():
+        return float(output_error(reference, output, mask, torch.float64))
 
 
 class OutputDistortion:

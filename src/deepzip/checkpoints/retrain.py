@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from deepzip import container
-from deepzip.budget.sensitivity import OutputDistortion, _floating_outputs, _kept
+from deepzip.budget.sensitivity import OutputDistortion, output_error
 from deepzip.checkpoints.calibration import model_of, text_batches
 from deepzip.checkpoints.read import open_checkpoint
 from deepzip.compressed import CompressedModel
@@ -37,17 +37,8 @@ Loss = Callable[[object, object, object], torch.Tensor]
 
 
 def output_loss(reference, output, batch) -> torch.Tensor:
-    """Differentiable mean over floating outputs of ||output - reference||^2 / ||reference||^2, real tokens only."""
-    mask = OutputDistortion.mask_of(batch)
-    pairs = list(zip(_floating_outputs(reference), _floating_outputs(output), strict=True))
-    total = torch.zeros(())
-    for ref, out in pairs:
-        keep = _kept(ref, mask)
-        diff, norm = (out - ref) ** 2, ref**2
-        if keep is not None:
-            diff, norm = diff[keep], norm[keep]
-        total = total + diff.sum() / norm.sum().clamp(min=1e-30)
-    return total / max(len(pairs), 1)
+    """The distillation loss: `output_error` (relative squared error of every floating output), real tokens only."""
+    return output_error(reference, output, OutputDistortion.mask_of(batch))
 
 
 def distill_(

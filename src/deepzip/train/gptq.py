@@ -99,8 +99,3 @@ def _inverse_factor(moments: torch.Tensor, damping: float) -> torch.Tensor:
     h = h + torch.diag_embed(damping * diagonal.mean(dim=1, keepdim=True).expand_as(diagonal))
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
-
-def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
-    """trace((W - Q) H (W - Q)^T) of a Linear's [out, in] weight: its squared output error on the inputs H summarises."""
-    delta = weight.to(torch.float64) - quantized.to(torch.float64)
-    return float(torch.sum((delta @ hessian.to(torch.float64)) * delta))
