@@ -106,26 +106,25 @@ def _settings(convert, form: str):
     return parse
 
 
-def _sparsity(text: str) -> float:
+def _in_range(text: str, convert, low, high, message: str):
+    """`convert(text)` if it lies in [low, high] (nan never does), else ValueError(message)."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
         value = None
-    if value is None or not 0.0 <= value <= 1.0:  # the comparison also rejects nan
-        raise ValueError("sparsity must be a number in [0, 1]")
+    if value is None or not low <= value <= high:
+        raise ValueError(message)
     return value
+
+
+def _sparsity(text: str) -> float:
+    return _in_range(text, float, 0.0, 1.0, "sparsity must be a number in [0, 1]")
 
 
 def _bits(text: str) -> int:
     from deepzip.limits import MAX_BITS
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 1 <= value <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in 1..{MAX_BITS}")
-    return value
+    return _in_range(text, int, 1, MAX_BITS, f"bits must be an integer in 1..{MAX_BITS}")
 
 
 @main.command()
