@@ -1,103 +1,22 @@
-"""Tests of deepzip.runtime: SparseLinear against nn.Linear, load_into sparse against dense.
+"""Tests of deepzip.runtime.load: load_into sparse against dense (SparseLinear itself: test_sparse_linear.py).
 
-References: an nn.Linear holding the weight decoded by hand (zeros, then codebook[codes]
-at the positions), and the same file loaded with layout="dense".
+The reference is the same file loaded with layout="dense".
 """
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import deepzip
-from deepzip.compressed import CodebookTensor
 from deepzip.errors import ConfigError
 from deepzip.runtime import load as runtime
 from deepzip.runtime.load import SparseLinear, load_into
-
-
-def codebook_tensor(out, n_in, density, k=32, seed=0) -> CodebookTensor:
-    rng = np.random.default_rng(seed)
-    nnz = int(round(density * out * n_in))
-    positions = np.sort(rng.choice(out * n_in, size=nnz, replace=False)).astype(np.int64)
-    codes = rng.integers(0, k, size=nnz).astype(np.uint16)
-    codebook = rng.standard_normal(k).astype(np.float32)
-    return CodebookTensor((out, n_in), torch.float32, codebook, positions, codes)
-
-
-def dense_linear(weight: CodebookTensor, bias) -> nn.Linear:
-    dense = np.zeros(weight.numel, np.float32)
-    dense[weight.positions] = weight.codebook[weight.codes]
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(dense.reshape(weight.shape)))
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return layer
 
 
 def assert_close(actual, expected):
     assert actual.dtype == torch.float32 and actual.shape == expected.shape
     error = (actual.double() - expected.double()).norm()
     assert error <= 1e-5 * expected.double().norm() + 1e-12
-
-
-@pytest.mark.parametrize("with_bias", (True, False))
-@pytest.mark.parametrize("input_shape", ((1, 40), (9, 40), (2, 3, 40), (40,)))
-def test_sparse_linear_matches_dense_linear(with_bias, input_shape):
-    weight = codebook_tensor(25, 40, 0.2)
-    bias = torch.randn(25) if with_bias else None
-    sparse, dense = SparseLinear(weight, bias), dense_linear(weight, bias)
-    x = torch.randn(*input_shape)
-    with torch.no_grad():
-        assert_close(sparse(x), dense(x))
-
-
-def test_sparse_linear_holds_no_dense_weight():
-    weight = codebook_tensor(30, 50, 0.1)
-    layer = SparseLinear(weight, torch.zeros(30))
-    assert list(layer.parameters()) == []
-    assert not hasattr(layer, "weight")
-    assert all(t.numel() < 30 * 50 for t in layer.state_dict().values())
-    assert layer.packed.nnz == weight.positions.size
-    text = repr(layer)
-    assert "in_features=50" in text and "out_features=30" in text and "kept=10.00%" in text and "k=32" in text
-
-
-@pytest.mark.parametrize(
-    "x, message",
-    [
-        (torch.randn(3, 40, dtype=torch.float64), "float32"),
-        (torch.ones(3, 40, dtype=torch.int64), "float32"),
-        (torch.randn(3, 41), r"\(\.\.\., 40\)"),
-        (torch.tensor(1.0), r"\(\.\.\., 40\)"),
-        (np.ones((3, 40), np.float32), "torch.Tensor"),
-    ],
-)
-def test_sparse_linear_rejects_bad_input(x, message):
-    layer = SparseLinear(codebook_tensor(25, 40, 0.2))
-    with pytest.raises(ConfigError, match=message):
-        layer(x)
-
-
-def test_sparse_linear_is_inference_only():
-    layer = SparseLinear(codebook_tensor(25, 40, 0.2))
-    x = torch.randn(2, 40, requires_grad=True)
-    with pytest.raises(ConfigError, match="inference-only"):
-        layer(x)
-    with torch.no_grad():
-        assert layer(x).grad_fn is None
-    with torch.inference_mode():
-        layer(torch.randn(2, 40))
-
-
-def test_sparse_linear_rejects_bad_construction():
-    with pytest.raises(ConfigError, match="CodebookTensor"):
-        SparseLinear(torch.randn(3, 4))
-    with pytest.raises(ConfigError, match="2-D"):
-        SparseLinear(CodebookTensor((2, 2, 2), torch.float32, np.ones(1, np.float32), np.array([0]), np.array([0], np.uint16)))
-    with pytest.raises(ConfigError, match="bias"):
-        SparseLinear(codebook_tensor(25, 40, 0.2), torch.zeros(24))
 
 
 # --------------------------------------------------------------------------- load_into
@@ -195,15 +114,131 @@ def test_layouts_constant():
     assert runtime.LAYOUTS == ("dense", "sparse")
 
 
-def test_linear_subclasses_stay_dense(saved):
-    class MyLinear(nn.Linear):
-        pass
+class PlainSubclass(nn.Linear):
+    """A Linear subclass that keeps nn.Linear.forward: SparseLinear computes it."""
 
+
+class OwnForward(nn.Linear):
+    """A Linear subclass with its own forward: it stays dense."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_linear_subclass_without_its_own_forward_becomes_sparse(saved):
     model = make_model()
-    model[4] = MyLinear(30, 5)
+    model[4] = PlainSubclass(30, 5)
     load_into(model, saved, layout="sparse")
-    assert isinstance(model[2], SparseLinear) and type(model[4]) is MyLinear
+    assert isinstance(model[2], SparseLinear) and isinstance(model[4], SparseLinear)
     dense = load_into(make_model(), saved)
     with torch.no_grad():
         x = torch.randn(4, 3, 3, 7)
         assert_close(model(x), dense(x))
+
+
+def test_linear_subclass_with_its_own_forward_stays_dense(saved):
+    def model_with_own_forward():
+        model = make_model()
+        model[4] = OwnForward(30, 5)
+        return model
+
+    model = load_into(model_with_own_forward(), saved, layout="sparse")
+    assert isinstance(model[2], SparseLinear) and type(model[4]) is OwnForward
+    dense = load_into(model_with_own_forward(), saved)
+    with torch.no_grad():
+        x = torch.randn(4, 3, 3, 7)
+        assert_close(model(x), dense(x))
+
+
+def test_layer_kind():
+    assert runtime.layer_kind(nn.Linear(3, 4)) == runtime.LINEAR
+    assert runtime.layer_kind(PlainSubclass(3, 4)) == runtime.LINEAR
+    assert runtime.layer_kind(OwnForward(3, 4)) is None
+    assert runtime.layer_kind(nn.Conv1d(3, 4, 1)) is None
+
+    class Conv1D(nn.Module):  # the name alone is not transformers' Conv1D
+        def __init__(self):
+            super().__init__()
+            self.nf, self.weight = 4, nn.Parameter(torch.zeros(3, 4))
+
+    assert runtime.layer_kind(Conv1D()) is None
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention (whose forward reads out_proj.weight) and a Linear after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.fc = nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_multihead_attention_out_proj_stays_dense(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "attention.dzip"
+    deepzip.save(deepzip.compress_state_dict(Attention().state_dict(), sparsity=0.5, bits=4, min_size=0), path)
+    assert deepzip.load(path).keys() >= {"attn.in_proj_weight", "attn.out_proj.weight", "fc.weight"}
+    sparse = load_into(Attention().eval(), path, layout="sparse")
+    assert type(sparse.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert isinstance(sparse.fc, SparseLinear)
+    dense = load_into(Attention().eval(), path)
+    with torch.no_grad():
+        x = torch.randn(2, 5, 32)
+        assert_close(sparse(x), dense(x))
+
+
+def test_float64_layers_stay_dense(saved):
+    model = load_into(make_model().double(), saved, layout="sparse")
+    assert not any(isinstance(m, SparseLinear) for m in model.modules())
+    with torch.no_grad():
+        model(torch.randn(2, 3, 3, 7, dtype=torch.float64))
+
+
+def test_a_parametrized_model_loads_sparse(saved):
+    # deepzip's own parametrizations make a subclass of nn.Linear that keeps its forward.
+    model = make_model()
+    deepzip.prune_(model, sparsity=0.5, min_size=0)
+    load_into(model, saved, layout="sparse")
+    assert isinstance(model[2], SparseLinear) and isinstance(model[4], SparseLinear)
+    dense = load_into(make_model(), saved)
+    with torch.no_grad():
+        x = torch.randn(4, 3, 3, 7)
+        assert_close(model(x), dense(x))
+
+
+# --------------------------------------------------------------------------- transformers' Conv1D
+
+
+def test_gpt2_conv1d_layers_load_sparse(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the model is built from a config
+    transformers = pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    conv1d = [name for name, m in model.named_modules() if type(m) is Conv1D]
+    assert len(conv1d) == 8
+    path = tmp_path / "gpt2.dzip"
+    deepzip.save(deepzip.compress_state_dict(model.state_dict(), sparsity=0.5, bits=4, min_size=0), path)
+
+    def fresh():
+        torch.manual_seed(1)  # other random weights: everything must come from the file
+        return transformers.GPT2LMHeadModel(config).eval()
+
+    dense, sparse = load_into(fresh(), path), load_into(fresh(), path, layout="sparse")
+    modules = dict(sparse.named_modules())
+    assert all(isinstance(modules[name], SparseLinear) for name in conv1d)
+    assert not any(isinstance(m, Conv1D) for m in sparse.modules())
+    # wte and lm_head are one tied weight: dense, and still one Parameter.
+    assert type(sparse.lm_head) is nn.Linear and sparse.lm_head.weight is sparse.transformer.wte.weight
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = dense(ids).logits
+        assert_close(sparse(ids).logits, expected)
+        assert not torch.allclose(fresh()(ids).logits, expected)  # the check can tell models apart

@@ -2,13 +2,14 @@
 
 `load(path)` decodes a file to a dense state dict. `load_into(model, path, layout="dense")`
 decodes every tensor into the model. `layout="sparse"` keeps each weight-shared Linear
-weight in codebook-CSR form and replaces the layer by a `SparseLinear`, which multiplies
-without ever building the dense matrix.
+(or transformers Conv1D) weight in codebook-CSR form and replaces the layer by a
+`SparseLinear`, which multiplies without ever building the dense matrix.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,11 +19,12 @@ from deepzip import container, module_state
 from deepzip.container.spec import ENCODING_CODEBOOK
 from deepzip.errors import ConfigError
 from deepzip.limits import DEFAULT_MAX_DECODED_SIZE
-from deepzip.runtime.sparse_linear import SparseLinear
+from deepzip.runtime.sparse_linear import ACTIVATION_DTYPES, SparseLinear
 
-__all__ = ["LAYOUTS", "SparseLinear", "load", "load_into"]
+__all__ = ["CONV1D", "LAYOUTS", "LINEAR", "SparseLinear", "layer_kind", "load", "load_into"]
 
 LAYOUTS = ("dense", "sparse")
+LINEAR, CONV1D = "linear", "conv1d"  # the layers layout="sparse" can replace, as `layer_kind` names them
 
 
 def load(path: str | os.PathLike, max_decoded_size: int | None = DEFAULT_MAX_DECODED_SIZE) -> dict[str, torch.Tensor]:
@@ -57,13 +59,25 @@ def load_into(
     weights) are one Parameter again after loading, even if the model had them apart.
 
     layout="dense": every tensor is decoded and loaded. layout="sparse" (CPU models only):
-    every plain nn.Linear whose weight the file stores as an untied codebook tensor is
-    replaced, in its parent module, by a `SparseLinear` holding that weight in codebook-CSR
-    form and the bias from the file; everything else is loaded dense. Convolutions stay
-    dense: they reuse each weight at every output position, so they are compute-bound
-    (benchmarks/conv_speed.py measures the sparse path at 0.09-0.37x of dense). Subclasses
-    of nn.Linear stay dense too (nn.MultiheadAttention's out_proj is one: its parent reads
-    `.weight`, which a SparseLinear does not have).
+    a layer whose weight the file stores as an untied codebook tensor is replaced, in its
+    parent module, by a `SparseLinear` holding that weight in codebook-CSR form and the
+    bias from the file, when SparseLinear computes what the layer's forward did:
+    - nn.Linear, and subclasses of it that keep nn.Linear.forward;
+    - transformers' `Conv1D` (GPT-2's attention and MLP layers: y = x @ W + b with W
+      stored [in, out]), and subclasses that keep its forward; the weight is transposed
+      to (out, in) as it is built (`SparseLinear.from_conv1d`).
+    Everything else is loaded dense, and in particular:
+    - a subclass with its own forward (it may compute anything);
+    - a child of an nn.MultiheadAttention (its out_proj): the attention's forward reads
+      the child's `.weight` and `.bias` itself, and a SparseLinear has no `.weight`;
+    - a tied weight (wte and lm_head in GPT-2): its other holders read it as a tensor;
+    - a layer whose weight is float64 in the model: SparseLinear takes float32, float16
+      and bfloat16 activations only;
+    - convolutions: they reuse each weight at every output position, so they are
+      compute-bound (benchmarks/conv_speed.py measures the sparse path at 0.09-0.37x of
+      dense).
+    A parent that reads a replaced layer's `.weight` in its own forward breaks (with an
+    AttributeError); the rules above know only nn.MultiheadAttention among such parents.
 
     Before anything changes, the file is checked against the model: a tensor the model
     lacks, or one the file lacks (with strict=True), or a shape that differs (always)
@@ -84,19 +98,24 @@ def load_into(
     for name in source.tensor_names:
         if name in sites:
             tie_groups.setdefault(source.stored_name(name), []).append(name)
-    codebook = {name: source.record(name).encoding == ENCODING_CODEBOOK for name in source.tensor_names}
-    sparse_names = _sparse_layers(model, codebook, lambda n: len(tie_groups[source.stored_name(n)])) if layout == "sparse" else []
-    if sparse_names and any(t.device.type != "cpu" for t in model.parameters()):
+
+    def untied_codebook(key: str) -> bool:
+        stored = source.stored_name(key)
+        return key in shapes and source.record(key).encoding == ENCODING_CODEBOOK and len(tie_groups.get(stored, ())) == 1
+
+    sparse = _sparse_layers(model, untied_codebook) if layout == "sparse" else {}
+    if sparse and any(t.device.type != "cpu" for t in model.parameters()):
         raise ConfigError("layout='sparse' runs on the CPU: move the model there first, or use layout='dense'")
-    if "" in sparse_names:
-        raise ConfigError("the model itself is an nn.Linear; load_into can only replace layers inside a model")
-    replaced = {f"{name}.weight" for name in sparse_names} | {f"{name}.bias" for name in sparse_names}
+    if "" in sparse:
+        raise ConfigError("the model itself is a Linear layer; load_into can only replace layers inside a model")
+    replaced = {f"{name}.weight" for name in sparse} | {f"{name}.bias" for name in sparse}
     # Every checksum before the model changes; then one tensor decoded and in memory at a time.
     source.verify()
     modules = dict(model.named_modules())
-    for name in sparse_names:
+    for name, kind in sparse.items():
         bias = source.decode(f"{name}.bias").to_dense() if f"{name}.bias" in shapes else modules[name].bias
-        _set_submodule(model, name, SparseLinear(source.decode(f"{name}.weight"), bias))
+        build = SparseLinear.from_conv1d if kind == CONV1D else SparseLinear
+        _set_submodule(model, name, build(source.decode(f"{name}.weight"), bias))
     for stored, names in tie_groups.items():
         names = [n for n in names if n not in replaced]
         if not names:
@@ -142,16 +161,47 @@ def _check_keys(records: dict[str, tuple[int, ...]], current: dict[str, tuple[in
         raise ConfigError("cannot load the file into this model: " + "; ".join(problems))
 
 
-def _sparse_layers(model: nn.Module, codebook: dict[str, bool], holders) -> list[str]:
-    """Names of the plain nn.Linear modules whose weight the file holds as an untied codebook tensor."""
-    names = []
-    for name, module in model.named_modules():
-        key = f"{name}.weight" if name else "weight"
-        # Exact type: a subclass may have its own forward, or a parent that reads .weight;
-        # a tied weight is read by its other holders, which a SparseLinear would not serve.
-        if type(module) is nn.Linear and codebook.get(key) and holders(key) == 1:
-            names.append(name)
-    return names
+def _sparse_layers(model: nn.Module, eligible: Callable[[str], bool]) -> dict[str, str]:
+    """{name: LINEAR or CONV1D} of the layers layout="sparse" replaces (see `load_into` for the rules).
+
+    `eligible(key)` says whether the file holds the weight `key` as an untied codebook tensor.
+    """
+    modules = dict(model.named_modules())
+    layers = {}
+    for name, module in modules.items():
+        kind = layer_kind(module)
+        if kind is None or not eligible(f"{name}.weight" if name else "weight") or module.weight.dtype not in ACTIVATION_DTYPES:
+            continue
+        # nn.MultiheadAttention's forward reads its out_proj's .weight (and bias) itself.
+        if name and isinstance(modules[name.rpartition(".")[0]], nn.MultiheadAttention):
+            continue
+        layers[name] = kind
+    return layers
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """LINEAR, CONV1D or None: whether SparseLinear can compute `module` from its weight alone.
+
+    LINEAR: an nn.Linear, or a subclass that keeps nn.Linear.forward. CONV1D: transformers'
+    `Conv1D` (GPT-2's linear layer, weight [in, out]) or a subclass that keeps its forward,
+    recognised by class name and module without importing transformers. A class with its
+    own forward may compute anything, so it is None; so is everything else.
+    """
+    cls = type(module)
+    if isinstance(module, nn.Linear):
+        return LINEAR if cls.forward is nn.Linear.forward else None
+    conv1d = next((c for c in cls.__mro__ if c.__name__ == "Conv1D" and c.__module__.startswith("transformers")), None)
+    weight = getattr(module, "weight", None)
+    if (
+        conv1d is not None
+        and cls.forward is conv1d.forward
+        and isinstance(getattr(module, "nf", None), int)
+        and isinstance(weight, torch.Tensor)
+        and weight.ndim == 2
+        and weight.shape[1] == module.nf
+    ):
+        return CONV1D
+    return None
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
