@@ -71,6 +71,7 @@ def last_level_cache_bytes() -> int:
 
 
 def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else platform's guess)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -78,6 +79,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def vector_isa() -> str:
+    """The vector instruction sets that matter to the kernels, from /proc/cpuinfo's flags
+    (AVX-512 gathers are fast where AVX2's are slow, e.g. Zen 3)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                found = [name for name in ("avx512f", "avx2", "fma", "f16c") if name in flags]
+                return " ".join(found) or "no avx2"
+    except OSError:
+        pass
+    return "unknown"
 
 
 class BlasThreads:
@@ -369,6 +384,7 @@ def main(quick, layers, batches, thread_counts, repeats, cold_mib, json_path):
 
     env = {
         "cpu": cpu_model(),
+        "isa": vector_isa(),
         "cores": os.cpu_count(),
         "llc_bytes": llc,
         "cold_bytes_per_competitor": cold_bytes,
@@ -382,7 +398,7 @@ def main(quick, layers, batches, thread_counts, repeats, cold_mib, json_path):
         "warmup": warmup,
         "loadavg_start": os.getloadavg(),
     }
-    log(f"{env['cpu']}, {env['cores']} cores, LLC {llc / MIB:.0f} MiB, cold set {cold_bytes / MIB:.0f} MiB per "
+    log(f"{env['cpu']} ({env['isa']}), {env['cores']} cores, LLC {llc / MIB:.0f} MiB, cold set {cold_bytes / MIB:.0f} MiB per "
         f"competitor, BLAS threads: {blas.how}, load average {env['loadavg_start'][0]:.2f}")
     bw_bytes = (256 if quick else 1024) * MIB
     bandwidth, bandwidth_median = {}, {}

@@ -18,6 +18,7 @@ __all__ = ["ACTIVATION_DTYPES", "SparseLinear"]
 
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+_NO_BIAS = np.zeros(0, dtype=np.float32)
 
 
 class SparseLinear(nn.Module):
@@ -103,22 +104,34 @@ class SparseLinear(nn.Module):
                 "SparseLinear is inference-only and passes no gradient; "
                 "call it under torch.no_grad() or on a detached input"
             )
+        # Each torch call costs about a microsecond here, and nn.Module's attribute lookup
+        # more, so this path makes none it does not need (measured: 63 us of overhead per
+        # call at first, against 0.2 ms for AlexNet's fc8); buffers are read from _buffers.
+        buffers = self._buffers
         leading = x.shape[:-1]
-        x2d = x.detach().reshape(-1, self.in_features).to(torch.float32)  # exact for float16/bfloat16
-        scale = None if self.scale is None else _float32(self.scale)
+        x2d = x if x.ndim == 2 else x.reshape(-1, self.in_features)
+        if x.requires_grad:
+            x2d = x2d.detach()
+        if x.dtype != torch.float32:
+            x2d = x2d.to(torch.float32)  # exact for float16/bfloat16
+        scale = None if self.scale_axis is None else _float32(buffers["scale"])
         if self.scale_axis == 1:
             x2d = x2d * scale
-        bias = None if self.bias is None else _float32(self.bias)
+        bias = buffers["bias"]
+        bias = None if bias is None else _float32(bias)
         late_bias = bias is not None and self.scale_axis == 0  # added after the row scales
-        kernel_bias = None if bias is None or late_bias else bias.numpy()
-        y = torch.from_numpy(
-            kernels.matmul(self.packed, x2d.contiguous().numpy(), kernel_bias, num_threads=torch.get_num_threads())
-        )
+        kernel_bias = _NO_BIAS if bias is None or late_bias else bias.numpy()
+        if not x2d.is_contiguous():
+            x2d = x2d.contiguous()
+        kernels.use_threads(torch.get_num_threads())
+        y = torch.from_numpy(kernels.checked_matmul(self.packed, x2d.numpy(), kernel_bias))
         if self.scale_axis == 0:
             y = y * scale
             if late_bias:
                 y = y + bias
-        return y.reshape(*leading, self.out_features).to(x.dtype)
+        if x.ndim != 2:
+            y = y.reshape(*leading, self.out_features)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         """in/out features, kept fraction of the weights, codebook size, bias."""
@@ -138,4 +151,6 @@ def _check_weight(weight, layout: str) -> None:
 
 def _float32(t: torch.Tensor) -> torch.Tensor:
     """A buffer as float32 on the CPU (a user's model.half() or .to() may have moved it)."""
+    if t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous():
+        return t
     return t.detach().to(device="cpu", dtype=torch.float32).contiguous()
