@@ -28,6 +28,7 @@ _EXPORTS = {
     "FormatError": "deepzip.errors",
     "TruncatedError": "deepzip.errors",
     "VersionError": "deepzip.errors",
+    "SparseConv2d": "deepzip.runtime.load",
     "SparseLinear": "deepzip.runtime.load",
     "load": "deepzip.runtime.load",
     "load_into": "deepzip.runtime.load",
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
         TruncatedError,
         VersionError,
     )
-    from deepzip.runtime.load import SparseLinear, load, load_into
+    from deepzip.runtime.load import SparseConv2d, SparseLinear, load, load_into
     from deepzip.summary import Summary
     from deepzip.train import sensitivity
     from deepzip.train.export import export, save

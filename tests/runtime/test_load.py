@@ -1,4 +1,5 @@
-"""Tests of deepzip.runtime.load: load_into sparse against dense (SparseLinear itself: test_sparse_linear.py).
+"""Tests of deepzip.runtime.load: load_into sparse against dense (SparseLinear itself:
+test_sparse_linear.py; SparseConv2d: test_sparse_conv.py).
 
 The reference is the same file loaded with layout="dense".
 """
@@ -10,7 +11,7 @@ from torch import nn
 import deepzip
 from deepzip.errors import ConfigError
 from deepzip.runtime import load as runtime
-from deepzip.runtime.load import SparseLinear, load_into
+from deepzip.runtime.load import SparseConv2d, SparseLinear, load_into
 
 
 def assert_close(actual, expected):
@@ -41,13 +42,13 @@ def saved(tmp_path):
 def test_load_into_sparse_matches_dense(saved):
     dense = load_into(make_model(), saved, layout="dense")
     sparse = load_into(make_model(), saved, layout="sparse")
-    assert isinstance(sparse[0], nn.Conv2d)  # conv layers stay dense
+    assert isinstance(sparse[0], SparseConv2d) and list(sparse[0].parameters()) == []
+    assert torch.equal(sparse[0].bias, dense[0].bias.detach())
     for index in (2, 4):
         layer = sparse[index]
         assert isinstance(layer, SparseLinear)
         assert "weight" not in dict(layer.named_parameters()) and list(layer.parameters()) == []
         assert torch.equal(layer.bias, dense[index].bias.detach())
-    assert torch.equal(sparse[0].weight, dense[0].weight)
     x = torch.randn(8, 3, 3, 7)
     with torch.no_grad():
         assert_close(sparse(x), dense(x))
@@ -150,11 +151,36 @@ def test_linear_subclass_with_its_own_forward_stays_dense(saved):
         assert_close(model(x), dense(x))
 
 
+class PlainConv2d(nn.Conv2d):
+    """A Conv2d subclass that keeps nn.Conv2d's forward: SparseConv2d computes it."""
+
+
+class OwnConvForward(nn.Conv2d):
+    """A Conv2d subclass with its own _conv_forward: it stays dense."""
+
+    def _conv_forward(self, x, weight, bias):
+        return super()._conv_forward(x, 2 * weight, bias)
+
+
 def test_layer_kind():
     assert runtime.layer_kind(nn.Linear(3, 4)) == runtime.LINEAR
     assert runtime.layer_kind(PlainSubclass(3, 4)) == runtime.LINEAR
     assert runtime.layer_kind(OwnForward(3, 4)) is None
     assert runtime.layer_kind(nn.Conv1d(3, 4, 1)) is None
+    assert runtime.layer_kind(nn.Conv2d(3, 4, 3, stride=2, padding=(1, 0))) == runtime.CONV2D
+    assert runtime.layer_kind(nn.Conv2d(3, 4, 3, padding="same")) == runtime.CONV2D
+    assert runtime.layer_kind(PlainConv2d(3, 4, 3)) == runtime.CONV2D
+    for conv in (
+        nn.Conv2d(4, 4, 3, groups=2),
+        nn.Conv2d(4, 4, 3, groups=4),  # depthwise
+        nn.Conv2d(3, 4, 3, dilation=2),
+        nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(3, 4, 2, padding="same"),  # torch pads one side more
+        OwnConvForward(3, 4, 3),
+        nn.ConvTranspose2d(3, 4, 3),
+        nn.Conv3d(3, 4, 3),
+    ):
+        assert runtime.layer_kind(conv) is None, conv
 
     class Conv1D(nn.Module):  # the name alone is not transformers' Conv1D
         def __init__(self):
@@ -192,7 +218,7 @@ def test_multihead_attention_out_proj_stays_dense(tmp_path):
 
 def test_float64_layers_stay_dense(saved):
     model = load_into(make_model().double(), saved, layout="sparse")
-    assert not any(isinstance(m, SparseLinear) for m in model.modules())
+    assert not any(isinstance(m, (SparseLinear, SparseConv2d)) for m in model.modules())
     with torch.no_grad():
         model(torch.randn(2, 3, 3, 7, dtype=torch.float64))
 
@@ -207,6 +233,40 @@ def test_a_parametrized_model_loads_sparse(saved):
     with torch.no_grad():
         x = torch.randn(4, 3, 3, 7)
         assert_close(model(x), dense(x))
+
+
+# --------------------------------------------------------------------------- convolutions
+
+
+def make_cnn() -> nn.Sequential:
+    """Conv2d 3->8 (pad 1), ReLU, Conv2d 8->8 stride 2, depthwise Conv2d, on 3x8x8 inputs; Linear 72->10."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.Flatten(),
+        nn.Linear(72, 10),
+    )
+
+
+def test_conv_layers_load_as_sparse_conv2d(tmp_path):
+    torch.manual_seed(0)
+    model = make_cnn()
+    deepzip.prune_(model, sparsity=0.65, min_size=0)
+    deepzip.quantize_(model, bits=6, min_size=0)
+    path = tmp_path / "cnn.dzip"
+    deepzip.save(model, path)
+    dense, sparse = load_into(make_cnn(), path), load_into(make_cnn(), path, layout="sparse")
+    assert isinstance(sparse[0], SparseConv2d) and isinstance(sparse[2], SparseConv2d)
+    assert sparse[2].stride == (2, 2) and sparse[0].padding == (1, 1)
+    assert type(sparse[3]) is nn.Conv2d and torch.equal(sparse[3].weight, dense[3].weight)  # depthwise: dense
+    assert isinstance(sparse[5], SparseLinear)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert_close(sparse(x), dense(x))
+        assert_close(sparse(x[:1]), dense(x[:1]))
+        assert_close(sparse[:4](x[0]), dense[:4](x[0]))  # unbatched (C, H, W) convolutions
 
 
 # --------------------------------------------------------------------------- transformers' Conv1D

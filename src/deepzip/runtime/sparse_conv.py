@@ -48,6 +48,10 @@ one running sum; `fastmath={"contract"}` only lets each multiply-add become one 
 (exact product, one rounding). Nothing is reassociated, so results do not depend on the
 thread count, and NaN or infinity in x propagate through every kept weight (a pruned
 weight is absent, not a zero that turns NaN into NaN as in a dense conv).
+
+`SparseConv2d` wraps the kernel as an inference-only replacement for nn.Conv2d (groups=1,
+dilation 1, zero padding), built from a codebook tensor; `deepzip.load_into(...,
+layout="sparse")` uses it.
 """
 
 from __future__ import annotations
@@ -57,11 +61,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from numba import njit, prange
+from torch import nn
 
 from deepzip.compressed import CodebookTensor
 from deepzip.errors import ConfigError
+from deepzip.runtime import kernels
+from deepzip.runtime.sparse_linear import ACTIVATION_DTYPES
 
-__all__ = ["PackedConv", "conv2d", "pack_conv"]
+__all__ = ["PackedConv", "SparseConv2d", "conv2d", "conv2d_settings", "pack_conv"]
 
 _UINT16_LIMIT = 1 << 16
 
@@ -189,6 +196,104 @@ def conv2d(packed: PackedConv, x, bias=None, stride=1, padding=0):
     if n:
         _direct_conv(packed.row_ptr, packed.cols, packed.values, offsets, buf, bias, wq, y)
     return torch.from_numpy(y) if as_torch else y
+
+
+def conv2d_settings(kernel_size, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """nn.Conv2d's settings as the (stride, padding) (h, w) int pairs `conv2d` takes.
+
+    `padding` is an int, a pair, "valid" (none) or "same" for stride 1 and odd kernel sizes
+    (then (k - 1) / 2 on each side; with an even kernel torch pads one side more, which
+    `conv2d` cannot). Raises ConfigError naming what the direct sparse conv cannot
+    compute: groups other than 1 (grouped and depthwise convolutions), dilation other
+    than 1, a padding_mode other than "zeros", or a bad stride, padding or kernel size.
+    """
+    kh, kw = _pair(kernel_size, "kernel_size", 1)
+    if groups != 1:
+        raise ConfigError(f"SparseConv2d needs groups=1 (grouped and depthwise convolutions stay dense), got groups={groups!r}")
+    if _pair(dilation, "dilation", 1) != (1, 1):
+        raise ConfigError(f"SparseConv2d needs dilation 1, got dilation={dilation!r}")
+    if padding_mode != "zeros":
+        raise ConfigError(f"SparseConv2d needs padding_mode='zeros', got {padding_mode!r}")
+    stride = _pair(stride, "stride", 1)
+    if not isinstance(padding, str):
+        return stride, _pair(padding, "padding", 0)
+    if padding == "valid":
+        return stride, (0, 0)
+    if padding != "same":
+        raise ConfigError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    if stride != (1, 1) or kh % 2 == 0 or kw % 2 == 0:
+        raise ConfigError(f"SparseConv2d computes padding='same' for stride 1 and odd kernel sizes only, got stride {stride}, kernel {kh}x{kw}")
+    return stride, ((kh - 1) // 2, (kw - 1) // 2)
+
+
+class SparseConv2d(nn.Module):
+    """An inference-only nn.Conv2d whose weight stays pruned: the direct sparse convolution.
+
+    Built from a 4-D `CodebookTensor` weight (out, in, kh, kw), an optional bias of shape
+    (out,), and nn.Conv2d's stride and padding; dilation, groups and padding_mode are
+    taken only to refuse what `conv2d` cannot compute (see `conv2d_settings`). `forward`
+    takes a CPU tensor (N, in, H, W) or (in, H, W) in float32, float16 or bfloat16 and
+    returns the convolution in the same dtype: the input is widened to float32 (exactly),
+    each output accumulated in float32 and rounded to the input's dtype once, at the end.
+    It runs on `torch.get_num_threads()` numba threads.
+
+    The weights are exactly the values `CodebookTensor.to_dense` decodes to (a
+    float16/bfloat16 record's rounding and per-channel scales included), held as float32
+    CSR per output channel, zeros dropped. It has no autograd: an input that requires grad
+    while grad mode is on raises ConfigError (use torch.no_grad() / torch.inference_mode()).
+    The bias is a buffer, not a Parameter, and there is no `.weight`.
+    """
+
+    def __init__(self, weight: CodebookTensor, bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+        super().__init__()
+        if not isinstance(weight, CodebookTensor) or len(weight.shape) != 4 or min(weight.shape) < 1:
+            got = f"shape {tuple(weight.shape)}" if isinstance(weight, CodebookTensor) else type(weight).__name__
+            raise ConfigError(f"SparseConv2d needs a non-empty 4-D (out, in, kh, kw) CodebookTensor weight, got {got}")
+        self.out_channels, self.in_channels, kh, kw = (int(d) for d in weight.shape)
+        self.kernel_size = (kh, kw)
+        self.stride, self.padding = conv2d_settings(self.kernel_size, stride, padding, dilation, groups, padding_mode)
+        if bias is not None:
+            if not isinstance(bias, torch.Tensor) or not bias.is_floating_point() or tuple(bias.shape) != (self.out_channels,):
+                got = f"{bias.dtype} {tuple(bias.shape)}" if isinstance(bias, torch.Tensor) else type(bias).__name__
+                raise ConfigError(f"SparseConv2d bias must be a float tensor of shape ({self.out_channels},), got {got}")
+            bias = bias.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        self.register_buffer("bias", bias)
+        # Packed from the decoded dense weight, so the values are to_dense()'s bit for bit
+        # (rounded to the record's dtype, scales applied). Conv weights are small enough to
+        # build densely once (VGG-16's largest, 512x512x3x3, is 9.4 MB in float32).
+        self.packed = pack_conv(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, in, H, W) or (in, H, W) float32/float16/bfloat16 -> the convolution, in x's dtype."""
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(f"SparseConv2d input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in ACTIVATION_DTYPES:
+            raise ConfigError(f"SparseConv2d input must be float32, float16 or bfloat16, got {x.dtype}")
+        if x.device.type != "cpu":
+            raise ConfigError(f"SparseConv2d runs on the CPU, got an input on {x.device}")
+        if x.ndim not in (3, 4) or x.shape[-3] != self.in_channels:
+            c = self.in_channels
+            raise ConfigError(f"SparseConv2d input must have shape (N, {c}, H, W) or ({c}, H, W), got {tuple(x.shape)}")
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ConfigError(
+                "SparseConv2d is inference-only and passes no gradient; "
+                "call it under torch.no_grad() or on a detached input"
+            )
+        x4 = (x if x.ndim == 4 else x.unsqueeze(0)).detach()
+        if x.dtype != torch.float32:
+            x4 = x4.to(torch.float32)  # exact for float16/bfloat16
+        kernels.use_threads(torch.get_num_threads())
+        y = conv2d(self.packed, x4, self._buffers["bias"], self.stride, self.padding)  # bias widened there
+        if x.ndim == 3:
+            y = y[0]
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        """Channels, kernel size, stride, padding, kept fraction of the weights, bias."""
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, kept={100 * self.packed.density:.2f}%, bias={self.bias is not None}"
+        )
 
 
 def _phase_planes(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int):
