@@ -71,3 +71,36 @@ def test_cli_retrain_and_its_errors(bert, tmp_path):
         assert not (tmp_path / "bad.dzip").exists()
     result = runner.invoke(main, args)  # the output exists now
     assert result.exit_code == 1 and "exists" in result.output
+
+
+def test_retrain_to_a_size_fits_it_and_keeps_the_pruned_zeros(bert, tmp_path):
+    directory, text = bert
+    fp32 = sum(4 * v.numel() for v in deepzip.checkpoints.read_checkpoint(directory).state_dict.values())
+    torch.manual_seed(0)
+    size, record = retrain(directory, tmp_path / "sized.dzip", text, sparsity=0.5, size="10x", prune_steps=20, lr=3e-3)
+    assert size == (tmp_path / "sized.dzip").stat().st_size <= fp32 / 10
+    assert "config.json" in record.files
+    weight = deepzip.load(tmp_path / "sized.dzip")["encoder.layer.0.intermediate.dense.weight"]
+    assert (weight == 0).float().mean() >= 0.5  # rounding to the nearest level keeps every pruned zero
+    # and the distortion is that of a usable model, below that of the same size without distillation
+    torch.manual_seed(0)
+    retrain(directory, tmp_path / "plain.dzip", text, sparsity=0.5, size="10x", prune_steps=0)
+    after = distortion(directory, text, deepzip.load(tmp_path / "sized.dzip"))
+    before = distortion(directory, text, deepzip.load(tmp_path / "plain.dzip"))
+    assert after < before
+
+
+def test_cli_retrain_nproc_relaunches_itself_under_torchrun(bert, tmp_path, monkeypatch):
+    import subprocess
+
+    directory, text = bert
+    calls = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
+    out = tmp_path / "x.dzip"
+    result = CliRunner().invoke(main, ["retrain", str(directory), "-o", str(out), "--text", str(text), "--nproc", "2", "--size", "9x"])
+    assert result.exit_code == 0, result.output
+    (command,) = calls
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert command[5:9] == ["-m", "deepzip.cli", "retrain", str(directory)]
+    assert command[command.index("--size") + 1] == "9x" and "--nproc" not in command

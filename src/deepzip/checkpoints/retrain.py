@@ -17,12 +17,14 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from deepzip import container
+from deepzip import container, module_state
 from deepzip.budget.sensitivity import OutputDistortion, output_error
 from deepzip.checkpoints.calibration import model_of, text_batches
 from deepzip.checkpoints.read import open_checkpoint
@@ -97,6 +99,7 @@ def retrain(
     *,
     sparsity: float | Mapping[str, float] = 0.0,
     bits: int | Mapping[str, int] = 4,
+    size: str | None = None,
     prune_steps: int = 300,
     finetune_steps: int = 300,
     lr: float = 1e-4,
@@ -109,18 +112,29 @@ def retrain(
     `sparsity` and `bits` are one value or {pattern: value}, as in `prune_`/`quantize_`;
     the text (one input a line, through the directory's tokenizer) is the only data. The
     file carries the directory's config and tokenizer files, like `deepzip compress`.
+    With `size` (`8x`, `12MB`: see `deepzip.checkpoints.sized`), the pruned and distilled
+    model is quantized to that budget instead of to `bits`: the steps per tensor are
+    allocated by sensitivities measured on the same text (`finetune_steps` is unused;
+    a pruned model's weights are rounded to the nearest level, so its zeros stay zeros).
+    Under a process group (torchrun), each rank distils on its share of the text's
+    batches, the ranks agree on masks and codebooks, and only rank 0 writes.
     """
     teacher = model_of(path)
     batches = text_batches(path, text_file, max_texts)
     student = copy.deepcopy(teacher)
     log(f"retrain: {sum(len(b['input_ids']) for b in batches)} texts in {len(batches)} batches")
+    shard = batches[distributed.rank() :: distributed.world_size()] if distributed.active() else batches
+    if not shard:
+        raise ConfigError(f"{len(batches)} batches of text cannot be shared by {distributed.world_size()} ranks")
     if sparsity:
         prune_(student, sparsity)
         log(f"pruned: distilling {prune_steps} steps")
-        distill_(student, teacher, batches, prune_steps, lr=lr, desc="distill after pruning")
+        distill_(student, teacher, shard, prune_steps, lr=lr, desc="distill after pruning")
+    if size is not None:
+        return _write_to_size(path, output, student, batches, size, compensate=not sparsity, overwrite=overwrite, log=log)
     quantize_(student, bits)
     log(f"quantized: distilling {finetune_steps} steps (centroids, biases, norms)")
-    distill_(student, teacher, batches, finetune_steps, lr=lr, desc="distill after quantization")
+    distill_(student, teacher, shard, finetune_steps, lr=lr, desc="distill after quantization")
     with open_checkpoint(path) as source:
         files = dict(source.files)
     compressed = export(student)
@@ -128,3 +142,35 @@ def retrain(
     if not distributed.is_writer():
         return 0, compressed
     return container.write(compressed, output, overwrite=overwrite), compressed
+
+
+def _write_to_size(path, output, student, batches, size, *, compensate, overwrite, log) -> tuple[int, CompressedModel]:
+    """The distilled student quantized to `size`: its weights written as a checkpoint beside
+    the directory's files, then `compress_to_size` calibrated on `batches` (rank 0 only)."""
+    from safetensors.torch import save_file
+
+    from deepzip.checkpoints.sized import compress_to_size
+
+    with open_checkpoint(path) as source:
+        files, names = dict(source.files), list(source.names)
+        if any(name != canonical for name, canonical in source.ties.items()):
+            raise ConfigError("retrain --size does not handle tied weights yet: use --bits")
+    computed = module_state.plain_state(student)
+    lost = [name for name in names if name not in computed]
+    if lost:
+        raise ConfigError(f"the model built from the directory lacks {len(lost)} of its tensors ({lost[0]}, ...)")
+    # The checkpoint's own names only: not the buffers the model adds (position ids).
+    state = {name: computed[name].detach().contiguous() for name in names}
+    if not distributed.is_writer():
+        return 0, CompressedModel({}, files)
+    with tempfile.TemporaryDirectory() as work:
+        for name, content in files.items():
+            target = Path(work) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        save_file(state, str(Path(work) / "model.safetensors"))
+        log(f"quantizing to {size}, calibrated on the same text")
+        # The probe is the student as the checkpoint holds it: plain weights, no pruning parametrizations.
+        probe = OutputDistortion(model_of(work), batches)
+        written, _, _ = compress_to_size(work, output, size, probe=probe, compensate=compensate, overwrite=overwrite, log=log)
+    return written, container.read(output)

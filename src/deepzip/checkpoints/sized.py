@@ -70,6 +70,7 @@ def compress_to_size(
     *,
     bits_per_weight: float | None = None,
     probe: OutputDistortion | None = None,
+    compensate: bool = True,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     log: Callable[[str], None] | None = None,
@@ -80,7 +81,9 @@ def compress_to_size(
     `bits_per_weight`. With `probe` (calibration: `deepzip.checkpoints.calibration`), each
     tensor's step is weighted by its measured output sensitivity, and Linear weights are
     rounded with error compensation on the calibration inputs (`deepzip.train.gptq`);
-    without, data-free, every tensor's squared error counts the same. ConfigError if even
+    without, data-free, every tensor's squared error counts the same. `compensate=False`
+    rounds every weight to its nearest level even with a probe (error compensation would
+    move a pruned model's zeros). ConfigError if even
     the coarsest quantization of every tensor cannot fit. Returns (file size, Summary,
     Allocation).
     """
@@ -109,7 +112,8 @@ def compress_to_size(
                 weights[name] = fallback if found is None else found.mean
                 if found is not None and found.axis is not None:
                     scales[name], weights[name] = (slice_scales(found.slices), found.axis), geometric_mean(found.slices)
-            moments = _bounded(input_moments(decided.chosen, probe, progress), note)
+            if compensate:
+                moments = _bounded(input_moments(decided.chosen, probe, progress), note)
         curves: dict[str, Curve] = {}
         for first in decided.chosen:
             if progress is not None:

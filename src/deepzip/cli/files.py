@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 from pathlib import Path
 
@@ -18,13 +19,16 @@ from deepzip.errors import DeepzipError
 @click.option("--text", "text", type=click.Path(path_type=Path), required=True, help="Unlabeled text, one input a line, to distil on.")
 @click.option("--sparsity", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Fraction of every compressible tensor's weights pruned by magnitude.")
 @click.option("--bits", type=click.IntRange(1, 12), default=4, show_default=True, help="k-means codebook of 2**BITS shared weights per tensor.")
+@click.option("--size", default=None, help="Quantize the pruned, distilled model to this budget instead of --bits: 8x (the fp32 size over it), 12MB, 11MiB or bytes.")
+@click.option("--nproc", type=click.IntRange(1, 64), default=1, show_default=True, help="Processes (ranks) to distil on, launched with torchrun; each distils on its share of the text.")
 @click.option("--prune-steps", type=click.IntRange(0), default=300, show_default=True, help="Distillation steps after pruning.")
 @click.option("--finetune-steps", type=click.IntRange(0), default=300, show_default=True, help="Distillation steps after quantization (centroids, biases, norms).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="Adam's learning rate.")
 @click.option("--max-texts", type=click.IntRange(1), default=None, help="Use at most this many lines of the text.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def retrain(
-    input_path: Path, output: Path, text: Path, sparsity: float, bits: int, prune_steps: int, finetune_steps: int, lr: float, max_texts: int | None, force: bool
+    input_path: Path, output: Path, text: Path, sparsity: float, bits: int, size: str | None, nproc: int,
+    prune_steps: int, finetune_steps: int, lr: float, max_texts: int | None, force: bool,
 ) -> None:
     """Compress a transformers DIRECTORY with retraining, distilling from the original on unlabeled text.
 
@@ -32,22 +36,38 @@ def retrain(
     original's outputs (last hidden states and any other floating outputs, padding left
     out), quantizes with per-tensor k-means, distils again (centroids, biases and norms
     train), and writes the .dzip with the directory's config and tokenizer files.
+    With --size, the pruned and distilled model is quantized to that budget instead,
+    calibrated on the same text. With --nproc N, N processes distil data-parallel.
     Progress bars show each distillation.
     """
     from deepzip.checkpoints.retrain import retrain as run
+    from deepzip.cli.paper import _launch
+    from deepzip.train import distributed
 
     if output.exists() and not force:
         raise DeepzipError(f"{output} exists; pass --force to replace it")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        arguments = ["retrain", str(input_path), "-o", str(output), "--text", str(text), "--sparsity", str(sparsity),
+                     "--bits", str(bits), "--prune-steps", str(prune_steps), "--finetune-steps", str(finetune_steps),
+                     "--lr", str(lr)]  # fmt: skip
+        arguments += ["--size", size] if size is not None else []
+        arguments += ["--max-texts", str(max_texts)] if max_texts is not None else []
+        arguments += ["--force"] if force else []
+        _launch(arguments, nproc)
+        return
+    distributed.init_from_environment()
 
     def log(message: str) -> None:
         click.echo(f"deepzip: {message}", err=True)
 
-    size, compressed = run(
-        input_path, output, text, sparsity=sparsity, bits=bits, prune_steps=prune_steps,
+    written, compressed = run(
+        input_path, output, text, sparsity=sparsity, bits=bits, size=size, prune_steps=prune_steps,
         finetune_steps=finetune_steps, lr=lr, max_texts=max_texts, overwrite=force, log=log,
     )  # fmt: skip
+    if not distributed.is_writer():
+        return
     fp32 = compressed.parameter_bytes()
-    click.echo(f"wrote {output}: {size:,} bytes, {fp32 / max(size, 1):.2f}x the fp32 parameters ({fp32:,} bytes)")
+    click.echo(f"wrote {output}: {written:,} bytes, {fp32 / max(written, 1):.2f}x the fp32 parameters ({fp32:,} bytes)")
 
 
 @main.command()

@@ -39,7 +39,8 @@ def uniform_quantize(values: np.ndarray, step: float) -> tuple[np.ndarray, np.nd
     """Quantize 1-D float `values` on a uniform grid of `step`; return (codebook float32 ascending, codes).
 
     The codebook holds one centroid per non-empty level (empty levels are dropped and the
-    codes renumbered); codes are uint8 for at most 256 levels, else uint16. Raises
+    codes renumbered), except that the level of 0 decodes to exactly 0 when it holds exact
+    zeros: a pruned weight stays pruned. Codes are uint8 for at most 256 levels, else uint16. Raises
     ConfigError if the step is not a positive finite number, the values are not finite,
     or the grid would need more than MAX_CODEBOOK levels.
     """
@@ -54,11 +55,15 @@ def uniform_quantize(values: np.ndarray, step: float) -> tuple[np.ndarray, np.nd
         raise ConfigError(f"a step of {step:.3g} needs {count} levels for values in [{values.min():.3g}, {values.max():.3g}]; the most is {MAX_CODEBOOK}")
     sums = np.zeros(count, dtype=np.float64)
     counts = np.zeros(count, dtype=np.int64)
+    zeros = False
     for i in range(0, values.size, _CHUNK):
         chunk = values[i : i + _CHUNK]
         q = (np.rint(chunk / step) - low).astype(np.int64)
         sums += np.bincount(q, weights=chunk.astype(np.float64), minlength=count)
         counts += np.bincount(q, minlength=count)
+        zeros = zeros or bool(np.any(chunk == 0))
+    if zeros:
+        sums[-low] = 0.0  # the zero level's centroid: exactly 0
     used = np.flatnonzero(counts)
     codebook = (sums[used] / counts[used]).astype(np.float32)
     renumber = _renumbering(used, count)
