@@ -104,3 +104,20 @@ def test_cli_retrain_nproc_relaunches_itself_under_torchrun(bert, tmp_path, monk
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     assert command[5:9] == ["-m", "deepzip.cli", "retrain", str(directory)]
     assert command[command.index("--size") + 1] == "9x" and "--nproc" not in command
+
+
+def test_retrain_to_a_size_keeps_buffers_the_model_does_not(bert, tmp_path):
+    # Older checkpoints (all-MiniLM-L6-v2's) hold embeddings.position_ids, which newer
+    # transformers models do not register as state: the file keeps the checkpoint's.
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    directory, text = bert
+    copy = tmp_path / "model"
+    shutil.copytree(directory, copy)
+    weights = load_file(str(copy / "model.safetensors"))
+    weights["embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+    save_file(weights, str(copy / "model.safetensors"))
+    retrain(copy, tmp_path / "x.dzip", text, size="6x", prune_steps=0)
+    assert torch.equal(deepzip.load(tmp_path / "x.dzip")["embeddings.position_ids"], torch.arange(64).unsqueeze(0))

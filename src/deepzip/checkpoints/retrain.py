@@ -34,6 +34,7 @@ from deepzip.train import distributed
 from deepzip.train.export import export
 from deepzip.train.prune import prune_
 from deepzip.train.quantize import quantize_
+from deepzip.train.registry import raw_reason_for
 
 Loss = Callable[[object, object, object], torch.Tensor]
 
@@ -151,16 +152,21 @@ def _write_to_size(path, output, student, batches, size, *, compensate, overwrit
 
     from deepzip.checkpoints.sized import compress_to_size
 
+    computed = module_state.plain_state(student)
     with open_checkpoint(path) as source:
-        files, names = dict(source.files), list(source.names)
+        files = dict(source.files)
         if any(name != canonical for name, canonical in source.ties.items()):
             raise ConfigError("retrain --size does not handle tied weights yet: use --bits")
-    computed = module_state.plain_state(student)
-    lost = [name for name in names if name not in computed]
-    if lost:
-        raise ConfigError(f"the model built from the directory lacks {len(lost)} of its tensors ({lost[0]}, ...)")
-    # The checkpoint's own names only: not the buffers the model adds (position ids).
-    state = {name: computed[name].detach().contiguous() for name in names}
+        untrained = [name for name in source.names if name not in computed and raw_reason_for(*source.meta(name)) is None]
+        if untrained:
+            raise ConfigError(f"the model built from the directory lacks {len(untrained)} of its weights ({untrained[0]}, ...)")
+        # The checkpoint's own names: the student's values, and the checkpoint's for what the
+        # model does not keep (a position-ids buffer older checkpoints saved and newer models
+        # do not register as state), which distillation never changes.
+        state = {
+            name: (computed[name] if name in computed else source.tensor(name)).detach().contiguous()
+            for name in source.names
+        }
     if not distributed.is_writer():
         return 0, CompressedModel({}, files)
     with tempfile.TemporaryDirectory() as work:
