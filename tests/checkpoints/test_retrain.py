@@ -121,3 +121,33 @@ def test_retrain_to_a_size_keeps_buffers_the_model_does_not(bert, tmp_path):
     save_file(weights, str(copy / "model.safetensors"))
     retrain(copy, tmp_path / "x.dzip", text, size="6x", prune_steps=0)
     assert torch.equal(deepzip.load(tmp_path / "x.dzip")["embeddings.position_ids"], torch.arange(64).unsqueeze(0))
+
+
+def _retrain_rank(rank: int, directory: str, text: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}.store", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        retrain(directory, out, text, sparsity=0.3, bits=3, prune_steps=4, finetune_steps=4, lr=3e-3)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_retrain_on_two_ranks_writes_the_file_one_process_writes(bert, tmp_path):
+    # Two real gloo ranks; the fixture's text is one batch, so each rank distils on all of
+    # it and the averaged gradients are one process's, up to the order of float additions.
+    import torch.multiprocessing as mp
+
+    directory, text = bert
+    two = tmp_path / "two.dzip"
+    mp.spawn(_retrain_rank, args=(str(directory), str(text), str(two)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    size, _ = retrain(directory, tmp_path / "one.dzip", text, sparsity=0.3, bits=3, prune_steps=4, finetune_steps=4, lr=3e-3)
+    assert two.stat().st_size == size
+    one, other = deepzip.load(tmp_path / "one.dzip"), deepzip.load(two)
+    assert one.keys() == other.keys()
+    for name in one:
+        assert torch.equal(one[name] == 0, other[name] == 0), name  # the same pruned positions
+        torch.testing.assert_close(one[name], other[name], rtol=1e-3, atol=1e-4)

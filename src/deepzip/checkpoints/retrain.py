@@ -124,9 +124,11 @@ def retrain(
     batches = text_batches(path, text_file, max_texts)
     student = copy.deepcopy(teacher)
     log(f"retrain: {sum(len(b['input_ids']) for b in batches)} texts in {len(batches)} batches")
-    shard = batches[distributed.rank() :: distributed.world_size()] if distributed.active() else batches
-    if not shard:
-        raise ConfigError(f"{len(batches)} batches of text cannot be shared by {distributed.world_size()} ranks")
+    shard = batches
+    if distributed.active() and len(batches) >= distributed.world_size():
+        shard = batches[distributed.rank() :: distributed.world_size()]
+    elif distributed.active():
+        log(f"{len(batches)} batches are too few to share among {distributed.world_size()} ranks: each distils on all")
     if sparsity:
         prune_(student, sparsity)
         log(f"pruned: distilling {prune_steps} steps")
