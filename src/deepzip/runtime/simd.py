@@ -8,6 +8,10 @@ tile is generated here directly: `lane_tile(lanes, vectors)` returns an intrinsi
 accumulators are `lanes x vectors` LLVM values of type <8 x float>, which LLVM keeps in
 registers (they start as allocas in the entry block, which its SROA pass promotes).
 
+numba's on-disk cache of the kernels that inline these tiles (`deepzip.runtime.kernels`,
+cache=True) is keyed on kernels.py alone: after editing this file, delete
+src/deepzip/runtime/__pycache__/*.nb[ci] so they are compiled again.
+
 The IR is target-independent: on AVX2 a <8 x float> is one ymm register and the
 multiply-add fuses under the 'contract' flag; elsewhere LLVM splits or scalarizes it.
 """
