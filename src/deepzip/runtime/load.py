@@ -2,7 +2,7 @@
 
 `load(path)` decodes a file to a dense state dict. `load_into(model, path, layout="dense")`
 decodes every tensor into the model. `layout="sparse"` keeps each weight-shared Linear
-(or transformers Conv1D) weight in codebook-CSR form and replaces the layer by a
+(or transformers Conv1D) weight in its sliced codebook form (runtime.packing) and replaces the layer by a
 `SparseLinear`, which multiplies without ever building the dense matrix, and each
 weight-shared Conv2d by a `SparseConv2d` (a direct sparse convolution).
 """
@@ -66,15 +66,15 @@ def load_into(
     parent module, by a sparse layer holding that weight and the bias from the file, when
     the sparse layer computes what the layer's forward did:
     - nn.Linear, and subclasses of it that keep nn.Linear.forward: a `SparseLinear`
-      (codebook-CSR form);
+      (sliced codebook form, `deepzip.runtime.packing`);
     - transformers' `Conv1D` (GPT-2's attention and MLP layers: y = x @ W + b with W
       stored [in, out]), and subclasses that keep its forward: a SparseLinear, the weight
       transposed to (out, in) as it is built (`SparseLinear.from_conv1d`);
     - nn.Conv2d with groups=1, dilation 1 and padding_mode "zeros" (padding an int, a
       pair, "valid", or "same" with odd kernel sizes), and subclasses that keep its
       forward and _conv_forward: a `SparseConv2d`, the direct sparse convolution of Park
-      et al. (2017). At the paper's conv densities (29-38% kept) it runs 1.2-1.65x faster
-      than dense F.conv2d on one thread of a 2-core Zen 3 machine, batch 1
+      et al. (2017). At the paper's conv densities (29-53% kept) it runs 1.08-1.75x faster
+      than dense F.conv2d on 1 and 2 threads of a 2-core Zen 3 machine, batch 1
       (benchmarks/conv_speed.py).
     Everything else is loaded dense, and in particular:
     - a subclass with its own forward (it may compute anything);

@@ -1,6 +1,6 @@
-"""SparseLinear: an inference-only nn.Linear that multiplies straight from the codebook-CSR form.
+"""SparseLinear: an inference-only nn.Linear that multiplies straight from the compressed (codebook, sliced) form.
 
-At batch 1 that reads ~3 bytes per kept weight instead of 4 per weight, kept or not (see
+At batch 1 that reads ~2 bytes per kept weight instead of 4 per weight, kept or not (see
 benchmarks/fc_speed.py for the speedups it gives); `deepzip.runtime.kernels` does the work.
 """
 
