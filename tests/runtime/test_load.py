@@ -28,15 +28,18 @@ def make_model() -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
 
 
+def save_compressed(model, path, sparsity, bits):
+    """Prune, quantize and save `model` (built under seed 0 by the caller) to `path`; return the path."""
+    deepzip.prune_(model, sparsity=sparsity, min_size=0)
+    deepzip.quantize_(model, bits=bits, min_size=0)
+    deepzip.save(model, path)
+    return path
+
+
 @pytest.fixture
 def saved(tmp_path):
     torch.manual_seed(0)
-    model = make_model()
-    deepzip.prune_(model, sparsity=0.7, min_size=0)
-    deepzip.quantize_(model, bits=4, min_size=0)
-    path = tmp_path / "model.dzip"
-    deepzip.save(model, path)
-    return path
+    return save_compressed(make_model(), tmp_path / "model.dzip", 0.7, 4)
 
 
 def test_load_into_sparse_matches_dense(saved):
@@ -252,11 +255,7 @@ def make_cnn() -> nn.Sequential:
 
 def test_conv_layers_load_as_sparse_conv2d(tmp_path):
     torch.manual_seed(0)
-    model = make_cnn()
-    deepzip.prune_(model, sparsity=0.65, min_size=0)
-    deepzip.quantize_(model, bits=6, min_size=0)
-    path = tmp_path / "cnn.dzip"
-    deepzip.save(model, path)
+    path = save_compressed(make_cnn(), tmp_path / "cnn.dzip", 0.65, 6)
     dense, sparse = load_into(make_cnn(), path), load_into(make_cnn(), path, layout="sparse")
     assert isinstance(sparse[0], SparseConv2d) and isinstance(sparse[2], SparseConv2d)
     assert sparse[2].stride == (2, 2) and sparse[0].padding == (1, 1)

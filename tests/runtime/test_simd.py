@@ -6,33 +6,19 @@ from numba import njit
 
 from deepzip.runtime import simd
 
-_TILE_8x1 = simd.lane_tile(8, 1)
-_TILE_4x2 = simd.lane_tile(4, 2)
-_TILE_2x4 = simd.lane_tile(2, 4)
-_TILE_1x8 = simd.lane_tile(1, 8)
+def runner(lanes, vectors):
+    """A compiled function that calls the tile (intrinsics run only inside compiled code)."""
+    tile = simd.lane_tile(lanes, vectors)
+
+    @njit
+    def run(*args):
+        tile(*args)
+
+    return run
 
 
-@njit
-def _run_8x1(entries, start, steps, lane0, col_bits, codebook, xt, x_offset, rows, row_base, acc):
-    _TILE_8x1(entries, start, steps, lane0, col_bits, codebook, xt, x_offset, rows, row_base, acc)
-
-
-@njit
-def _run_4x2(entries, start, steps, lane0, col_bits, codebook, xt, x_offset, rows, row_base, acc):
-    _TILE_4x2(entries, start, steps, lane0, col_bits, codebook, xt, x_offset, rows, row_base, acc)
-
-
-@njit
-def _run_2x4(entries, start, steps, lane0, col_bits, codebook, xt, x_offset, rows, row_base, acc):
-    _TILE_2x4(entries, start, steps, lane0, col_bits, codebook, xt, x_offset, rows, row_base, acc)
-
-
-@njit
-def _run_1x8(entries, start, steps, lane0, col_bits, codebook, xt, x_offset, rows, row_base, acc):
-    _TILE_1x8(entries, start, steps, lane0, col_bits, codebook, xt, x_offset, rows, row_base, acc)
-
-
-RUNNERS = {(8, 1): _run_8x1, (4, 2): _run_4x2, (2, 4): _run_2x4, (1, 8): _run_1x8}
+RUNNERS = {shape: runner(*shape) for shape in [(8, 1), (4, 2), (2, 4), (1, 8)]}
+_run_8x1 = RUNNERS[(8, 1)]
 
 
 @pytest.mark.parametrize("lanes, vectors", list(RUNNERS))

@@ -3,13 +3,13 @@
 The weight is a `PackedLinear` (see `deepzip.runtime.packing` for the layout: 2-byte
 entries holding code and in-block column, in SELL-8 slices over L1-sized column blocks).
 
-Batch 1 (`_matvec`, and `_matvec_wide` for 16-bit entries): per slice, eight scalar sums,
+Batch 1 (`_matvec`): per slice, eight scalar sums,
 one per lane; each entry costs a code read from the codebook and an x read from the
 block's copy of x, both in L1. On the machine this was tuned on (AMD EPYC Zen 3, AVX2,
 32 MiB L3, 1 thread) that is ~2.3 G weights/s, bound by the two random L1 reads per
 weight, not by memory: AVX2 gathers are slower than scalar loads there (8 lanes per ~9
-cycles), so the loop is scalar on purpose. The wide variant reads four entries per 64-bit
-load and splits them with shifts, which saves a quarter of the loads (+12% measured).
+cycles), so the loop is scalar on purpose. 16-bit entries are read four per 64-bit load
+and split with shifts (`_eight`), which saves a quarter of the loads (+12% measured).
 Measured alternatives (ms, AlexNet fc6 / VGG-16 fc7 / AlexNet fc8, best of 100):
 
     0.1 kernel: per-row CSR, 3 bytes/weight, gathers + prefetch   2.9 / 0.48 / 0.77
@@ -43,7 +43,8 @@ import threading
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from deepzip.errors import ConfigError
 from deepzip.runtime.packing import (
@@ -112,8 +113,7 @@ def checked_matmul(packed: PackedLinear, x: np.ndarray, bias: np.ndarray) -> np.
         y = np.empty((1, out), dtype=np.float32)
         x = x[0] if x.flags.c_contiguous else np.ascontiguousarray(x[0])
         entries, *layout = packed.kernel_args
-        kernel = _matvec_wide if entries.dtype == np.uint64 else _matvec
-        kernel(entries, *layout[:3], x, *layout[3:], bias, y[0])
+        _matvec(entries, *layout[:3], x, *layout[3:], bias, y[0])
         return y
     y = np.empty((batch, out), dtype=np.float32)
     for first in range(0, batch, MAX_TILE):
@@ -172,70 +172,68 @@ def _finish_group(sums, group, bias, y):
         y[first + r] = sums[r] + bias[first + r] if bias.shape[0] > 0 else sums[r]
 
 
+def _eight(entries, j):
+    """The eight entries at position j of `entries`' own units, as uint64 (compiled: see its overload)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+def _unit_shift(entries):
+    """log2 of the entries per element of `entries`: 2 for 16-bit entries viewed as uint64, else 0."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_unit_shift, inline="always")
+def _unit_shift_overload(entries):
+    shift = np.uint64(2 if entries.dtype == types.uint64 else 0)
+    return lambda entries: shift
+
+
+@overload(_eight, inline="always")
+def _eight_overload(entries, j):
+    # 16-bit entries come as their uint64 view, four to a 64-bit load split by shifts:
+    # that saves a quarter of the loads (+12% measured); wider entries are read one by one.
+    if entries.dtype == types.uint64:
+
+        def wide(entries, j):
+            low = np.uint64(0xFFFF)
+            u = entries[j]
+            v = entries[j + np.uint64(1)]
+            return (u & low, (u >> np.uint64(16)) & low, (u >> np.uint64(32)) & low, u >> np.uint64(48),
+                    v & low, (v >> np.uint64(16)) & low, (v >> np.uint64(32)) & low, v >> np.uint64(48))  # fmt: skip
+
+        return wide
+
+    def narrow(entries, j):
+        return (np.uint64(entries[j]), np.uint64(entries[j + np.uint64(1)]), np.uint64(entries[j + np.uint64(2)]),
+                np.uint64(entries[j + np.uint64(3)]), np.uint64(entries[j + np.uint64(4)]),
+                np.uint64(entries[j + np.uint64(5)]), np.uint64(entries[j + np.uint64(6)]),
+                np.uint64(entries[j + np.uint64(7)]))  # fmt: skip
+
+    return narrow
+
+
 # Contraction only (fused multiply-add): eight named sums need no reassociation, so the
 # result does not depend on how LLVM would reorder a vectorized reduction.
 @njit(parallel=True, cache=True, fastmath={"contract"})
-def _matvec_wide(words, starts, lanes, codebook, x, col_bits, stride, n_blocks, group_rows, bias, y):
-    """Batch 1, 16-bit entries read four per 64-bit word (a slice is 8 entries = 2 words)."""
-    # Unsigned, so that xr[e & block] is an unsigned index: no wraparound check (3x, measured).
-    block = np.uint64((np.uint64(1) << col_bits) - np.uint64(1))
-    xb = _x_blocks(x, block, stride, n_blocks)
-    per_group = group_rows // SLICE_ROWS
-    low = np.uint64(0xFFFF)
-    for group in prange((y.shape[0] + group_rows - 1) // group_rows):
-        sums = np.zeros(group_rows, dtype=np.float32)
-        for b in range(n_blocks):
-            xr = xb[b]
-            for s in range(per_group):
-                q = (group * n_blocks + b) * per_group + s
-                j = starts[q] >> np.uint64(2)
-                stop = starts[q + 1] >> np.uint64(2)
-                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-                # Unsigned indices: numba adds no negative-index wraparound (3x faster, measured).
-                while j < stop:
-                    u = words[j]
-                    v = words[j + np.uint64(1)]
-                    e0, e1, e2, e3 = u & low, (u >> np.uint64(16)) & low, (u >> np.uint64(32)) & low, u >> np.uint64(48)
-                    e4, e5, e6, e7 = v & low, (v >> np.uint64(16)) & low, (v >> np.uint64(32)) & low, v >> np.uint64(48)
-                    a0 += codebook[e0 >> col_bits] * xr[e0 & block]
-                    a1 += codebook[e1 >> col_bits] * xr[e1 & block]
-                    a2 += codebook[e2 >> col_bits] * xr[e2 & block]
-                    a3 += codebook[e3 >> col_bits] * xr[e3 & block]
-                    a4 += codebook[e4 >> col_bits] * xr[e4 & block]
-                    a5 += codebook[e5 >> col_bits] * xr[e5 & block]
-                    a6 += codebook[e6 >> col_bits] * xr[e6 & block]
-                    a7 += codebook[e7 >> col_bits] * xr[e7 & block]
-                    j += np.uint64(2)
-                _add_lanes(sums, lanes, q, a0, a1, a2, a3, a4, a5, a6, a7)
-        _finish_group(sums, group, bias, y)
-
-
-@njit(parallel=True, cache=True, fastmath={"contract"})
 def _matvec(entries, starts, lanes, codebook, x, col_bits, stride, n_blocks, group_rows, bias, y):
-    """Batch 1, any entry width (32-bit entries: codebooks over 256 centroids)."""
+    """Batch 1: y = W x (+ bias). `entries` are 32-bit entries, or 16-bit ones viewed as uint64 (`_eight`)."""
     # Unsigned, so that xr[e & block] is an unsigned index: no wraparound check (3x, measured).
     block = np.uint64((np.uint64(1) << col_bits) - np.uint64(1))
     xb = _x_blocks(x, block, stride, n_blocks)
     per_group = group_rows // SLICE_ROWS
-    eight = np.uint64(SLICE_ROWS)
+    shift = _unit_shift(entries)
+    step = np.uint64(SLICE_ROWS) >> shift
     for group in prange((y.shape[0] + group_rows - 1) // group_rows):
         sums = np.zeros(group_rows, dtype=np.float32)
         for b in range(n_blocks):
             xr = xb[b]
             for s in range(per_group):
                 q = (group * n_blocks + b) * per_group + s
-                j = starts[q]
-                stop = starts[q + 1]
+                j = starts[q] >> shift
+                stop = starts[q + 1] >> shift
                 a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
                 while j < stop:
-                    e0 = np.uint64(entries[j])
-                    e1 = np.uint64(entries[j + np.uint64(1)])
-                    e2 = np.uint64(entries[j + np.uint64(2)])
-                    e3 = np.uint64(entries[j + np.uint64(3)])
-                    e4 = np.uint64(entries[j + np.uint64(4)])
-                    e5 = np.uint64(entries[j + np.uint64(5)])
-                    e6 = np.uint64(entries[j + np.uint64(6)])
-                    e7 = np.uint64(entries[j + np.uint64(7)])
+                    e0, e1, e2, e3, e4, e5, e6, e7 = _eight(entries, j)
                     a0 += codebook[e0 >> col_bits] * xr[e0 & block]
                     a1 += codebook[e1 >> col_bits] * xr[e1 & block]
                     a2 += codebook[e2 >> col_bits] * xr[e2 & block]
@@ -244,7 +242,7 @@ def _matvec(entries, starts, lanes, codebook, x, col_bits, stride, n_blocks, gro
                     a5 += codebook[e5 >> col_bits] * xr[e5 & block]
                     a6 += codebook[e6 >> col_bits] * xr[e6 & block]
                     a7 += codebook[e7 >> col_bits] * xr[e7 & block]
-                    j += eight
+                    j += step
                 _add_lanes(sums, lanes, q, a0, a1, a2, a3, a4, a5, a6, a7)
         _finish_group(sums, group, bias, y)
 

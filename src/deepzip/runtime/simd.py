@@ -25,30 +25,12 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["VECTOR", "lane_tile", "prefetch"]
+__all__ = ["VECTOR", "lane_tile"]
 
 VECTOR = 8
 """Floats per vector: one AVX2 register."""
 
 _CONTRACT = ("contract",)
-
-
-@intrinsic
-def prefetch(typingctx, array, index):
-    """Hint the CPU to load array[index]'s cache line; never faults, even past the end."""
-    sig = types.void(array, index)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        # read, keep in all cache levels, data cache
-        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @cache

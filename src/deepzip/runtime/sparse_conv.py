@@ -66,7 +66,7 @@ from torch import nn
 from deepzip.compressed import CodebookTensor
 from deepzip.errors import ConfigError
 from deepzip.runtime import kernels
-from deepzip.runtime.sparse_linear import ACTIVATION_DTYPES
+from deepzip.runtime.sparse_linear import check_input
 
 __all__ = ["PackedConv", "SparseConv2d", "conv2d", "conv2d_settings", "pack_conv"]
 
@@ -265,20 +265,8 @@ class SparseConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, in, H, W) or (in, H, W) float32/float16/bfloat16 -> the convolution, in x's dtype."""
-        if not isinstance(x, torch.Tensor):
-            raise ConfigError(f"SparseConv2d input must be a torch.Tensor, got {type(x).__name__}")
-        if x.dtype not in ACTIVATION_DTYPES:
-            raise ConfigError(f"SparseConv2d input must be float32, float16 or bfloat16, got {x.dtype}")
-        if x.device.type != "cpu":
-            raise ConfigError(f"SparseConv2d runs on the CPU, got an input on {x.device}")
-        if x.ndim not in (3, 4) or x.shape[-3] != self.in_channels:
-            c = self.in_channels
-            raise ConfigError(f"SparseConv2d input must have shape (N, {c}, H, W) or ({c}, H, W), got {tuple(x.shape)}")
-        if x.requires_grad and torch.is_grad_enabled():
-            raise ConfigError(
-                "SparseConv2d is inference-only and passes no gradient; "
-                "call it under torch.no_grad() or on a detached input"
-            )
+        c = self.in_channels
+        check_input(x, "SparseConv2d", lambda: x.ndim in (3, 4) and x.shape[-3] == c, f"(N, {c}, H, W) or ({c}, H, W)")
         x4 = (x if x.ndim == 4 else x.unsqueeze(0)).detach()
         if x.dtype != torch.float32:
             x4 = x4.to(torch.float32)  # exact for float16/bfloat16
