@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 import deepzip
 from deepzip.cli import main
-from deepzip.paper.reproduce import RECIPES, PruneStep, Recipe
+from deepzip.paper.schedules import RECIPES, PruneStep, Recipe
 from deepzip.paper.training import TrainConfig
 from deepzip.train.recipe import load_recipe
 
@@ -152,8 +152,8 @@ def test_sensitivity_writes_a_recipe_that_reproduce_runs(tiny_mnist, tmp_path, m
 
 
 def test_recipe_schedule_reaches_the_final_sparsity_geometrically():
-    from deepzip.paper.reproduce import RECIPES as SHIPPED
-    from deepzip.paper.reproduce import recipe_schedule
+    from deepzip.paper.schedules import RECIPES as SHIPPED
+    from deepzip.paper.schedules import recipe_schedule
     from deepzip.train.recipe import parse_recipe
 
     schedule = recipe_schedule("lenet-300-100", parse_recipe("layers:\n  fc1: {sparsity: 0.91, bits: 4}\n"))

@@ -31,6 +31,9 @@ class CodebookTensor:
     along dimension `scale_axis`: entry = float32(codebook[code] * scale[j]), then rounded
     to `dtype`. One shared codebook with a scale per output channel (or input feature) is
     a codebook per channel for the price of one number each.
+
+    `coders` restricts the entropy coders the writer chooses between for this tensor's
+    streams (`deepzip.codec.streams.HUFFMAN`, `ANS`): `(HUFFMAN,)` is the paper's coding.
     """
 
     shape: tuple[int, ...]
@@ -41,6 +44,7 @@ class CodebookTensor:
     index_bits: int | None = None
     scale: np.ndarray | None = None  # float32 [shape[scale_axis]]
     scale_axis: int | None = None
+    coders: tuple[int, ...] | None = None  # entropy coders the writer may pick from; None = all it knows
 
     def __post_init__(self):
         if (self.scale is None) != (self.scale_axis is None):

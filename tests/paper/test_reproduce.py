@@ -9,19 +9,14 @@ import pytest
 import torch
 
 import deepzip
+from deepzip.codec.streams import HUFFMAN
+from deepzip.container import open_file
+from deepzip.container.spec import FLAG_CODE_ANS, FLAG_GAP_ANS
 from deepzip.errors import ConfigError
 from deepzip.paper import models
 from deepzip.paper.data import load_mnist
-from deepzip.paper.reproduce import (
-    RECIPES,
-    PruneStep,
-    Recipe,
-    baseline_path,
-    recipe_schedule,
-    reproduce,
-    shipped_recipe,
-    trained_baseline,
-)
+from deepzip.paper.reproduce import baseline_path, reproduce, trained_baseline
+from deepzip.paper.schedules import PAPER_RECIPES, RECIPES, LearnedSparsity, PruneStep, Recipe, recipe_schedule, stepped_recipe
 from deepzip.paper.training import TrainConfig, error_rate
 from deepzip.train.recipe import load_recipe, parse_recipe
 
@@ -115,32 +110,11 @@ def test_baseline_path_keys(tiny_mnist, tmp_path):
     assert path not in others and len(others) == 6
 
 
-# The schedules the published results (README) were produced with, written out in full.
-PUBLISHED = {
-    "lenet-300-100": dict(
-        baseline=TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4),
-        sparsity=[
-            {"fc1": 0.5, "fc2": 0.5, "fc3": 0.3},
-            {"fc1": 0.7, "fc2": 0.7, "fc3": 0.45},
-            {"fc1": 0.82, "fc2": 0.8, "fc3": 0.6},
-            {"fc1": 0.89, "fc2": 0.87, "fc3": 0.7},
-            {"fc1": 0.92, "fc2": 0.91, "fc3": 0.74},
-        ],
-        retrain=TrainConfig(epochs=15, lr=0.05, weight_decay=1e-4),
-        bits={"*": 5},
-        finetune=TrainConfig(epochs=2, lr=1e-4),
-    ),
+# The paper's Table 2, written out here independently of deepzip.paper.published.
+PAPER_TABLE_2 = {
+    "lenet-300-100": dict(sparsity={"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}, bits={"fc1": 6, "fc2": 6, "fc3": 6}),
     "lenet-5": dict(
-        baseline=TrainConfig(epochs=20, lr=0.01, weight_decay=5e-4),
-        sparsity=[
-            {"conv1": 0.15, "conv2": 0.5, "fc1": 0.5, "fc2": 0.4},
-            {"conv1": 0.25, "conv2": 0.75, "fc1": 0.8, "fc2": 0.65},
-            {"conv1": 0.3, "conv2": 0.84, "fc1": 0.9, "fc2": 0.75},
-            {"conv1": 0.34, "conv2": 0.88, "fc1": 0.94, "fc2": 0.81},
-        ],
-        retrain=TrainConfig(epochs=6, lr=0.01, weight_decay=5e-4),
-        bits={"conv*": 8, "fc*": 5},
-        finetune=TrainConfig(epochs=2, lr=1e-4),
+        sparsity={"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81}, bits={"conv1": 8, "conv2": 8, "fc1": 5, "fc2": 5}
     ),
 }
 
@@ -151,27 +125,72 @@ def per_layer(model: str, patterns: dict) -> dict:
     return {layer: next(v for p, v in patterns.items() if fnmatch.fnmatchcase(layer, p)) for layer in layers}
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_shipped_schedules_are_the_published_ones(name):
-    published, recipe = PUBLISHED[name], RECIPES[name]
-    assert [step.sparsity for step in recipe.prune_steps] == published["sparsity"]  # exact floats
-    assert [step.retrain for step in recipe.prune_steps] == [published["retrain"]] * len(published["sparsity"])
-    assert per_layer(name, recipe.bits) == per_layer(name, published["bits"])
-    assert (recipe.model, recipe.baseline, recipe.finetune) == (name, published["baseline"], published["finetune"])
-    # The final step and the bits are the shipped recipe file's.
-    rules = load_recipe(name)
-    assert recipe.prune_steps[-1].sparsity == rules.setting("sparsity") and recipe.bits == rules.setting("bits")
+@pytest.mark.parametrize("name", sorted(PAPER_TABLE_2))
+def test_paper_mode_is_the_papers_method_and_settings(name):
+    recipe, table = PAPER_RECIPES[name], PAPER_TABLE_2[name]
+    assert recipe.prune_steps[-1].sparsity == pytest.approx(table["sparsity"])
+    assert per_layer(name, recipe.bits) == table["bits"]
+    assert per_layer(name, recipe.index_bits) == {layer: 5 for layer in table["bits"]}
+    assert recipe.coders == (HUFFMAN,) and recipe.raw_dtype == "float32" and recipe.distill is None
+    assert all(step.learned is None for step in recipe.prune_steps)  # magnitude pruning only
+    kept = [[1 - step.sparsity[layer] for layer in table["sparsity"]] for step in recipe.prune_steps]
+    assert all(a >= b for before, after in zip(kept, kept[1:]) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
+def test_best_schedules_end_at_the_shipped_recipe_files(name):
+    recipe, rules = RECIPES[name], load_recipe(name)
+    magnitude = [step for step in recipe.prune_steps if step.sparsity]
+    if magnitude:
+        assert magnitude[-1].sparsity == rules.setting("sparsity")
+    assert recipe.bits == rules.setting("bits")
+    assert recipe.raw_dtype == "float16"
+
+
+def test_paper_mode_writes_huffman_only_with_the_papers_index_bits(tiny_mnist, tmp_path):
+    shipped = PAPER_RECIPES["lenet-300-100"]
+    recipe = replace(shipped, baseline=QUICK, prune_steps=(PruneStep(shipped.prune_steps[-1].sparsity, QUICK),), finetune=QUICK)
+    lines = []
+    results = reproduce("lenet-300-100", tmp_path, tiny_mnist, log=lines.append, recipe=recipe, paper=True)
+    assert results["mode"] == "paper"
+    dzip = open_file(tmp_path / "model.dzip")
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        record = dzip.record(name)
+        assert record.index_bits == 5 and not record.flags & (FLAG_CODE_ANS | FLAG_GAP_ANS)
+    text = "\n".join(lines)
+    assert "paper kept" in text and "paper: 40x" in text  # the side-by-side table
+
+
+def test_a_learned_sparsity_step_trains_with_the_kl_term_and_hardens(tiny_mnist, tmp_path):
+    shipped = RECIPES["lenet-300-100"]
+    adam = TrainConfig(epochs=1, lr=1e-3, optimizer="adam")
+    steps = (PruneStep({}, adam, LearnedSparsity(kl_weight=1.0, warmup=0.0, log_sigma2=-2.0)), PruneStep({}, QUICK))
+    recipe = replace(shipped, baseline=QUICK, prune_steps=steps, finetune=QUICK)
+    lines = []
+    reproduce("lenet-300-100", tmp_path, tiny_mnist, log=lines.append, recipe=recipe)
+    learned = next(line for line in lines if "variational dropout" in line)
+    decoded = deepzip.load(tmp_path / "model.dzip")
+    for layer in ("fc1", "fc2", "fc3"):
+        zeros = float((decoded[f"{layer}.weight"] == 0).float().mean())
+        assert f"{layer} {100 * (1 - zeros):.1f}%" in learned  # the file keeps what the step learned
+    assert float((decoded["fc1.weight"] == 0).float().mean()) > 0.2  # the KL term pruned, unasked
+    assert decoded["fc1.bias"].dtype == torch.float16
+
+
+def test_a_learned_step_takes_no_sparsity_targets():
+    with pytest.raises(ConfigError, match="no sparsity"):
+        PruneStep({"fc1": 0.5}, QUICK, LearnedSparsity())
 
 
 def test_shipped_recipe_rejects_steps_that_do_not_lead_to_the_final():
     rules = parse_recipe("layers: {fc1: {sparsity: 0.8, bits: 5}, fc2: {sparsity: 0.6}}")
-    ok = shipped_recipe("lenet-300-100", rules, QUICK, ({"fc1": 0.5, "fc2": 0.6},), QUICK, QUICK)
+    ok = stepped_recipe("lenet-300-100", rules, QUICK, ({"fc1": 0.5, "fc2": 0.6},), QUICK, QUICK)
     assert [s.sparsity for s in ok.prune_steps] == [{"fc1": 0.5, "fc2": 0.6}, {"fc1": 0.8, "fc2": 0.6}]
     assert ok.bits == {"fc1": 5}
     with pytest.raises(ConfigError, match="step 2 lowers the sparsity of fc2"):
-        shipped_recipe("lenet-300-100", rules, QUICK, ({"fc1": 0.5, "fc2": 0.7},), QUICK, QUICK)
+        stepped_recipe("lenet-300-100", rules, QUICK, ({"fc1": 0.5, "fc2": 0.7},), QUICK, QUICK)
     with pytest.raises(ConfigError, match="step 1 names"):
-        shipped_recipe("lenet-300-100", rules, QUICK, ({"fc1": 0.5},), QUICK, QUICK)
+        stepped_recipe("lenet-300-100", rules, QUICK, ({"fc1": 0.5},), QUICK, QUICK)
 
 
 def test_recipe_schedule_keeps_the_shipped_training():

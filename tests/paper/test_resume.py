@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from deepzip.errors import ConfigError
-from deepzip.paper.reproduce import PruneStep, Recipe, reproduce
+from deepzip.paper.reproduce import reproduce
+from deepzip.paper.schedules import PruneStep, Recipe
 from deepzip.paper.resume import FILE_NAME
 from deepzip.paper.training import TrainConfig
 

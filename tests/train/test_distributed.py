@@ -119,7 +119,7 @@ def sharded(rank: int, directory: Path) -> dict:
 
 
 def tiny_recipe():
-    from deepzip.paper.reproduce import PruneStep, Recipe
+    from deepzip.paper.schedules import PruneStep, Recipe
 
     quick = TrainConfig(epochs=1, lr=0.05)
     return Recipe("lenet-300-100", quick, (PruneStep({"*": 0.8}, quick),), {"*": 4}, quick)

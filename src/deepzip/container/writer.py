@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from deepzip.codec.layer import encode_dense, encode_layer_smallest
-from deepzip.codec.streams import ANS
+from deepzip.codec.streams import ANS, CODERS
 from deepzip.compressed import Alias, CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import atomic
 from deepzip.container.dtypes import DTYPE_CODES
@@ -244,6 +244,7 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
         raise ConfigError(f"tensor {name!r}: codebook size {k} outside 1..{MAX_CODEBOOK}")
     if record.index_bits is not None and not 1 <= record.index_bits <= MAX_INDEX_BITS:
         raise ConfigError(f"tensor {name!r}: index bits {record.index_bits} outside 1..{MAX_INDEX_BITS}")
+    coders = CODERS if record.coders is None else record.coders
     codebook, flags = _float_entries(record.codebook, FLAG_CODEBOOK_F16)
     scale = b""
     if record.scale is not None:
@@ -252,13 +253,13 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
     kept = record.kept
     if record.index_bits is None and kept == record.numel and kept:
         # Every position kept: no position stream at all (b = 0), not one gap symbol per weight.
-        stream = encode_dense(record.codes, k)
+        stream = encode_dense(record.codes, k, coders)
         flags |= FLAG_CODE_ANS if stream.coder == ANS else 0
         counts = (kept, kept, len(stream.data), 0)
         params = _coding_params(k, 0, flags, record.scale_axis, counts, (len(stream.table), 0))
         return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, (codebook, scale, stream.table, stream.data), params)
     positions = record.flat_positions() if record.positions is None else record.positions  # int32 stays int32
-    layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits)
+    layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits, coders)
     flags |= (FLAG_CODE_ANS if layer.code_coder == ANS else 0) | (FLAG_GAP_ANS if layer.gap_coder == ANS else 0)
     counts = (layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream))
     params = _coding_params(k, layer.index_bits, flags, record.scale_axis, counts, (len(layer.code_table), len(layer.gap_table)))

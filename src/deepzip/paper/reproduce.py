@@ -1,10 +1,11 @@
 """`deepzip reproduce`: the paper's MNIST experiments, end to end, from data to decoded model.
 
-Train the dense baseline (cached), prune iteratively with retraining, quantize and
-fine-tune the centroids, write the .dzip, read it back into a fresh model and evaluate
-that. The final per-layer sparsity and bits are the shipped recipes' (src/deepzip/recipes/
-MODEL.yaml); this module adds the training and the intermediate pruning steps. The
-choices were made on the validation split; the reported errors are on the test split.
+Train the dense baseline (cached), prune in steps with retraining (by magnitude, or learned
+by variational dropout), quantize and fine-tune the centroids, write the .dzip, read it
+back into a fresh model and evaluate that. What each network goes through is in
+`deepzip.paper.schedules`: deepzip's best schedule by default, the paper's own with
+`paper=True`. The choices were made on the validation split; the reported errors are on
+the test split.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,97 +22,17 @@ from deepzip import report
 from deepzip.errors import ConfigError
 from deepzip.paper import models
 from deepzip.paper.data import load_mnist
+from deepzip.paper.published import PUBLISHED, side_by_side
 from deepzip.paper.resume import DEFAULT_EVERY, RunState
-from deepzip.paper.training import TrainConfig, error_rate, train
+from deepzip.paper.schedules import PAPER_RECIPES, RECIPES, LearnedSparsity, Recipe
+from deepzip.paper.training import TrainConfig, error_rate, logits_of, train
 from deepzip.runtime.load import load
 from deepzip.train import distributed
 from deepzip.train.export import save
 from deepzip.train.parametrizations import SharedWeights, load_state_dict, transform_of
 from deepzip.train.prune import prune_
 from deepzip.train.quantize import quantize_
-from deepzip.train.recipe import Recipe as CompressionRecipe
-from deepzip.train.recipe import load_recipe
-
-
-@dataclass(frozen=True)
-class PruneStep:
-    """One round of iterative pruning: prune to `sparsity` per layer pattern, then retrain."""
-
-    sparsity: dict[str, float]
-    retrain: TrainConfig
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything `reproduce` does to one model, in order."""
-
-    model: str
-    baseline: TrainConfig
-    prune_steps: tuple[PruneStep, ...]
-    bits: dict[str, int]
-    finetune: TrainConfig  # centroids (and biases) after quantization
-
-
-def shipped_recipe(
-    model: str,
-    rules: CompressionRecipe,
-    baseline: TrainConfig,
-    intermediate: tuple[dict[str, float], ...],
-    retrain: TrainConfig,
-    finetune: TrainConfig,
-) -> Recipe:
-    """The schedule for `model`: prune to each `intermediate` sparsity, then to the final one of `rules`.
-
-    `rules` (a recipe file) is the single source of the final per-layer sparsity and of the
-    bits; each intermediate step names the same layer patterns, and no layer's sparsity may
-    fall from one step to the next (pruning removes weights, retraining never restores them).
-    """
-    final = rules.setting("sparsity")
-    steps = (*intermediate, final)
-    for i, step in enumerate(intermediate, 1):
-        if set(step) != set(final):
-            raise ConfigError(f"{model}: pruning step {i} names {sorted(step)}, the recipe's final sparsity {sorted(final)}")
-    for i, (before, after) in enumerate(zip(steps, steps[1:]), 2):
-        lower = [layer for layer in final if after[layer] < before[layer]]
-        if lower:
-            raise ConfigError(f"{model}: pruning step {i} lowers the sparsity of {', '.join(lower)}")
-    return Recipe(model, baseline, tuple(PruneStep(sparsity, retrain) for sparsity in steps), rules.setting("bits"), finetune)
-
-
-# Retraining after each pruning step runs at the baseline's learning rate with a cosine
-# decay. Weight decay was chosen on the validation split: 1e-4, 2e-4 and 5e-4 ended at
-# 1.45%, 1.54% and 1.53% valid error; shorter retraining (10 epochs at lr 0.02) at 1.69%.
-_LENET_300_RETRAIN = TrainConfig(epochs=15, lr=0.05, weight_decay=1e-4)
-_LENET_5_RETRAIN = TrainConfig(epochs=6, lr=0.01, weight_decay=5e-4)
-
-RECIPES = {
-    "lenet-300-100": shipped_recipe(
-        "lenet-300-100",
-        load_recipe("lenet-300-100"),
-        baseline=TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4),
-        intermediate=(
-            {"fc1": 0.5, "fc2": 0.5, "fc3": 0.3},
-            {"fc1": 0.7, "fc2": 0.7, "fc3": 0.45},
-            {"fc1": 0.82, "fc2": 0.8, "fc3": 0.6},
-            {"fc1": 0.89, "fc2": 0.87, "fc3": 0.7},
-        ),
-        retrain=_LENET_300_RETRAIN,
-        finetune=TrainConfig(epochs=2, lr=1e-4),
-    ),
-    "lenet-5": shipped_recipe(
-        "lenet-5",
-        load_recipe("lenet-5"),
-        # Caffe's LeNet solver: lr 0.01, momentum 0.9, weight decay 5e-4 (0.05 diverges).
-        baseline=TrainConfig(epochs=20, lr=0.01, weight_decay=5e-4),
-        intermediate=(
-            {"conv1": 0.15, "conv2": 0.5, "fc1": 0.5, "fc2": 0.4},
-            {"conv1": 0.25, "conv2": 0.75, "fc1": 0.8, "fc2": 0.65},
-            {"conv1": 0.3, "conv2": 0.84, "fc1": 0.9, "fc2": 0.75},
-        ),
-        retrain=_LENET_5_RETRAIN,
-        finetune=TrainConfig(epochs=2, lr=1e-4),
-    ),
-}
+from deepzip.train.variational import harden_, kl_divergence, variational_
 
 
 def reproduce(
@@ -122,12 +43,21 @@ def reproduce(
     log=print,
     recipe: Recipe | None = None,
     *,
+    paper: bool = False,
+    evaluate_test: bool = True,
+    start: dict | None = None,
+    keep_pruned: bool = False,
     resume: bool = False,
     checkpoint_every: int = DEFAULT_EVERY,
 ) -> dict:
     """Run the recipe for model `name`, write OUT/model.dzip and OUT/results.json, return the results.
 
-    `recipe` replaces the shipped one (`recipe_schedule` makes one from a recipe file;
+    `paper` runs the paper's own pipeline and settings instead of deepzip's best
+    (`deepzip.paper.schedules`). Without `evaluate_test` the test split is never scored
+    (a search's trials, chosen on the validation split alone). `start`, a state dict of
+    a pruned model (masks included), replaces the model after the baseline stage, before
+    the recipe's pruning steps (none: quantize it as it is); `keep_pruned` writes the
+    model after the last pruning step to OUT/pruned.pt, such a state dict. `recipe` replaces the shipped one (`recipe_schedule` makes one from a recipe file;
     tests pass tiny ones to run the pipeline in seconds). Under a process group (torchrun,
     `deepzip reproduce --nproc N`) every rank trains its share of each global batch, the
     ranks' masks, codes and centroids are checked equal after every step, and rank 0 alone
@@ -137,9 +67,10 @@ def reproduce(
     records where the run is (`deepzip.paper.resume`); with `resume`, a run killed
     part-way continues from there to the very file an uninterrupted run writes.
     """
-    if recipe is None and name not in RECIPES:
-        raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(RECIPES)}")
-    recipe = recipe or RECIPES[name]
+    shipped = PAPER_RECIPES if paper else RECIPES
+    if recipe is None and name not in shipped:
+        raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(shipped)}")
+    recipe = recipe or shipped[name]
     if not distributed.is_writer():
         log = _silent  # rank 0 speaks and writes for all
     out.mkdir(parents=True, exist_ok=True)
@@ -170,22 +101,35 @@ def reproduce(
     dense_weights = run.kept["dense_weights"]
     dense = _dense(name, dense_weights)
     dense_error = error_rate(dense, *test)
-    log(f"baseline: valid error {100 * error_rate(dense, *valid):.2f}%, test error {100 * dense_error:.2f}%")
+    dense_valid_error = error_rate(dense, *valid)
+    log(f"baseline: valid error {100 * dense_valid_error:.2f}%, test error {100 * dense_error:.2f}%")
+    teacher = {} if recipe.distill is None else {"teacher_logits": logits_of(dense, train_x), "distillation": recipe.distill}
 
+    if start is not None and first <= 1:
+        load_state_dict(model, start)
     steps = len(recipe.prune_steps)
     for step, prune_step in enumerate(recipe.prune_steps, 1):
         if step < first:
             continue
-        if within(step) is None:
-            kept = prune_(model, prune_step.sparsity)
+        learned = prune_step.learned
+        if within(step) is None and prune_step.sparsity:
+            _log_kept(log, f"prune step {step}", prune_(model, prune_step.sparsity))
             distributed.check_agreement(model)
-            shown = ", ".join(f"{layer} {100 * f:.1f}%" for layer, f in kept.items())
-            log(f"prune step {step}: kept {shown}")
+        elif within(step) is None and learned is not None:
+            variational_(model, log_sigma2=learned.log_sigma2, threshold=learned.threshold)
         config = _seeded(prune_step.retrain, seed + step)
-        train(model, train_x, train_y, config, f"prune {step}/{steps}", None, run.during(step, model), within(step))
+        regularizer = None if learned is None else _kl_term(model, learned, len(train_x))
+        desc = f"{'learn sparsity' if learned else 'prune'} {step}/{steps}"
+        train(model, train_x, train_y, config, desc, None, run.during(step, model), within(step), regularizer=regularizer, **teacher)
+        if learned is not None:
+            _log_kept(log, f"prune step {step} (variational dropout)", harden_(model))
+            distributed.check_agreement(model)
         run.save(step, model)
         log(f"prune step {step}: valid error {100 * error_rate(model, *valid):.2f}% after retraining")
 
+    quantized = any(isinstance(transform_of(m), SharedWeights) for m in model.modules())  # resumed past this point
+    if keep_pruned and not quantized and distributed.is_writer():
+        torch.save(model.state_dict(), out / "pruned.pt")
     finetune = steps + 1
     if first <= finetune:
         if within(finetune) is None:
@@ -197,20 +141,22 @@ def reproduce(
             log(f"quantized: valid error before fine-tuning {100 * error_rate(model, *valid):.2f}%")
         trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
         config = _seeded(recipe.finetune, seed + 100)
-        train(model, train_x, train_y, config, "fine-tune centroids", trainable, run.during(finetune, model), within(finetune))
+        train(model, train_x, train_y, config, "fine-tune centroids", trainable, run.during(finetune, model), within(finetune), **teacher)
+        _round_biases(model, getattr(torch, recipe.raw_dtype))
         run.save(finetune, model)
         log(f"fine-tuned: valid error {100 * error_rate(model, *valid):.2f}%")
     clustered = run.kept["clustered"]
 
     distributed.check_agreement(model)
     path = out / "model.dzip"
-    save(model, path, overwrite=True)
+    save(model, path, overwrite=True, raw_dtype=getattr(torch, recipe.raw_dtype), coders=recipe.coders, index_bits=recipe.index_bits)
     if not distributed.is_writer():
         return {"world_size": distributed.world_size(), "rank": distributed.rank()}
     decoded = models.build(name)
     decoded.load_state_dict(load(path))
     _check_bit_identical(model, decoded)
-    compressed_error = error_rate(decoded, *test)
+    valid_error = error_rate(decoded, *valid)
+    compressed_error = error_rate(decoded, *test) if evaluate_test else None
 
     data = path.read_bytes()
     log("")
@@ -219,10 +165,13 @@ def reproduce(
     totals = report.summary(data, stats)
     results = {
         "model": name,
+        "mode": "paper" if paper else "deepzip",
         "seed": seed,
         "world_size": distributed.world_size(),
         "dense_error": dense_error,
         "compressed_error": compressed_error,
+        "dense_valid_error": dense_valid_error,
+        "valid_error": valid_error,
         "dense_bytes": totals["dense_bytes"],
         "file_bytes": totals["file_bytes"],
         "ratio": totals["ratio"],
@@ -231,8 +180,14 @@ def reproduce(
     }
     log("")
     log(f"dense:   {results['dense_bytes']:,} bytes, test error {100 * dense_error:.2f}%")
-    log(f"deepzip: {results['file_bytes']:,} bytes ({path}), test error {100 * compressed_error:.2f}% (decoded from the file)")
+    if compressed_error is None:
+        log(f"deepzip: {results['file_bytes']:,} bytes ({path}), valid error {100 * valid_error:.2f}% (decoded from the file)")
+    else:
+        log(f"deepzip: {results['file_bytes']:,} bytes ({path}), test error {100 * compressed_error:.2f}% (decoded from the file)")
     log(f"ratio:   {results['ratio']:.1f}x")
+    if name in PUBLISHED and compressed_error is not None:
+        log("")
+        log(side_by_side(name, stats, results["file_bytes"], dense_error, compressed_error))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     run.finish()
     summary = report.write_report(path, out / "report", dense_state_dict=dense_weights, clustered_state_dict=clustered)
@@ -288,7 +243,10 @@ def baseline_path(out: Path, name: str, train_set: tuple[torch.Tensor, ...], con
     Fashion-MNIST into the same OUT) or with another baseline schedule never reuses a
     cached model. Hashing the ~160 MB of MNIST's training images takes a fraction of a second.
     """
-    digest = hashlib.sha256(json.dumps({"model": name, "config": asdict(config)}, sort_keys=True).encode())
+    fields = asdict(config)
+    if fields["optimizer"] == "sgd":
+        del fields["optimizer"]  # a later field: its default leaves the digests of older caches as they were
+    digest = hashlib.sha256(json.dumps({"model": name, "config": fields}, sort_keys=True).encode())
     for tensor in train_set:
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"|{tensor.dtype}{tuple(tensor.shape)}|".encode())
@@ -296,28 +254,18 @@ def baseline_path(out: Path, name: str, train_set: tuple[torch.Tensor, ...], con
     return out / f"baseline-{name}-{digest.hexdigest()[:12]}-seed{config.seed}.pt"
 
 
-def recipe_schedule(name: str, rules: CompressionRecipe) -> Recipe:
-    """The shipped schedule for `name` with a user recipe's final sparsity and bits.
+def _log_kept(log, what: str, kept) -> None:
+    log(f"{what}: kept " + ", ".join(f"{layer.removesuffix('.weight')} {100 * f:.1f}%" for layer, f in kept.items()))
 
-    The recipe (deepzip.recipe.Recipe) gives each layer's final sparsity; pruning reaches
-    it in as many steps as the shipped schedule, with the kept fraction shrinking
-    geometrically (kept_i = kept_final ** (i / steps)) and the shipped retraining after each.
-    """
-    shipped = RECIPES[name]
-    final = rules.setting("sparsity")
-    if rules.setting("quality"):
-        raise ConfigError("reproduce --recipe takes sparsity rules, not quality")
-    steps = len(shipped.prune_steps)
-    schedule = tuple(
-        PruneStep(
-            {p: 1.0 - (1.0 - s) ** (i / steps) for p, s in final.items()},
-            shipped.prune_steps[i - 1].retrain,
-        )
-        for i in range(1, steps + 1)
-    )
-    # The recipe's bits first (first match wins), then the shipped ones for other layers.
-    bits = {**rules.setting("bits"), **{p: b for p, b in shipped.bits.items() if p not in rules.setting("bits")}}
-    return Recipe(name, shipped.baseline, schedule, bits, shipped.finetune)
+
+def _kl_term(model: torch.nn.Module, learned: LearnedSparsity, examples: int):
+    """The ELBO's KL term per training example, its weight ramped up over the warm-up."""
+
+    def term(progress: float) -> torch.Tensor:
+        ramp = 1.0 if learned.warmup <= 0 else min(1.0, progress / learned.warmup)
+        return learned.kl_weight * ramp * kl_divergence(model) / examples
+
+    return term
 
 
 def _silent(*args, **kwargs) -> None:
@@ -326,6 +274,14 @@ def _silent(*args, **kwargs) -> None:
 
 def _seeded(config: TrainConfig, seed: int) -> TrainConfig:
     return TrainConfig(**{**config.__dict__, "seed": seed})
+
+
+@torch.no_grad()
+def _round_biases(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Round every bias to `dtype`'s values (kept in float32), as the file will store them."""
+    for name, parameter in model.named_parameters():
+        if name.endswith(".bias"):
+            parameter.copy_(parameter.to(dtype).to(parameter.dtype))
 
 
 def _check_bit_identical(model: torch.nn.Module, decoded: torch.nn.Module) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -19,7 +20,7 @@ from deepzip.train import distributed
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD with momentum and a cosine learning-rate decay over all epochs."""
+    """SGD with momentum (or Adam) and a cosine learning-rate decay over all epochs."""
 
     epochs: int
     lr: float
@@ -27,6 +28,20 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 64
     seed: int = 0
+    optimizer: str = "sgd"  # or "adam" (momentum unused)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation (Hinton, Vinyals, Dean 2015) from a teacher's logits.
+
+    The loss becomes (1 - weight) x cross-entropy + weight x temperature^2 x
+    KL(teacher || student), both distributions softened by `temperature`; the T^2 keeps
+    the soft term's gradient on the scale of the hard one's.
+    """
+
+    weight: float = 0.5
+    temperature: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -46,8 +61,16 @@ def train(
     parameters: list[nn.Parameter] | None = None,
     checkpointing: Checkpointing | None = None,
     resume: dict | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    distillation: Distillation | None = None,
+    regularizer: Callable[[float], torch.Tensor] | None = None,
 ) -> None:
     """Train `model` in place with cross-entropy on (images, labels).
+
+    With `teacher_logits` (one row per image, from the uncompressed model) and
+    `distillation`, the loss mixes in the teacher's softened outputs (`Distillation`).
+    `regularizer(progress)`, with progress the fraction of training done, is added to every
+    step's loss (say a KL term, `deepzip.train.variational.kl_divergence`).
 
     `parameters` defaults to every parameter that requires a gradient; pass the centroids
     alone to fine-tune a quantized model. Batches are drawn from a generator seeded with
@@ -65,13 +88,33 @@ def train(
     continues from there and ends exactly as an uninterrupted run does.
     """
     params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    elif config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
     total = config.epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     generator = torch.Generator().manual_seed(config.seed)
     ranks, rank = distributed.world_size(), distributed.rank()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum" if ranks > 1 else "mean")
+    reduction = "sum" if ranks > 1 else "mean"
+    hard_loss = nn.CrossEntropyLoss(reduction=reduction)
+    if (teacher_logits is None) != (distillation is None):
+        raise ValueError("distillation needs both teacher_logits and a Distillation")
+
+    def loss_fn(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        hard = hard_loss(logits, labels[batch])
+        if distillation is None:
+            return hard
+        t = distillation.temperature
+        soft = F.kl_div(
+            F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits[batch] / t, dim=1), reduction="sum", log_target=True
+        )
+        soft = soft / (1 if ranks > 1 else len(batch))
+        return (1 - distillation.weight) * hard + distillation.weight * t * t * soft
+
     wrapped = distributed.wrap(model)
     step, first_epoch, first_start, order = 0, 0, 0, None
     if resume is not None:
@@ -88,9 +131,11 @@ def train(
                 batch = order[start : start + config.batch_size]
                 if ranks > 1:
                     share = batch.tensor_split(ranks)[rank]
-                    loss = loss_fn(wrapped(images[share]), labels[share]) * (ranks / len(batch))
+                    loss = loss_fn(wrapped(images[share]), share) * (ranks / len(batch))
                 else:
-                    loss = loss_fn(model(images[batch]), labels[batch])
+                    loss = loss_fn(model(images[batch]), batch)
+                if regularizer is not None:
+                    loss = loss + regularizer(step / total)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -111,6 +156,13 @@ def train(
                     )
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", refresh=False)
     model.eval()
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The model's logits for every image (in evaluation mode), batch by batch."""
+    model.eval()
+    return torch.cat([model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()

@@ -27,7 +27,12 @@ from deepzip.train.parametrizations import SharedWeights, transform_of
 __all__ = ["export", "save"]
 
 
-def export(model: nn.Module, index_bits: Mapping[str, int] | None = None) -> CompressedModel:
+def export(
+    model: nn.Module,
+    index_bits: Mapping[str, int] | None = None,
+    raw_dtype: torch.dtype | None = None,
+    coders: tuple[int, ...] | None = None,
+) -> CompressedModel:
     """Read every parameter and persistent buffer of `model` into a CompressedModel.
 
     Quantized tensors become CodebookTensor records (unused centroids dropped); everything
@@ -35,6 +40,9 @@ def export(model: nn.Module, index_bits: Mapping[str, int] | None = None) -> Com
     the model computes it, on the CPU. `index_bits` ({pattern: bits}, matched like every
     setting) fixes the gap width of some quantized tensors; the others get the width that
     makes the file smallest. A pattern that matches no quantized tensor is an error.
+    `raw_dtype` (say torch.float16) stores the raw float32 tensors in that dtype, rounded;
+    a reader gets them in that dtype, and `load_state_dict` widens them back. `coders`
+    restricts the entropy coders of the quantized tensors (`(HUFFMAN,)`: the paper's).
     """
     records: dict[int, CodebookTensor | RawTensor] = {}
     tensors: dict[str, CodebookTensor | RawTensor] = {}
@@ -55,19 +63,22 @@ def export(model: nn.Module, index_bits: Mapping[str, int] | None = None) -> Com
         if identity not in records:
             transform = transform_of(site.module, site.tensor_name)
             if isinstance(transform, SharedWeights):
-                records[identity] = _codebook_tensor(transform, site.value().dtype, widths.get(first_key[identity]))
+                records[identity] = _codebook_tensor(transform, site.value().dtype, widths.get(first_key[identity]), coders)
             else:
-                records[identity] = RawTensor(site.value().detach().cpu().clone().contiguous())
+                value = site.value().detach().cpu()
+                if raw_dtype is not None and value.dtype == torch.float32:
+                    value = value.to(raw_dtype)
+                records[identity] = RawTensor(value.clone().contiguous())
         tensors[site.key] = records[identity]
     return CompressedModel(tensors)
 
 
-def _codebook_tensor(transform: SharedWeights, dtype: torch.dtype, index_bits: int | None) -> CodebookTensor:
+def _codebook_tensor(transform: SharedWeights, dtype: torch.dtype, index_bits: int | None, coders: tuple[int, ...] | None) -> CodebookTensor:
     mask = transform.mask.detach().flatten().cpu()
     positions = torch.nonzero(mask).flatten().numpy().astype(np.int64)
     codes = transform.codes.detach().flatten().cpu()[mask].numpy().astype(np.uint16)
     codebook, codes = drop_empty_clusters(transform.centroids.detach().float().cpu().numpy(), codes)
-    return CodebookTensor(tuple(transform.mask.shape), dtype, codebook, positions, codes, index_bits)
+    return CodebookTensor(tuple(transform.mask.shape), dtype, codebook, positions, codes, index_bits, coders=coders)
 
 
 def save(
@@ -76,20 +87,22 @@ def save(
     *,
     index_bits: Mapping[str, int] | None = None,
     overwrite: bool = False,
+    raw_dtype: torch.dtype | None = None,
+    coders: tuple[int, ...] | None = None,
 ) -> int:
     """Write `model` (a pruned/quantized module or a CompressedModel) to `path`; return its size.
 
     Quantized weights are stored as sparse codebook tensors, everything else raw; see
     `export`. The write is atomic, and an existing file is replaced only with
     `overwrite=True`. Under a process group of several ranks only rank 0 writes; the
-    others write nothing and return 0.
+    others write nothing and return 0. `raw_dtype` and `coders`: see `export`.
     """
     if not is_writer():
         return 0
     if isinstance(model, CompressedModel):
-        if index_bits:
-            raise ConfigError("index_bits applies to a module; a CompressedModel carries its own")
+        if index_bits or raw_dtype is not None or coders is not None:
+            raise ConfigError("index_bits, raw_dtype and coders apply to a module; a CompressedModel carries its own")
         compressed = model
     else:
-        compressed = export(model, index_bits)
+        compressed = export(model, index_bits, raw_dtype, coders)
     return container.write(compressed, path, overwrite=overwrite)

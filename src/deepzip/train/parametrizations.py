@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -81,7 +82,62 @@ class SharedWeights(nn.Module):
         return torch.where(self.mask, shared, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
-TRANSFORMS = (Masked, SharedWeights)
+# Molchanov et al.'s fit of KL(posterior || log-uniform prior) as a function of log alpha.
+_K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
+_LOG_ALPHA_RANGE = 10.0  # clipped, as in the paper's code: beyond it the KL is flat anyway
+
+
+class Variational(nn.Module):
+    """Parametrization of sparse variational dropout (`deepzip.train.variational`).
+
+    The weight is theta (the stored tensor) with a trainable `log_sigma2` of the same
+    shape beside it; log alpha = log sigma^2 - log theta^2. In training mode the weight is
+    theta (the layer's forward hook adds the noise); in eval mode the entries with
+    log alpha >= `threshold` are zero, as `harden_` will prune them. `mask` holds
+    earlier pruning: those entries are zero throughout.
+    """
+
+    def __init__(self, log_sigma2: torch.Tensor, mask: torch.Tensor, threshold: float = 3.0):
+        super().__init__()
+        self.log_sigma2 = nn.Parameter(log_sigma2.to(torch.float32))
+        self.register_buffer("mask", mask.to(torch.bool))
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+        self._theta: torch.Tensor | None = None  # what the last forward saw, for the KL term
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta where kept (and, in eval mode, where log alpha < threshold), else exact zeros."""
+        self._theta = theta
+        keep = self.mask if self.training else self.mask & (self.log_alpha(theta) < self.threshold)
+        return torch.where(keep, theta, torch.zeros((), dtype=theta.dtype, device=theta.device))
+
+    def log_alpha(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """log sigma^2 - log theta^2 per entry, clipped to +-10 (theta: the last forward's by default)."""
+        theta = self._last_theta() if theta is None else theta
+        raw = self.log_sigma2 - torch.log(theta.to(torch.float32) ** 2 + 1e-8)
+        return raw.clamp(-_LOG_ALPHA_RANGE, _LOG_ALPHA_RANGE)
+
+    def variance(self) -> torch.Tensor:
+        """sigma^2 per entry, zero where pruned."""
+        return torch.where(self.mask, self.log_sigma2.exp(), torch.zeros((), device=self.mask.device))
+
+    def kl(self) -> torch.Tensor:
+        """Molchanov et al.'s approximation of the KL divergence to the log-uniform prior, summed over kept entries."""
+        log_alpha = self.log_alpha()
+        per_entry = _K1 - _K1 * torch.sigmoid(_K2 + _K3 * log_alpha) + 0.5 * F.softplus(-log_alpha)
+        return torch.where(self.mask, per_entry, torch.zeros((), device=per_entry.device)).sum()
+
+    @torch.no_grad()
+    def kept_mask(self) -> torch.Tensor:
+        """The entries that survive: kept before and log alpha < threshold."""
+        return self.mask & (self.log_alpha() < self.threshold)
+
+    def _last_theta(self) -> torch.Tensor:
+        if self._theta is None:
+            raise ConfigError("no forward pass has computed this weight yet")
+        return self._theta
+
+
+TRANSFORMS = (Masked, SharedWeights, Variational)
 
 
 def transform_of(module: nn.Module, tensor_name: str = "weight") -> nn.Module | None:
@@ -187,8 +243,14 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
                 raise ConfigError(f"{site.key}: mask shape {tuple(mask.shape)} != weight shape {tuple(site.value().shape)}")
             if ours + "centroids" in state_dict:
                 transform = SharedWeights(state_dict[ours + "centroids"], state_dict[ours + "codes"], mask)
+            elif ours + "log_sigma2" in state_dict:
+                transform = Variational(state_dict[ours + "log_sigma2"], mask, float(state_dict[ours + "threshold"]))
             else:
                 transform = Masked(mask)
             by_identity[identity] = transform.to(site.value().device)
         set_transform([site], by_identity[identity])
+        if isinstance(by_identity[identity], Variational):
+            from deepzip.train.variational import attach_noise  # it imports this module
+
+            attach_noise(site.module)
     model.load_state_dict(state_dict)

@@ -13,6 +13,7 @@ from deepzip.train.masks import quality_mask, sparsity_mask
 from deepzip.train.parametrizations import (
     Masked,
     SharedWeights,
+    Variational,
     mask_of,
     set_transform,
     transform_of,
@@ -58,6 +59,8 @@ def prune_(
         site = selection.targets[name].sites[0]
         if isinstance(transform_of(site.module, site.tensor_name), SharedWeights):
             raise ConfigError(f"{name} is already quantized: prune before quantize_")
+        if isinstance(transform_of(site.module, site.tensor_name), Variational):
+            raise ConfigError(f"{name} is under variational dropout: harden_ it, then prune further")
         new_masks[name] = make_mask(site.value(), value, mask_of(site.module, site.tensor_name))
     agree(new_masks.values())  # under a process group, rank 0's masks on every rank
     for name, mask in new_masks.items():

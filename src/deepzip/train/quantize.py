@@ -7,13 +7,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from deepzip.errors import ConfigError
 from deepzip.summary import Summary
 from deepzip.train.distributed import agree, refuse_sharded
 from deepzip.train.parametrizations import (
     SharedWeights,
+    Variational,
     mask_of,
     originals,
     set_transform,
+    transform_of,
 )
 from deepzip.train.registry import CONV_BITS, DEFAULT_MIN_SIZE, FC_BITS
 from deepzip.train.selection import select
@@ -53,6 +56,8 @@ def quantize_(
     transforms = {}
     for name, layer_bits in chosen.items():
         site = selection.targets[name].sites[0]
+        if isinstance(transform_of(site.module, site.tensor_name), Variational):
+            raise ConfigError(f"{name} is still under variational dropout: harden_ it before quantize_")
         weight = site.value()
         mask = mask_of(site.module, site.tensor_name)
         mask = torch.ones(weight.shape, dtype=torch.bool, device=weight.device) if mask is None else mask.clone()
