@@ -152,7 +152,7 @@ def test_sensitivity_writes_a_recipe_that_reproduce_runs(tiny_mnist, tmp_path, m
 
 
 def test_recipe_schedule_reaches_the_final_sparsity_geometrically():
-    from deepzip.paper.schedules import RECIPES as SHIPPED
+    from deepzip.paper.schedules import PAPER_RECIPES as SHIPPED
     from deepzip.paper.schedules import recipe_schedule
     from deepzip.train.recipe import parse_recipe
 

@@ -193,8 +193,8 @@ def test_shipped_recipe_rejects_steps_that_do_not_lead_to_the_final():
         stepped_recipe("lenet-300-100", rules, QUICK, ({"fc1": 0.5},), QUICK, QUICK)
 
 
-def test_recipe_schedule_keeps_the_shipped_training():
-    shipped = RECIPES["lenet-5"]
+def test_recipe_schedule_keeps_the_papers_training():
+    shipped = PAPER_RECIPES["lenet-5"]
     rules = parse_recipe("layers: {'*': {sparsity: 0.75, bits: 4}}")
     schedule = recipe_schedule("lenet-5", rules)
     steps = len(shipped.prune_steps)

@@ -138,6 +138,13 @@ def test_refuses_a_quantized_model_and_explains_skipped_layer_types():
         variational_(model, min_size=1)
 
 
+def test_attention_out_proj_is_left_alone():
+    model = nn.Sequential(nn.MultiheadAttention(16, 2), nn.Linear(16, 16))
+    summary = variational_(model, min_size=1)
+    assert [row.name for row in summary.compressed] == ["1.weight"]
+    assert any(row.name == "0.out_proj.weight" and "MultiheadAttention" in row.detail for row in summary.raw)
+
+
 def test_kl_needs_variational_weights():
     with pytest.raises(ConfigError, match="variational_"):
         kl_divergence(nn.Linear(3, 3))

@@ -47,6 +47,7 @@ def reproduce(
     evaluate_test: bool = True,
     start: dict | None = None,
     keep_pruned: bool = False,
+    write_report: bool = True,
     resume: bool = False,
     checkpoint_every: int = DEFAULT_EVERY,
 ) -> dict:
@@ -57,7 +58,8 @@ def reproduce(
     (a search's trials, chosen on the validation split alone). `start`, a state dict of
     a pruned model (masks included), replaces the model after the baseline stage, before
     the recipe's pruning steps (none: quantize it as it is); `keep_pruned` writes the
-    model after the last pruning step to OUT/pruned.pt, such a state dict. `recipe` replaces the shipped one (`recipe_schedule` makes one from a recipe file;
+    model after the last pruning step to OUT/pruned.pt, such a state dict. `write_report`
+    writes OUT/report/ (tables, figures). `recipe` replaces the shipped one (`recipe_schedule` makes one from a recipe file;
     tests pass tiny ones to run the pipeline in seconds). Under a process group (torchrun,
     `deepzip reproduce --nproc N`) every rank trains its share of each global batch, the
     ranks' masks, codes and centroids are checked equal after every step, and rank 0 alone
@@ -190,8 +192,9 @@ def reproduce(
         log(side_by_side(name, stats, results["file_bytes"], dense_error, compressed_error))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     run.finish()
-    summary = report.write_report(path, out / "report", dense_state_dict=dense_weights, clustered_state_dict=clustered)
-    log(f"report:  {summary}")
+    if write_report:
+        summary = report.write_report(path, out / "report", dense_state_dict=dense_weights, clustered_state_dict=clustered)
+        log(f"report:  {summary}")
     return results
 
 

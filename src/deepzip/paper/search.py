@@ -28,6 +28,7 @@ from deepzip.paper.data import load_mnist
 from deepzip.paper.reproduce import reproduce
 from deepzip.paper.schedules import RECIPES, Recipe
 from deepzip.paper.training import error_rate
+from deepzip.report import write_report
 from deepzip.runtime.load import load
 
 SPARSITY_TRIALS = 4
@@ -67,7 +68,7 @@ def search(
         folder.mkdir(parents=True, exist_ok=True)
         for cached in out.glob(f"baseline-{name}-*.pt"):  # every trial starts from the one baseline
             shutil.copy(cached, folder / cached.name)
-        result = reproduce(name, folder, data_root, seed, log=_quiet, recipe=trial_recipe, evaluate_test=False, **options)
+        result = reproduce(name, folder, data_root, seed, log=_quiet, recipe=trial_recipe, evaluate_test=False, write_report=False, **options)
         for cached in folder.glob(f"baseline-{name}-*.pt"):
             if not (out / cached.name).exists():
                 shutil.copy(cached, out / cached.name)
@@ -138,6 +139,7 @@ def search(
     log("")
     log(f"chosen: {best['trial']} ({best['file_bytes']:,} bytes, {results['ratio']:.1f}x), chosen on the validation split")
     log(f"test:   dense {100 * results['dense_error']:.2f}%, deepzip {100 * results['compressed_error']:.2f}% (scored once, on the chosen file)")
+    log(f"report: {write_report(out / 'model.dzip', out / 'report')}")
     return results
 
 

@@ -61,6 +61,7 @@ def variational_(
     """
     refuse_sharded(model)
     selection = select(model, True, "variational", layers, min_size)
+    modules = dict(model.named_modules())
     chosen, skipped = {}, {}
     for name in selection.chosen:
         target = selection.targets[name]
@@ -71,6 +72,11 @@ def variational_(
         kinds = {_noise_kind(s.module, s.tensor_name) for s in target.sites}
         if None in kinds:
             skipped[name] = "variational dropout covers Linear and convolution weights only"
+            continue
+        # nn.MultiheadAttention reads its out_proj's weight itself: the layer's forward (and
+        # so the noise) never runs, and the KL alone would prune it.
+        if any(isinstance(modules.get(s.module_name.rpartition(".")[0]), nn.MultiheadAttention) for s in target.sites if s.module_name):
+            skipped[name] = "read by nn.MultiheadAttention's own forward, which the noise cannot reach"
             continue
         weight = site.value()
         mask = mask_of(site.module, site.tensor_name)
