@@ -1,4 +1,4 @@
-"""The two weight parametrizations deepzip trains through: a pruning mask and shared weights.
+"""The weight parametrizations deepzip trains through: a pruning mask, shared weights, variational dropout.
 
 `torch.nn.utils.parametrize` makes `module.weight` (or any registered tensor) a function of
 stored tensors, so the forward pass, the gradient and the state dict all see the
@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 
 from deepzip import module_state
 from deepzip.errors import ConfigError
+from deepzip.train.registry import layer_type
 
 
 class Masked(nn.Module):
@@ -135,6 +136,46 @@ class Variational(nn.Module):
         if self._theta is None:
             raise ConfigError("no forward pass has computed this weight yet")
         return self._theta
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def noise_kind(module: nn.Module, tensor_name: str) -> str | None:
+    """How the local reparameterization computes this weight's output variance, or None if it cannot."""
+    cls = layer_type(module)
+    if tensor_name != "weight":
+        return None
+    if issubclass(cls, nn.Linear) and cls.forward is nn.Linear.forward:
+        return "linear"
+    if issubclass(cls, _CONVS):
+        return "conv"
+    if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers."):
+        return "transposed-linear"
+    return None
+
+
+def attach_noise(module: nn.Module) -> None:
+    """Register the local-reparameterization noise on `module`'s output (once)."""
+    if not getattr(module, "_deepzip_noise", None):
+        module._deepzip_noise = module.register_forward_hook(_local_noise)
+
+
+def _local_noise(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    """Output + sqrt(variance) x N(0, 1) per element, in training mode: the layer's own op on x^2 and sigma^2."""
+    transform = transform_of(module)
+    if not isinstance(transform, Variational) or not transform.training or not torch.is_grad_enabled():
+        return None
+    x = args[0]
+    variance = transform.variance().to(x.dtype)
+    kind = noise_kind(module, "weight")
+    if kind == "linear":
+        spread = F.linear(x * x, variance)
+    elif kind == "conv":
+        spread = module._conv_forward(x * x, variance, None)
+    else:  # transformers' Conv1D keeps its weight as (in, out)
+        spread = (x * x) @ variance
+    return output + torch.sqrt(spread + 1e-8) * torch.randn_like(output)
 
 
 TRANSFORMS = (Masked, SharedWeights, Variational)
@@ -250,7 +291,5 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
             by_identity[identity] = transform.to(site.value().device)
         set_transform([site], by_identity[identity])
         if isinstance(by_identity[identity], Variational):
-            from deepzip.train.variational import attach_noise  # it imports this module
-
             attach_noise(site.module)
     model.load_state_dict(state_dict)

@@ -26,21 +26,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepzip import module_state
 from deepzip.errors import ConfigError
 from deepzip.summary import Row, Summary
 from deepzip.train.distributed import agree, refuse_sharded
-from deepzip.train.parametrizations import Masked, SharedWeights, Variational, mask_of, set_transform, transform_of
-from deepzip.train.registry import DEFAULT_MIN_SIZE, layer_type
+from deepzip.train.parametrizations import (
+    Masked,
+    SharedWeights,
+    Variational,
+    attach_noise,
+    mask_of,
+    noise_kind,
+    set_transform,
+    transform_of,
+)
+from deepzip.train.registry import DEFAULT_MIN_SIZE
 from deepzip.train.selection import kept_fraction, select
 
 __all__ = ["Variational", "harden_", "kl_divergence", "variational_"]
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
 
 def variational_(
     model: nn.Module,
@@ -69,7 +74,7 @@ def variational_(
         transform = transform_of(site.module, site.tensor_name)
         if isinstance(transform, SharedWeights):
             raise ConfigError(f"{name} is already quantized: learn sparsity before quantize_")
-        kinds = {_noise_kind(s.module, s.tensor_name) for s in target.sites}
+        kinds = {noise_kind(s.module, s.tensor_name) for s in target.sites}
         if None in kinds:
             skipped[name] = "variational dropout covers Linear and convolution weights only"
             continue
@@ -95,43 +100,6 @@ def variational_(
 def _names(selection, summary: Summary) -> list[str | None]:
     """The target name of each of `summary`'s rows (None for rows of plain tensors), in order."""
     return [*selection.targets, *([None] * (len(summary.rows) - len(selection.targets)))]
-
-
-def _noise_kind(module: nn.Module, tensor_name: str) -> str | None:
-    """How the local reparameterization computes this weight's output variance, or None if it cannot."""
-    cls = layer_type(module)
-    if tensor_name != "weight":
-        return None
-    if issubclass(cls, nn.Linear) and cls.forward is nn.Linear.forward:
-        return "linear"
-    if issubclass(cls, _CONVS):
-        return "conv"
-    if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers."):
-        return "transposed-linear"
-    return None
-
-
-def attach_noise(module: nn.Module) -> None:
-    """Register the local-reparameterization noise on `module`'s output (once)."""
-    if not getattr(module, "_deepzip_noise", None):
-        module._deepzip_noise = module.register_forward_hook(_local_noise)
-
-
-def _local_noise(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-    """Output + sqrt(variance) x N(0, 1) per element, in training mode: the layer's own op on x^2 and sigma^2."""
-    transform = transform_of(module)
-    if not isinstance(transform, Variational) or not transform.training or not torch.is_grad_enabled():
-        return None
-    x = args[0]
-    variance = transform.variance().to(x.dtype)
-    kind = _noise_kind(module, "weight")
-    if kind == "linear":
-        spread = F.linear(x * x, variance)
-    elif kind == "conv":
-        spread = module._conv_forward(x * x, variance, None)
-    else:  # transformers' Conv1D keeps its weight as (in, out)
-        spread = (x * x) @ variance
-    return output + torch.sqrt(spread + 1e-8) * torch.randn_like(output)
 
 
 def kl_divergence(model: nn.Module) -> torch.Tensor:
