@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deepzip.report.stats import LayerStats
+from deepzip.report.tables import aligned
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,7 @@ def side_by_side(name: str, stats: list[LayerStats], file_bytes: int, dense_erro
                 "-" if s is None else f"{s.file_bytes:,}",
             )
         )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    lines = aligned([header, *rows])
     lines.insert(1, "-" * len(lines[0]))
     dense = sum(s.dense_bytes for s in stats)
     lines.append(

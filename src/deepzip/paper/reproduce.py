@@ -28,7 +28,7 @@ from deepzip.paper.schedules import PAPER_RECIPES, RECIPES, LearnedSparsity, Rec
 from deepzip.paper.training import TrainConfig, error_rate, logits_of, train
 from deepzip.runtime.load import load
 from deepzip.train import distributed
-from deepzip.train.export import save
+from deepzip.train.export import round_raw_, save
 from deepzip.train.parametrizations import SharedWeights, load_state_dict, transform_of
 from deepzip.train.prune import prune_
 from deepzip.train.quantize import quantize_
@@ -73,6 +73,7 @@ def reproduce(
     if recipe is None and name not in shipped:
         raise ConfigError(f"no reproduction recipe for {name!r}; choose one of {', '.join(shipped)}")
     recipe = recipe or shipped[name]
+    raw_dtype = getattr(torch, recipe.raw_dtype)  # biases and other raw tensors, as the file stores them
     if not distributed.is_writer():
         log = _silent  # rank 0 speaks and writes for all
     out.mkdir(parents=True, exist_ok=True)
@@ -144,14 +145,14 @@ def reproduce(
         trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
         config = _seeded(recipe.finetune, seed + 100)
         train(model, train_x, train_y, config, "fine-tune centroids", trainable, run.during(finetune, model), within(finetune), **teacher)
-        _round_biases(model, getattr(torch, recipe.raw_dtype))
+        round_raw_(model, raw_dtype)
         run.save(finetune, model)
         log(f"fine-tuned: valid error {100 * error_rate(model, *valid):.2f}%")
     clustered = run.kept["clustered"]
 
     distributed.check_agreement(model)
     path = out / "model.dzip"
-    save(model, path, overwrite=True, raw_dtype=getattr(torch, recipe.raw_dtype), coders=recipe.coders, index_bits=recipe.index_bits)
+    save(model, path, overwrite=True, raw_dtype=raw_dtype, coders=recipe.coders, index_bits=recipe.index_bits)
     if not distributed.is_writer():
         return {"world_size": distributed.world_size(), "rank": distributed.rank()}
     decoded = models.build(name)
@@ -277,14 +278,6 @@ def _silent(*args, **kwargs) -> None:
 
 def _seeded(config: TrainConfig, seed: int) -> TrainConfig:
     return TrainConfig(**{**config.__dict__, "seed": seed})
-
-
-@torch.no_grad()
-def _round_biases(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Round every bias to `dtype`'s values (kept in float32), as the file will store them."""
-    for name, parameter in model.named_parameters():
-        if name.endswith(".bias"):
-            parameter.copy_(parameter.to(dtype).to(parameter.dtype))
 
 
 def _check_bit_identical(model: torch.nn.Module, decoded: torch.nn.Module) -> None:

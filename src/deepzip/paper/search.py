@@ -23,7 +23,10 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from deepzip.errors import ConfigError
+from deepzip.paper import models
 from deepzip.paper.data import load_mnist
 from deepzip.paper.reproduce import reproduce
 from deepzip.paper.schedules import RECIPES, Recipe
@@ -114,7 +117,7 @@ def search(
         )
 
     # Bits, one layer at a time, from the chosen trial's pruned model.
-    pruned = _load_pruned(Path(best["folder"]) / "pruned.pt")
+    pruned = torch.load(Path(best["folder"]) / "pruned.pt", weights_only=True)
     bits = dict(best["bits"])
     for layer in list(bits):
         while bits[layer] > min_bits:
@@ -129,8 +132,6 @@ def search(
     chosen = best["result"]
     shutil.copy(Path(best["folder"]) / "model.dzip", out / "model.dzip")
     test = load_mnist("test", data_root)
-    from deepzip.paper import models
-
     decoded = models.build(name)
     decoded.load_state_dict(load(out / "model.dzip"))
     results = {**chosen, "compressed_error": error_rate(decoded, *test), "search": [_public(row) for row in trials]}
@@ -145,12 +146,6 @@ def search(
 
 def _kl_weight(recipe: Recipe) -> float:
     return next(step.learned.kl_weight for step in recipe.prune_steps if step.learned is not None)
-
-
-def _load_pruned(path: Path) -> dict:
-    import torch
-
-    return torch.load(path, weights_only=True)
 
 
 def _public(row: dict) -> dict:

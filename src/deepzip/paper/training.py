@@ -99,8 +99,7 @@ def train(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     generator = torch.Generator().manual_seed(config.seed)
     ranks, rank = distributed.world_size(), distributed.rank()
-    reduction = "sum" if ranks > 1 else "mean"
-    hard_loss = nn.CrossEntropyLoss(reduction=reduction)
+    hard_loss = nn.CrossEntropyLoss(reduction="sum" if ranks > 1 else "mean")
     if (teacher_logits is None) != (distillation is None):
         raise ValueError("distillation needs both teacher_logits and a Distillation")
 
@@ -109,10 +108,8 @@ def train(
         if distillation is None:
             return hard
         t = distillation.temperature
-        soft = F.kl_div(
-            F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits[batch] / t, dim=1), reduction="sum", log_target=True
-        )
-        soft = soft / (1 if ranks > 1 else len(batch))
+        student, teacher = F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits[batch] / t, dim=1)
+        soft = F.kl_div(student, teacher, reduction="sum" if ranks > 1 else "batchmean", log_target=True)
         return (1 - distillation.weight) * hard + distillation.weight * t * t * soft
 
     wrapped = distributed.wrap(model)
@@ -165,12 +162,7 @@ def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) ->
     return torch.cat([model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)])
 
 
-@torch.no_grad()
 def error_rate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Fraction of misclassified examples (top-1)."""
-    model.eval()
-    wrong = 0
-    for start in range(0, len(images), batch_size):
-        logits = model(images[start : start + batch_size])
-        wrong += int((logits.argmax(1) != labels[start : start + batch_size]).sum())
+    wrong = int((logits_of(model, images, batch_size).argmax(1) != labels).sum())
     return wrong / len(images)

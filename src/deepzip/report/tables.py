@@ -47,11 +47,16 @@ def format_table(data: bytes, stats: list[LayerStats] | None = None) -> str:
             f"{dense / len(data):.1f}x",
         )
     )  # fmt: skip
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    lines = aligned([header, *rows])
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 2, "-" * len(lines[0]))
     return "\n".join(lines)
 
 
-__all__ = ["format_table"]
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Text rows as lines of columns two spaces apart: the first left-aligned, the others right."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+
+
+__all__ = ["aligned", "format_table"]

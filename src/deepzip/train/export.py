@@ -22,9 +22,9 @@ from deepzip.limits import MAX_INDEX_BITS
 from deepzip.train import patterns
 from deepzip.train.distributed import is_writer
 from deepzip.train.kmeans import drop_empty_clusters
-from deepzip.train.parametrizations import SharedWeights, transform_of
+from deepzip.train.parametrizations import Masked, SharedWeights, transform_of
 
-__all__ = ["export", "save"]
+__all__ = ["export", "round_raw_", "save"]
 
 
 def export(
@@ -65,12 +65,35 @@ def export(
             if isinstance(transform, SharedWeights):
                 records[identity] = _codebook_tensor(transform, site.value().dtype, widths.get(first_key[identity]), coders)
             else:
-                value = site.value().detach().cpu()
-                if raw_dtype is not None and value.dtype == torch.float32:
-                    value = value.to(raw_dtype)
-                records[identity] = RawTensor(value.clone().contiguous())
+                records[identity] = RawTensor(_as_stored(site.value().detach().cpu(), raw_dtype).clone().contiguous())
         tensors[site.key] = records[identity]
     return CompressedModel(tensors)
+
+
+def _as_stored(value: torch.Tensor, raw_dtype: torch.dtype | None) -> torch.Tensor:
+    """A raw tensor as `export` stores it: float32 ones in `raw_dtype` when one is given."""
+    return value.to(raw_dtype) if raw_dtype is not None and value.dtype == torch.float32 else value
+
+
+@torch.no_grad()
+def round_raw_(model: nn.Module, raw_dtype: torch.dtype) -> None:
+    """Round, in place, what `export(model, raw_dtype=raw_dtype)` stores raw, to the values the file will hold.
+
+    Then the model computes exactly what its file decodes to. Covers the plain tensors
+    (biases, norms, buffers) and pruned-only weights (their stored original; pruned zeros
+    stay zeros); quantized weights are codebooks, and a tensor under a parametrization of
+    the user's is left as it is.
+    """
+    for site in module_state.sites(model):
+        transform = transform_of(site.module, site.tensor_name)
+        if site.parametrized:
+            plist = site.module.parametrizations[site.tensor_name]
+            if not isinstance(transform, Masked) or len(plist) != 1 or not plist.is_tensor:
+                continue
+            tensor = plist.original
+        else:
+            tensor = site.value()
+        tensor.copy_(_as_stored(tensor, raw_dtype).to(tensor.dtype))
 
 
 def _codebook_tensor(transform: SharedWeights, dtype: torch.dtype, index_bits: int | None, coders: tuple[int, ...] | None) -> CodebookTensor:

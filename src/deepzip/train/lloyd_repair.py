@@ -21,7 +21,6 @@ running sums of `deepzip.train.optimal`.
 
 from __future__ import annotations
 
-
 import numba
 import numpy as np
 

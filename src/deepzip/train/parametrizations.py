@@ -20,6 +20,7 @@ codebook, trained as one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -158,17 +159,25 @@ def noise_kind(module: nn.Module, tensor_name: str) -> str | None:
 def attach_noise(module: nn.Module) -> None:
     """Register the local-reparameterization noise on `module`'s output (once)."""
     if not getattr(module, "_deepzip_noise", None):
-        module._deepzip_noise = module.register_forward_hook(_local_noise)
+        # The layer kind is looked up once here, not on every forward.
+        module._deepzip_noise = module.register_forward_hook(functools.partial(_local_noise, noise_kind(module, "weight")))
 
 
-def _local_noise(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+def detach_noise(module: nn.Module) -> None:
+    """Remove what `attach_noise` registered, if anything."""
+    handle = getattr(module, "_deepzip_noise", None)
+    if handle is not None:
+        handle.remove()
+        module._deepzip_noise = None
+
+
+def _local_noise(kind: str, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
     """Output + sqrt(variance) x N(0, 1) per element, in training mode: the layer's own op on x^2 and sigma^2."""
     transform = transform_of(module)
     if not isinstance(transform, Variational) or not transform.training or not torch.is_grad_enabled():
         return None
     x = args[0]
     variance = transform.variance().to(x.dtype)
-    kind = noise_kind(module, "weight")
     if kind == "linear":
         spread = F.linear(x * x, variance)
     elif kind == "conv":

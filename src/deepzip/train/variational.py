@@ -24,6 +24,7 @@ the weights are theta with the entries at log alpha >= 3 already zeroed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from deepzip.train.parametrizations import (
     SharedWeights,
     Variational,
     attach_noise,
+    detach_noise,
     mask_of,
     noise_kind,
     set_transform,
@@ -91,15 +93,11 @@ def variational_(
         set_transform(selection.targets[name].sites, transform)
         for site in selection.targets[name].sites:
             attach_noise(site.module)
-    summary = selection.summary("variational_", lambda target, _: "log sigma^2 added", {name: 1.0 for name in chosen})
-    # The targets left alone for their layer type are rows with their reason, not compressed ones.
-    rows = tuple(Row(r.name, r.shape, False, skipped[n]) if n in skipped else r for n, r in zip(_names(selection, summary), summary.rows))
-    return Summary(summary.step, rows, summary.values)
-
-
-def _names(selection, summary: Summary) -> list[str | None]:
-    """The target name of each of `summary`'s rows (None for rows of plain tensors), in order."""
-    return [*selection.targets, *([None] * (len(summary.rows) - len(selection.targets)))]
+    # The targets left alone for their layer type are listed with their reason, not as compressed.
+    selection = replace(
+        selection, chosen={n: v for n, v in selection.chosen.items() if n not in skipped}, reasons={**selection.reasons, **skipped}
+    )
+    return selection.summary("variational_", lambda target, _: "log sigma^2 added", {name: 1.0 for name in chosen})
 
 
 def kl_divergence(model: nn.Module) -> torch.Tensor:
@@ -108,13 +106,10 @@ def kl_divergence(model: nn.Module) -> torch.Tensor:
     Computed from the values the last forward pass saw; add `kl / N` (N the number of
     training examples) to a per-example task loss. A tied weight counts once.
     """
-    total = None
-    for transform in _transforms(model):
-        term = transform.kl()
-        total = term if total is None else total + term
-    if total is None:
+    terms = [transform.kl() for transform in _transforms(model)]
+    if not terms:
         raise ConfigError("the model has no variational weights: call variational_ first")
-    return total
+    return sum(terms[1:], terms[0])
 
 
 def harden_(model: nn.Module) -> Summary:
@@ -138,10 +133,7 @@ def harden_(model: nn.Module) -> Summary:
     for key, sites in groups.items():
         set_transform(sites, Masked(masks[key]))
         for site in sites:
-            handle = getattr(site.module, "_deepzip_noise", None)
-            if handle is not None:
-                handle.remove()
-                site.module._deepzip_noise = None
+            detach_noise(site.module)
         name = sites[0].key
         kept[name] = kept_fraction(masks[key])
         rows.append(Row(" = ".join(s.key for s in sites), tuple(masks[key].shape), True, f"kept {100 * kept[name]:.2f}%"))
