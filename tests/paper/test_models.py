@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from deepzip.errors import ConfigError
-from deepzip.paper.models import MNIST_MODELS, MODEL_NAMES, LeNet5, LeNet300100, build
+from deepzip.paper.models import MNIST_MODELS, MODEL_NAMES, LeNet5, LeNet300100, build, zero_unread_biases_
 
 EXPECTED = {
     "lenet-300-100": (
@@ -106,3 +106,38 @@ def test_imagenet_models_have_torchvision_keys(name, keys, params, fc6):
     assert list(state) == keys
     assert sum(t.numel() for t in state.values()) == params
     assert tuple(state[fc6[0]].shape) == fc6[1]
+
+
+@pytest.mark.parametrize("name", MNIST_MODELS)
+def test_zeroing_unread_biases_changes_no_output_bit(name):
+    torch.manual_seed(0)
+    model = build(name)
+    with torch.no_grad():  # a random 90% of the weights pruned, as a deep pruning leaves them
+        for module in model.modules():
+            if hasattr(module, "weight"):
+                module.weight.mul_(torch.rand_like(module.weight) < 0.1)
+    images = torch.rand(16, 1, 28, 28)
+    before = model(images)
+    biases = {n: m.bias.clone() for n, m in model.named_children()}
+    zeroed = zero_unread_biases_(model)
+    assert torch.equal(model(images), before)
+    changed = sum(int((m.bias != biases[n]).sum()) for n, m in model.named_children())
+    assert zeroed == changed > 0
+    last = list(model.children())[-1]
+    assert torch.equal(last.bias, biases[list(biases)[-1]])  # the logits' biases are always read
+
+
+def test_only_the_biases_of_unread_units_are_zeroed():
+    model = LeNet5()
+    with torch.no_grad():
+        model.fc1.weight[:, 16 * 3 : 16 * 4] = 0  # nothing reads conv2's channel 3 (its 4 x 4 map)
+        model.fc2.weight[:, 7] = 0  # nor fc1's unit 7
+        model.conv2.weight[:, 5] = 0  # nor conv1's channel 5
+    expected = {"conv1": {5}, "conv2": {3}, "fc1": {7}, "fc2": set()}
+    biases = {n: m.bias.clone() for n, m in model.named_children()}
+    assert zero_unread_biases_(model) == 3
+    for name, module in model.named_children():
+        zero = set(torch.nonzero(module.bias == 0).flatten().tolist())
+        assert zero == expected[name]
+        kept = [i for i in range(module.bias.numel()) if i not in expected[name]]
+        assert torch.equal(module.bias[kept], biases[name][kept])

@@ -220,3 +220,66 @@ def test_a_12_bit_codebook_with_fillers_saves_and_decodes(tmp_path):
     record = fileformat.read(path).tensors["0.weight"]
     assert len(record.codebook) == 4096
     assert torch.equal(deepzip.load(path)["0.weight"], model[0].weight.detach())
+
+
+def test_float16_codebooks_halve_the_codebook_bytes_and_decode_to_what_the_model_computes(quantized, tmp_path):
+    before = deepzip.save(quantized, tmp_path / "float32.dzip")
+    entries = {name: quantized[int(name)].parametrizations.weight[0].centroids.numel() for name in LAYERS}
+    deepzip.train.export.round_codebooks_(quantized, torch.float16)
+    for name in LAYERS:
+        centroids = quantized[int(name)].parametrizations.weight[0].centroids.detach()
+        assert centroids.dtype == torch.float32 and torch.equal(centroids, centroids.half().float())
+    after = deepzip.save(quantized, tmp_path / "float16.dzip")
+    # Each kept centroid (4 bytes) now costs 2; nothing else changes.
+    assert before - after == 2 * sum(entries.values())
+    sd = deepzip.load(tmp_path / "float16.dzip")
+    for name in LAYERS:
+        assert torch.equal(sd[f"{name}.weight"], quantized[int(name)].weight.detach())
+
+
+def test_a_codebook_beyond_float16s_range_stays_float32(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 8))
+    with torch.no_grad():
+        model[0].weight.mul_(1e6)  # centroids near 1e5: float16 would make them infinite
+    deepzip.quantize_(model, bits=2, min_size=0)
+    centroids = model[0].parametrizations.weight[0].centroids
+    kept = centroids.detach().clone()
+    deepzip.train.export.round_codebooks_(model, torch.float16)
+    assert torch.equal(centroids.detach(), kept)
+
+
+def _plain_bias_model(bias: torch.Tensor) -> nn.Module:
+    model = nn.Linear(4, bias.numel())
+    with torch.no_grad():
+        model.bias = nn.Parameter(bias)
+    return model
+
+
+def test_a_mostly_zero_bias_is_stored_sparsely_and_decodes_bit_for_bit(tmp_path):
+    bias = torch.zeros(500)
+    bias[::7] = torch.randn(72)
+    bias[3] = -0.0  # a signed zero must come back signed
+    model = _plain_bias_model(bias)
+    record = deepzip.train.export.export(model).tensors["bias"]
+    assert isinstance(record, CodebookTensor)
+    size = deepzip.save(model, tmp_path / "sparse.dzip")
+    raw = deepzip.save(deepzip.compressed.CompressedModel({"weight": RawTensor(model.weight.detach()), "bias": RawTensor(bias)}), tmp_path / "raw.dzip")
+    assert size < raw - 1000  # 72 values and their positions, against 2,000 raw bytes
+    decoded = deepzip.load(tmp_path / "sparse.dzip")["bias"]
+    assert decoded.dtype == torch.float32
+    assert torch.equal(decoded.view(torch.int32), bias.view(torch.int32))  # the bits, signed zero included
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_sparse_bias_keeps_its_half_precision_dtype(tmp_path, dtype):
+    bias = torch.zeros(300, dtype=dtype)
+    bias[::10] = torch.randn(30).to(dtype)
+    model = _plain_bias_model(bias)
+    deepzip.save(model, tmp_path / "m.dzip")
+    decoded = deepzip.load(tmp_path / "m.dzip")["bias"]
+    assert decoded.dtype == dtype and torch.equal(decoded, bias)
+
+
+def test_a_bias_without_zeros_stays_raw():
+    model = _plain_bias_model(torch.randn(50))
+    assert isinstance(deepzip.train.export.export(model).tensors["bias"], RawTensor)

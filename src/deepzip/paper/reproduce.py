@@ -28,7 +28,7 @@ from deepzip.paper.schedules import PAPER_RECIPES, RECIPES, LearnedSparsity, Rec
 from deepzip.paper.training import TrainConfig, error_rate, logits_of, train
 from deepzip.runtime.load import load
 from deepzip.train import distributed
-from deepzip.train.export import round_raw_, save
+from deepzip.train.export import round_codebooks_, round_raw_, save
 from deepzip.train.parametrizations import SharedWeights, load_state_dict, transform_of
 from deepzip.train.prune import prune_
 from deepzip.train.quantize import quantize_
@@ -145,7 +145,9 @@ def reproduce(
         trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
         config = _seeded(recipe.finetune, seed + 100)
         train(model, train_x, train_y, config, "fine-tune centroids", trainable, run.during(finetune, model), within(finetune), **teacher)
+        models.zero_unread_biases_(model)  # exact: those units feed zeros only
         round_raw_(model, raw_dtype)
+        round_codebooks_(model, getattr(torch, recipe.codebook_dtype))
         run.save(finetune, model)
         log(f"fine-tuned: valid error {100 * error_rate(model, *valid):.2f}%")
     clustered = run.kept["clustered"]

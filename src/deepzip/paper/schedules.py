@@ -70,6 +70,7 @@ class Recipe:
     finetune: TrainConfig  # centroids (and biases) after quantization
     distill: Distillation | None = None  # retrain and fine-tune against the dense model's outputs
     raw_dtype: str = "float32"  # how biases are stored: float16 rounds them after fine-tuning
+    codebook_dtype: str = "float32"  # how centroids are stored: float16 rounds them after fine-tuning
     coders: tuple[int, ...] | None = None  # entropy coders allowed (None: the smallest of all)
     index_bits: dict[str, int] | None = None  # gap widths (None: the smallest file's)
 
@@ -88,7 +89,7 @@ def stepped_recipe(
     `rules` (a recipe) is the single source of the final per-layer sparsity, the bits and
     any index widths; each intermediate step names the same layer patterns, and no layer's
     sparsity may fall from one step to the next (pruning removes weights, retraining never
-    restores them). `writing` goes to the Recipe (distill, raw_dtype, coders).
+    restores them). `writing` goes to the Recipe (distill, raw_dtype, codebook_dtype, coders).
     """
     final = rules.setting("sparsity")
     steps = (*intermediate, final)
@@ -171,9 +172,9 @@ _LEARN = TrainConfig(epochs=10, lr=1e-3, optimizer="adam")
 
 
 def _learned(model: str, baseline: TrainConfig, kl_weight: float, retrain: TrainConfig) -> Recipe:
-    """Learn the sparsity with variational dropout, retrain on its masks; the recipe file's bits; float16 biases."""
+    """Learn the sparsity with variational dropout, retrain on its masks; the recipe file's bits; float16 biases and codebooks."""
     steps = (PruneStep({}, _LEARN, LearnedSparsity(kl_weight=kl_weight)), PruneStep({}, retrain))
-    return Recipe(model, baseline, steps, load_recipe(model).setting("bits"), _FINETUNE, raw_dtype="float16")
+    return Recipe(model, baseline, steps, load_recipe(model).setting("bits"), _FINETUNE, raw_dtype="float16", codebook_dtype="float16")
 
 
 RECIPES = {
@@ -188,7 +189,7 @@ def recipe_schedule(name: str, rules: CompressionRecipe) -> Recipe:
     The recipe (deepzip.recipe.Recipe) gives each layer's final sparsity; pruning reaches
     it in as many steps as the paper's schedule, with the kept fraction shrinking
     geometrically (kept_i = kept_final ** (i / steps)) and the same retraining after each.
-    Any coder and index width may be used, and biases are stored as float16, as in
+    Any coder and index width may be used, and biases and codebooks are stored as float16, as in
     deepzip's own schedule.
     """
     shipped = PAPER_RECIPES[name]
@@ -199,4 +200,4 @@ def recipe_schedule(name: str, rules: CompressionRecipe) -> Recipe:
     schedule = tuple(PruneStep(sparsity, retrain[i]) for i, sparsity in enumerate(geometric_steps(final, len(retrain))))
     # The recipe's bits first (first match wins), then the shipped ones for other layers.
     bits = {**rules.setting("bits"), **{p: b for p, b in shipped.bits.items() if p not in rules.setting("bits")}}
-    return Recipe(name, shipped.baseline, schedule, bits, shipped.finetune, raw_dtype="float16")
+    return Recipe(name, shipped.baseline, schedule, bits, shipped.finetune, raw_dtype="float16", codebook_dtype="float16")

@@ -17,14 +17,15 @@ from torch import nn
 
 from deepzip import container, module_state
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
+from deepzip.container.writer import encode_record
 from deepzip.errors import ConfigError
-from deepzip.limits import MAX_INDEX_BITS
+from deepzip.limits import MAX_CODEBOOK, MAX_INDEX_BITS
 from deepzip.train import patterns
 from deepzip.train.distributed import is_writer
 from deepzip.train.kmeans import drop_empty_clusters
 from deepzip.train.parametrizations import Masked, SharedWeights, transform_of
 
-__all__ = ["export", "round_raw_", "save"]
+__all__ = ["export", "round_codebooks_", "round_raw_", "save"]
 
 
 def export(
@@ -36,8 +37,9 @@ def export(
     """Read every parameter and persistent buffer of `model` into a CompressedModel.
 
     Quantized tensors become CodebookTensor records (unused centroids dropped); everything
-    else (biases, buffers, weights that were only pruned or left alone) is kept raw, as
-    the model computes it, on the CPU. `index_bits` ({pattern: bits}, matched like every
+    else (biases, buffers, weights that were only pruned or left alone) is kept as the
+    model computes it, on the CPU: raw, or, for a plain tensor with zeros where it is
+    smaller, as a lossless sparse codebook (`_plain_record`). `index_bits` ({pattern: bits}, matched like every
     setting) fixes the gap width of some quantized tensors; the others get the width that
     makes the file smallest. A pattern that matches no quantized tensor is an error.
     `raw_dtype` (say torch.float16) stores the raw float32 tensors in that dtype, rounded;
@@ -65,9 +67,40 @@ def export(
             if isinstance(transform, SharedWeights):
                 records[identity] = _codebook_tensor(transform, site.value().dtype, widths.get(first_key[identity]), coders)
             else:
-                records[identity] = RawTensor(_as_stored(site.value().detach().cpu(), raw_dtype).clone().contiguous())
+                stored = _as_stored(site.value().detach().cpu(), raw_dtype).clone().contiguous()
+                records[identity] = RawTensor(stored) if site.parametrized else _plain_record(stored)
         tensors[site.key] = records[identity]
     return CompressedModel(tensors)
+
+
+def _plain_record(tensor: torch.Tensor) -> CodebookTensor | RawTensor:
+    """A plain tensor (a bias, a norm) as stored: raw, or a lossless sparse codebook where that is smaller.
+
+    A mostly-zero tensor, such as the biases of the units that pruning left unread
+    (`deepzip.paper.models.zero_unread_biases_`), costs less as the positions of its
+    nonzeros and a codebook of their distinct values than as raw bytes. It decodes to the
+    very same bits: the codebook holds each distinct value exactly (float16, bfloat16 and
+    float32 values are all exact float32 ones), and the zeros are +0.0.
+    """
+    raw = RawTensor(tensor)
+    if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not tensor.numel():
+        return raw
+    values = tensor.flatten().float().numpy()
+    nonzero = (values != 0) | np.signbit(values)  # -0.0 is kept as an entry: it decodes as +0.0 otherwise
+    if nonzero.all() or nonzero.sum() > MAX_CODEBOOK or not np.isfinite(values).all():
+        return raw
+    positions = np.flatnonzero(nonzero)
+    codebook, codes = np.unique(values[positions], return_inverse=True)
+    if not codebook.size:
+        codebook = np.zeros(1, dtype=np.float32)
+    sparse = CodebookTensor(tuple(tensor.shape), tensor.dtype, codebook.astype(np.float32), positions.astype(np.int64), codes.astype(np.uint16))
+    return sparse if _stored_bytes(sparse) < _stored_bytes(raw) else raw
+
+
+def _stored_bytes(record: CodebookTensor | RawTensor) -> int:
+    """The bytes of `record`'s section and coding parameters in a file."""
+    encoded = encode_record("", record)
+    return sum(len(memoryview(chunk).cast("B")) for chunk in encoded.chunks) + len(encoded.params)
 
 
 def _as_stored(value: torch.Tensor, raw_dtype: torch.dtype | None) -> torch.Tensor:
@@ -94,6 +127,26 @@ def round_raw_(model: nn.Module, raw_dtype: torch.dtype) -> None:
         else:
             tensor = site.value()
         tensor.copy_(_as_stored(tensor, raw_dtype).to(tensor.dtype))
+
+
+@torch.no_grad()
+def round_codebooks_(model: nn.Module, dtype: torch.dtype) -> None:
+    """Round, in place, every quantized tensor's centroids to `dtype` (say torch.float16).
+
+    The writer stores a codebook whose values are all exact float16 values in float16:
+    half the codebook bytes, which on a small model are a large share of the file (a
+    256-entry float32 codebook is 1 KiB). A codebook that would overflow `dtype` is left
+    as it is (the writer then keeps it in float32). The model computes the rounded values,
+    so it computes what its file decodes to.
+    """
+    done: set[int] = set()
+    for site in module_state.sites(model):
+        transform = transform_of(site.module, site.tensor_name)
+        if isinstance(transform, SharedWeights) and id(transform) not in done:
+            done.add(id(transform))  # a codebook shared by tied weights is rounded once
+            rounded = transform.centroids.to(dtype)
+            if torch.isfinite(rounded).all() or not torch.isfinite(transform.centroids).all():
+                transform.centroids.copy_(rounded.to(transform.centroids.dtype))
 
 
 def _codebook_tensor(transform: SharedWeights, dtype: torch.dtype, index_bits: int | None, coders: tuple[int, ...] | None) -> CodebookTensor:
