@@ -17,7 +17,7 @@ from deepzip.paper import models
 from deepzip.paper.data import load_mnist
 from deepzip.paper.reproduce import baseline_path, reproduce, trained_baseline
 from deepzip.paper.schedules import PAPER_RECIPES, RECIPES, LearnedSparsity, PruneStep, Recipe, recipe_schedule, stepped_recipe
-from deepzip.paper.training import TrainConfig, error_rate
+from deepzip.paper.training import Distillation, TrainConfig, error_rate
 from deepzip.train.recipe import load_recipe, parse_recipe
 
 QUICK = TrainConfig(epochs=1, lr=0.05)
@@ -175,6 +175,21 @@ def test_a_learned_sparsity_step_trains_with_the_kl_term_and_hardens(tiny_mnist,
         assert f"{layer} {100 * (1 - zeros):.1f}%" in learned  # the file keeps what the step learned
     assert float((decoded["fc1.weight"] == 0).float().mean()) > 0.2  # the KL term pruned, unasked
     assert decoded["fc1.bias"].dtype == torch.float16
+
+
+def test_distillation_leaves_the_learned_step_to_the_labels(tiny_mnist, tmp_path):
+    # The learned step's masks are the same with and without a teacher; retraining differs.
+    adam = TrainConfig(epochs=1, lr=1e-3, optimizer="adam")
+    steps = (PruneStep({}, adam, LearnedSparsity(kl_weight=1.0, warmup=0.0, log_sigma2=-2.0)), PruneStep({}, QUICK))
+    recipe = replace(RECIPES["lenet-300-100"], baseline=QUICK, prune_steps=steps, finetune=QUICK)
+    pruned = {}
+    for tag, distill in (("labels", None), ("teacher", Distillation(0.5, 4.0))):
+        reproduce("lenet-300-100", tmp_path / tag, tiny_mnist, log=lambda *a: None, recipe=replace(recipe, distill=distill), keep_pruned=True, write_report=False)
+        pruned[tag] = torch.load(tmp_path / tag / "pruned.pt", weights_only=True)
+    masks = [key for key in pruned["labels"] if key.endswith(".mask")]
+    assert masks and all(torch.equal(pruned["labels"][key], pruned["teacher"][key]) for key in masks)
+    originals = [key for key in pruned["labels"] if key.endswith(".original")]
+    assert any(not torch.equal(pruned["labels"][key], pruned["teacher"][key]) for key in originals)
 
 
 def test_a_learned_step_takes_no_sparsity_targets():

@@ -68,7 +68,7 @@ class Recipe:
     prune_steps: tuple[PruneStep, ...]
     bits: dict[str, int]
     finetune: TrainConfig  # centroids (and biases) after quantization
-    distill: Distillation | None = None  # retrain and fine-tune against the dense model's outputs
+    distill: Distillation | None = None  # retrain and fine-tune against the dense model's outputs (learned steps: labels only)
     raw_dtype: str = "float32"  # how biases are stored: float16 rounds them after fine-tuning
     codebook_dtype: str = "float32"  # how centroids are stored: float16 rounds them after fine-tuning
     coders: tuple[int, ...] | None = None  # entropy coders allowed (None: the smallest of all)
