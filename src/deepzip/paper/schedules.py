@@ -167,19 +167,21 @@ PAPER_RECIPES = {
 # test errors in view: see the README. LeNet-5, seed 1, KL weight 0.4 and retraining with
 # Adam as in the learning step: 137.9x, validation 0.94% -> 0.94%, test 0.72% -> 0.80%;
 # seed 0, 0.3 and the magnitude schedule's SGD retraining: 114.5x, 0.93% -> 0.90% and
-# 0.75% -> 0.91%.
+# 0.75% -> 0.91%. Seed 0 at 0.4 without a teacher: 131.0x, 0.75% -> 0.94%; retraining and
+# fine-tuning distilled from the dense model (the learned step keeps the labels, so the
+# same masks) and float16 codebooks: 142.3x, valid 0.93% -> 0.97%, test 0.75% -> 0.78%.
 _LEARN = TrainConfig(epochs=10, lr=1e-3, optimizer="adam")
 
 
-def _learned(model: str, baseline: TrainConfig, kl_weight: float, retrain: TrainConfig) -> Recipe:
+def _learned(model: str, baseline: TrainConfig, kl_weight: float, retrain: TrainConfig, distill: Distillation | None = None) -> Recipe:
     """Learn the sparsity with variational dropout, retrain on its masks; the recipe file's bits; float16 biases and codebooks."""
     steps = (PruneStep({}, _LEARN, LearnedSparsity(kl_weight=kl_weight)), PruneStep({}, retrain))
-    return Recipe(model, baseline, steps, load_recipe(model).setting("bits"), _FINETUNE, raw_dtype="float16", codebook_dtype="float16")
+    return Recipe(model, baseline, steps, load_recipe(model).setting("bits"), _FINETUNE, distill, raw_dtype="float16", codebook_dtype="float16")
 
 
 RECIPES = {
     "lenet-300-100": _learned("lenet-300-100", _LENET_300_BASELINE, 0.4, _LENET_300_RETRAIN),
-    "lenet-5": _learned("lenet-5", _LENET_5_BASELINE, 0.4, _LEARN),
+    "lenet-5": _learned("lenet-5", _LENET_5_BASELINE, 0.4, _LEARN, Distillation(weight=0.5, temperature=4.0)),
 }
 
 

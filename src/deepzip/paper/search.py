@@ -80,7 +80,7 @@ def search(
             "trial": tag,
             "kl_weight": kl_weight,
             "bits": trial_recipe.bits,
-            "kept": {layer["name"]: layer["kept"] / layer["weights"] for layer in result["layers"] if layer["weight_bits"]},
+            "kept": {layer["name"]: layer["kept"] / layer["weights"] for layer in result["layers"] if layer["weight_bits"] and layer["name"].endswith(".weight")},
             "file_bytes": result["file_bytes"],
             "ratio": result["ratio"],
             "valid_error": result["valid_error"],
