@@ -85,22 +85,23 @@ def _plain_record(tensor: torch.Tensor) -> CodebookTensor | RawTensor:
     raw = RawTensor(tensor)
     if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not tensor.numel():
         return raw
-    values = tensor.flatten().float().numpy()
-    nonzero = (values != 0) | np.signbit(values)  # -0.0 is kept as an entry: it decodes as +0.0 otherwise
-    if nonzero.all() or nonzero.sum() > MAX_CODEBOOK or not np.isfinite(values).all():
+    # One pass that copies nothing settles nearly every tensor (a large model's embeddings
+    # and norms): no zeros at all, or more nonzeros than a codebook can hold.
+    nonzeros = int(torch.count_nonzero(tensor))
+    if nonzeros == tensor.numel() or nonzeros > MAX_CODEBOOK:
         return raw
-    positions = np.flatnonzero(nonzero)
+    values = tensor.flatten().float().numpy()
+    entries = (values != 0) | np.signbit(values)  # -0.0 is kept as an entry: it decodes as +0.0 otherwise
+    if entries.sum() > MAX_CODEBOOK or not np.isfinite(values).all():
+        return raw
+    positions = np.flatnonzero(entries)
     codebook, codes = np.unique(values[positions], return_inverse=True)
-    if not codebook.size:
+    if not codebook.size:  # all zeros: a codebook must still hold one value
         codebook = np.zeros(1, dtype=np.float32)
     sparse = CodebookTensor(tuple(tensor.shape), tensor.dtype, codebook.astype(np.float32), positions.astype(np.int64), codes.astype(np.uint16))
-    return sparse if _stored_bytes(sparse) < _stored_bytes(raw) else raw
-
-
-def _stored_bytes(record: CodebookTensor | RawTensor) -> int:
-    """The bytes of `record`'s section and coding parameters in a file."""
-    encoded = encode_record("", record)
-    return sum(len(memoryview(chunk).cast("B")) for chunk in encoded.chunks) + len(encoded.params)
+    encoded = encode_record("", sparse)
+    sparse_bytes = sum(len(memoryview(chunk).cast("B")) for chunk in encoded.chunks) + len(encoded.params)
+    return sparse if sparse_bytes < tensor.numel() * tensor.element_size() else raw
 
 
 def _as_stored(value: torch.Tensor, raw_dtype: torch.dtype | None) -> torch.Tensor:
@@ -145,7 +146,7 @@ def round_codebooks_(model: nn.Module, dtype: torch.dtype) -> None:
         if isinstance(transform, SharedWeights) and id(transform) not in done:
             done.add(id(transform))  # a codebook shared by tied weights is rounded once
             rounded = transform.centroids.to(dtype)
-            if torch.isfinite(rounded).all() or not torch.isfinite(transform.centroids).all():
+            if torch.equal(torch.isfinite(rounded), torch.isfinite(transform.centroids)):  # nothing overflowed
                 transform.centroids.copy_(rounded.to(transform.centroids.dtype))
 
 
