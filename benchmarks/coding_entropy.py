@@ -6,7 +6,9 @@ For every codebook record: the symbol streams as the file codes them (weight cod
 fillers, and gap symbols of the record's index width), their empirical entropy (the size
 an ideal coder of their own symbol counts reaches, tables not counted), the streams'
 bytes in the file, and what Huffman alone would have spent on the same streams. Tables
-are reported apart.
+are reported apart. A record whose positions are significance flags (format version 4) is
+measured against the paper's form of the same weights, gaps at the width the codec would
+pick for them: its "over" is negative where the context model beats order-0 coding.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from deepzip import container
 from deepzip.codec import sparse
+from deepzip.codec.layer import encode_layer_smallest
 from deepzip.codec.streams import counts_of, huffman_bytes, huffman_lengths
 from deepzip.codec.tables import lengths_table_size
 
@@ -32,7 +35,8 @@ def streams(record, numel: int):
     k = len(record.codebook)
     if record.positions is None:
         return record.codes, k + 1, None, 0
-    b = record.index_bits
+    # Significance flags have no width: the paper's form gets the one the codec would pick.
+    b = record.index_bits or encode_layer_smallest(record.positions, record.codes, k, numel).index_bits
     gaps = sparse.narrow_gaps(record.positions, numel)
     tail = numel - int(record.positions[-1]) - 1 if len(record.positions) else numel
     gap_symbols, code_symbols = sparse.relative_symbols(gaps, record.codes, b, k, tail)

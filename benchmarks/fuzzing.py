@@ -9,9 +9,9 @@ tooling, used by ``tests/container/test_fuzz.py`` (a quick in-process run) and
 ``benchmarks/fuzz_reader.py`` (long runs in a watched subprocess).
 
 - `seed_files()` builds a few real files in memory with deepzip's own API (format
-  version 3, as the writer writes it, and the same models in the version-2 writer's form:
+  version 4, as the writer writes it, and the same models in the version-2 writer's form:
   Huffman streams, float32 codebooks, plain files) and adds the committed golden files of
-  versions 1, 2 and 3.
+  versions 1 to 4.
 - `parse_layout()` finds the offset of every field of a file of any version, written
   from the format's description alone (not from the reader), leniently: it describes as
   much of a damaged file as it can. `recompute_crcs()` rewrites the section and header
@@ -215,7 +215,7 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
         files[name] = container.to_bytes(model)
         if name != "v3_features":  # version 2 had none of it
             files[f"{name}_v2"] = _version_2_file(model)
-    for version in (1, 2, 3):
+    for version in (1, 2, 3, 4):
         files[f"golden_v{version}"] = (GOLDEN / f"v{version}.dzip").read_bytes()
     return tuple(files.items())
 
@@ -428,8 +428,8 @@ class Layout:
 
     @property
     def record_version(self) -> int:
-        """Whose record fields the header holds: 1, 2 or 3 (an unknown version: 2's)."""
-        return self.version if self.version in (1, 2, 3) else 2
+        """Whose record fields the header holds: 1, 2 or 3 (version 4's are 3's; an unknown version: 2's)."""
+        return _record_fields_of(self.version)
 
     def field(self, name: str) -> Field | None:
         """The first field called `name` (header_size, reserved, count, body_size, header_crc...)."""
@@ -462,6 +462,12 @@ class Layout:
         return sorted(p for p in points if 0 <= p <= self.size)
 
 
+def _record_fields_of(version: int | None) -> int:
+    """The version whose record fields a file of `version` has: version 4 adds only a coding
+    flag (significance-coded positions) to version 3's fields; an unknown version, 2's."""
+    return 3 if version == 4 else version if version in (1, 2, 3) else 2
+
+
 def parse_layout(data: bytes) -> Layout:
     """Parse the layout of `data` following docs/FORMAT.md, as far as the bytes allow.
 
@@ -485,7 +491,7 @@ def parse_layout(data: bytes) -> Layout:
 
     version = int.from_bytes(data[8:10], "little")
     v = 1 if version == 1 else 2  # the framing
-    rv = version if version in (1, 2, 3) else 2  # the record fields
+    rv = _record_fields_of(version)  # the record fields
     fields += [number("version", 8, 2), number("flags", 10, 2), number("header_size" if v == 1 else "reserved", 12, 4)]
     tail: list[Field] = []
     if v == 1:

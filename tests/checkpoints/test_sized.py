@@ -31,7 +31,7 @@ def test_the_file_on_disk_fits_the_budget(bert, tmp_path, size, calibrated):
     written, _, allocation = compress_to_size(directory, out, size, probe=probe)
     assert written == out.stat().st_size <= allocation.budget == fp32_bytes(directory) // int(size[0])
     assert set(deepzip.load(out)) >= {"embeddings.word_embeddings.weight"}
-    assert container.open_file(out).header.version == 3
+    assert container.open_file(out).header.version == container.VERSION
 
 
 def test_a_file_well_under_its_budget_is_written_again_with_the_spare_bytes(bert, tmp_path):

@@ -1,4 +1,4 @@
-"""Spec-level helpers of the .dzip format tests: a strict parser and a builder for versions 1-3.
+"""Spec-level helpers of the .dzip format tests: a strict parser and a builder for versions 1-4.
 
 Written from the format's description (docs/FORMAT.md), not from the reader, so that
 expected bytes and crafted files do not inherit the reader's mistakes. `parse_layout`
@@ -7,18 +7,21 @@ layout back in its version, recomputing the checksums, so that a crafted file re
 the semantic checks behind valid crcs. `section_parts` splits a codebook section.
 
 Version 1: preamble (magic, u16 version, u16 flags, u32 header size H), header (u32
-record count, records), u32 crc32 of preamble + header, sections. Versions 2 and 3:
+record count, records), u32 crc32 of preamble + header, sections. Versions 2 to 4:
 preamble (the u32 is reserved, 0), sections, header body (varint record count, records),
 trailer (u32 body size H, u32 crc32 of preamble + body). A record: u16 name length, name,
 u8 dtype, u8 ndim, u32 dims, u8 encoding, section size (u32 in v1, varint after), u32
 section crc32, and for codebook records u16 k, u8 b, then E, C, G (u32, v1), E, K, C, G
-(varints, v2), or u8 flags, u8 scale axis and varints E, K, C, G, TC, TG (v3: the last
-two are the sizes of the code and gap tables).
+(varints, v2), or u8 flags, u8 scale axis and varints E, K, C, G, TC, TG (v3 and v4: the
+last two are the sizes of the code and gap tables). Version 4 is version 3 plus one coding
+flag, bit 4: the gap stream holds context-coded significance flags (b = 0, E = K, TG = 0).
 
-A varint (versions 2 and 3) is unsigned LEB128: 7 bits a byte, the least significant
+A varint (versions 2 to 4) is unsigned LEB128: 7 bits a byte, the least significant
 group first, the high bit set on every byte but the last; minimal, at most 10 bytes, < 2**64.
 
-The writer writes version 3 only. `encode(model, 2)` is what the version-2 writer wrote:
+The writer writes version 4 only. `encode(model, 3)` is what the version-3 writer wrote: the
+writer's file with every significance-coded record coded as gaps, as the codec does when it
+is not given the tensor's shape. `encode(model, 2)` is what the version-2 writer wrote:
 the writer's records with every codebook stream Huffman-coded and every codebook float32
 (no scales, no xz), laid out as version 2; `encode(model, 1)` re-lays that out as version
 1, which is byte for byte what deepzip 0.1 wrote. Both are checked against hand-derived
@@ -37,25 +40,27 @@ import torch
 
 from deepzip import container
 from deepzip.codec.layer import encode_dense, encode_layer_smallest
-from deepzip.codec.streams import HUFFMAN
+from deepzip.codec.streams import ANS, HUFFMAN
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.errors import ChecksumError, FormatError
 
 MAGIC = bytes([0x89, 0x44, 0x5A, 0x49, 0x50, 0x0D, 0x0A, 0x1A])
-VERSIONS = (1, 2, 3)
-CURRENT = 3  # the version the writer writes
+VERSIONS = (1, 2, 3, 4)
+CURRENT = 4  # the version the writer writes
 PARAMS = {
     1: ("k", "b", "E", "C", "G"),
     2: ("k", "b", "E", "K", "C", "G"),
     3: ("k", "b", "flags", "axis", "E", "K", "C", "G", "TC", "TG"),
 }
-PARAMS_FORMAT = {1: "<HBIII", 2: "<HB", 3: "<HBBB"}  # versions 2 and 3: then the varints
-VARINT_PARAMS = {2: ("E", "K", "C", "G"), 3: ("E", "K", "C", "G", "TC", "TG")}
-TRAILER_FORMAT = "<II"  # versions 2 and 3: body size H, crc32
+PARAMS[4] = PARAMS[3]
+PARAMS_FORMAT = {1: "<HBIII", 2: "<HB", 3: "<HBBB", 4: "<HBBB"}  # versions 2 to 4: then the varints
+VARINT_PARAMS = {2: ("E", "K", "C", "G"), 3: ("E", "K", "C", "G", "TC", "TG"), 4: ("E", "K", "C", "G", "TC", "TG")}
+TRAILER_FORMAT = "<II"  # versions 2 to 4: body size H, crc32
 TRAILER_SIZE = struct.calcsize(TRAILER_FORMAT)
 
-# Version 3 codebook record flags (docs/FORMAT.md, "Codebook records, version 3").
-CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16 = 1, 2, 4, 8
+# Version 3 codebook record flags (docs/FORMAT.md, "Codebook records, version 3"), and
+# version 4's significance flags.
+CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16, SIGNIFICANCE = 1, 2, 4, 8, 16
 ENC_RAW, ENC_CODEBOOK, ENC_ALIAS, ENC_FILE, ENC_FILE_XZ = 0, 1, 2, 3, 4
 
 
@@ -88,7 +93,7 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def pack_size(version: int, value: int) -> bytes:
-    """A record count or section size: u32 in version 1, varint in versions 2 and 3."""
+    """A record count or section size: u32 in version 1, varint in versions 2 to 4."""
     return struct.pack("<I", value) if version == 1 else varint(value)
 
 
@@ -156,7 +161,7 @@ def split_section(version: int, record: dict, section: bytes) -> dict[str, bytes
 def parse_layout(data: bytes) -> dict:
     """Split a well-formed file of any version into preamble fields, record dicts and sections.
 
-    {"version", "flags", "reserved" (v2, v3), "records": [{name, dtype, ndim, dims, enc,
+    {"version", "flags", "reserved" (v2 to v4), "records": [{name, dtype, ndim, dims, enc,
     size, crc, params: {k, b, (flags, axis,) E, (K,) C, G, (TC, TG)} or None}],
     "sections": [bytes]}; asserts every crc.
     """
@@ -203,7 +208,7 @@ def parse_layout(data: bytes) -> dict:
 
 
 def header_body(layout: dict, version: int, fix_section_crcs: bool = True) -> bytes:
-    """The record count and records of `layout` in `version`'s field widths (v2, v3: varints).
+    """The record count and records of `layout` in `version`'s field widths (v2 to v4: varints).
 
     Each record's `size` is written as given (a test that changes a section sets it).
     """
@@ -230,7 +235,7 @@ def seal(
 ) -> bytes:
     """A whole file of `version`'s layout around a header body, with a valid header crc32.
 
-    `word` is the preamble's u32 (v1: the header size, by default len(body); v2, v3:
+    `word` is the preamble's u32 (v1: the header size, by default len(body); v2 to v4:
     reserved, by default 0); `body_size` the trailer's H (by default len(body));
     `version_field` the version the preamble names (by default `version`).
     """
@@ -329,15 +334,40 @@ def version_2_layout(model: CompressedModel) -> dict:
     return layout
 
 
+def version_3_layout(model: CompressedModel) -> dict:
+    """`model` as the version-3 writer wrote it, as a layout: the writer's records, with
+    every significance-coded one coded as gaps (the widths and coders the codec picks when
+    it is not given the tensor's shape, which is what that writer ran)."""
+    layout = parse_layout(container.to_bytes(model))
+    layout["version"] = 3
+    for i, r in enumerate(layout["records"]):
+        if r["enc"] != ENC_CODEBOOK or not r["params"]["flags"] & SIGNIFICANCE:
+            continue
+        record = model.tensors[r["name"].decode()]
+        parts = split_section(4, r, layout["sections"][i])
+        k = len(record.codebook)
+        layer = encode_layer_smallest(record.flat_positions(), record.codes, k, record.numel, record.index_bits)
+        flags = r["params"]["flags"] & (CODEBOOK_F16 | SCALE_F16)
+        flags |= (CODE_RANS if layer.code_coder == ANS else 0) | (GAP_RANS if layer.gap_coder == ANS else 0)
+        r["params"] = dict(r["params"], b=layer.index_bits, flags=flags, E=layer.entry_count, C=len(layer.code_stream))
+        r["params"] |= {"G": len(layer.gap_stream), "TC": len(layer.code_table), "TG": len(layer.gap_table)}
+        layout["sections"][i] = parts["codebook"] + parts["scales"] + layer.code_table + layer.gap_table + layer.code_stream + layer.gap_stream
+        r["size"] = len(layout["sections"][i])
+    return layout
+
+
 def encode(model: CompressedModel, version: int) -> bytes:
-    """`model` as a file of `version`: the writer's bytes (v3), the version-2 writer's
-    (see `version_2_layout`), or those re-laid out as v1.
+    """`model` as a file of `version`: the writer's bytes (v4), the version-3 writer's (see
+    `version_3_layout`), the version-2 writer's (see `version_2_layout`), or those re-laid
+    out as v1.
 
     For version 1 a record the writer would store dense is stored with 1-bit gaps, the
     width deepzip 0.1 chose for it (the narrowest of the equal smallest). Ties are kept.
     """
-    if version == 3:
+    if version == 4:
         return container.to_bytes(model)
+    if version == 3:
+        return build_layout(version_3_layout(model))
     if version == 2:
         return build_layout(version_2_layout(model))
     forms: dict[int, object] = {}

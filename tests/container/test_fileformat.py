@@ -18,6 +18,7 @@ import pytest
 import torch
 from layout import (
     MAGIC,
+    SIGNIFICANCE,
     VERSIONS,
     bits_equal,
     build_layout,
@@ -129,8 +130,9 @@ def expected_small_bytes_v2() -> bytes:
 WEIGHT_SECTION_V3 = bytes.fromhex("00bc" "0038") + WEIGHT_SECTION[8:]
 
 
-def expected_small_bytes_v3() -> bytes:
-    """The version-3 file of `small_model`, derived by hand.
+def expected_small_bytes_v3(version: int = 3) -> bytes:
+    """The version-3 file of `small_model`, derived by hand (or, for `version` 4, the same
+    file under version 4's number: its gaps are smaller than its significance flags).
 
     Framed as version 2 (preamble with version 3, sections, header body, trailer). The
     codebook record's parameters are u16 k, u8 b, u8 flags, u8 scale axis, then varints
@@ -139,7 +141,7 @@ def expected_small_bytes_v3() -> bytes:
     TG = ceil(4 / 2) = 2. fc.weight: 2 + 9 + 1 + 1 + 8 + 1 + 1 + 4 + (2 + 1 + 1 + 1 + 6)
     = 38; body: 1 + 21 + 38 = 60; sections 8 + 10; file: 16 + 18 + 60 + 8 = 102.
     """
-    preamble = MAGIC + bytes([0x03, 0x00]) + bytes([0x00, 0x00]) + bytes(4)
+    preamble = MAGIC + bytes([version, 0x00]) + bytes([0x00, 0x00]) + bytes(4)
     bias_record = (
         struct.pack("<H", 7) + b"fc.bias"
         + bytes([1, 1]) + struct.pack("<I", 2)
@@ -160,12 +162,21 @@ def expected_small_bytes_v3() -> bytes:
     return data
 
 
-EXPECTED_SMALL = {1: expected_small_bytes_v1, 2: expected_small_bytes_v2, 3: expected_small_bytes_v3}
-expected_written = expected_small_bytes_v3  # what this writer writes
+def expected_small_bytes_v4() -> bytes:
+    """The version-4 file of `small_model`: version 3's, numbered 4."""
+    return expected_small_bytes_v3(4)
+
+
+EXPECTED_SMALL = {1: expected_small_bytes_v1, 2: expected_small_bytes_v2, 3: expected_small_bytes_v3, 4: expected_small_bytes_v4}
+expected_written = expected_small_bytes_v4  # what this writer writes
 
 
 def test_golden_bytes_small_model():
-    assert container.to_bytes(small_model()) == expected_small_bytes_v3()
+    assert container.to_bytes(small_model()) == expected_small_bytes_v4()
+
+
+def test_version_3_form_of_the_writers_records_is_the_version_3_golden():
+    assert encode(small_model(), 3) == expected_small_bytes_v3()
 
 
 def test_version_2_form_of_the_writers_records_is_the_version_2_golden():
@@ -212,12 +223,13 @@ def _size(version: int, value: int) -> bytes:
 def fillers_file(version: int) -> bytes:
     # version 2: k, b, then varints E = 6, K = 2, C = 1, G = 1 (one byte each); version 3
     # adds flags 0x04 (float16 codebook) and scale axis 0 after b, and TC = 1, TG = 2.
-    section = FILLERS_SECTION_V3 if version == 3 else FILLERS_SECTION
+    # Version 4 is version 3's file: a given width is coded as gaps.
+    section = FILLERS_SECTION_V3 if version >= 3 else FILLERS_SECTION
     params = {
         1: struct.pack("<HBIII", 1, 2, 6, 1, 1),
         2: struct.pack("<HB", 1, 2) + bytes([6, 2, 1, 1]),
         3: struct.pack("<HBBB", 1, 2, 0x04, 0) + bytes([6, 2, 1, 1, 1, 2]),
-    }[version]
+    }[min(version, 3)]
     body = (
         _size(version, 1)
         + struct.pack("<H", 1) + b"w"
@@ -258,7 +270,7 @@ def test_golden_bytes_empty_model(version):
     else:
         preamble, body = MAGIC + struct.pack("<HHI", version, 0, 0), bytes([0x00])  # varint count 0
         expected = preamble + body + struct.pack("<II", 1, zlib.crc32(preamble + body))
-    assert len(expected) == {1: 24, 2: 25, 3: 25}[version]
+    assert len(expected) == {1: 24, 2: 25, 3: 25, 4: 25}[version]
     assert encode(CompressedModel({}), version) == expected
     assert container.from_bytes(expected).tensors == {}
 
@@ -403,12 +415,19 @@ def test_round_trip_codebook(k, index_bits, density, version):
     data = encode(CompressedModel({"conv.weight": record}), version)
     # E counts the kept weights plus the spec's fillers, trailing ones included; a record
     # whose weights are all kept is dense from version 2 on (b = 0: E = K = numel, no gaps).
+    # Version 4 may code the positions as significance flags instead (b = 0, E = K), only
+    # when the width is left open and some weights are pruned.
     params = parse_layout(data)["records"][0]["params"]
-    assert params["E"] == len(spec_entries(positions, numel, params["b"]))
-    assert numel <= (params["E"] + 1) << params["b"]
+    significance = bool(params.get("flags", 0) & SIGNIFICANCE)
+    assert not significance or (version == 4 and index_bits is None and density < 1.0)
+    if significance:
+        assert params["b"] == 0 and params["E"] == params["K"] == positions.size
+    else:
+        assert params["E"] == len(spec_entries(positions, numel, params["b"]))
+        assert numel <= (params["E"] + 1) << params["b"]
     assert params.get("K", positions.size) == positions.size
     dense = version >= 2 and index_bits is None and density == 1.0
-    assert (params["b"] == 0) == dense
+    assert (params["b"] == 0) == (dense or significance)
     back = container.from_bytes(data).tensors["conv.weight"]
     assert isinstance(back, CodebookTensor)
     assert back.shape == shape and back.dtype == torch.float32

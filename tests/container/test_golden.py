@@ -1,9 +1,10 @@
 """Compatibility: every .dzip format version deepzip wrote stays readable, bit for bit.
 
 tests/container/golden/v1.dzip was written by deepzip 0.1 (format version 1), v2.dzip by
-the version-2 writer (which added a dense record) and v3.dzip by `python
-tests/container/test_golden.py` (version 3, which adds rANS-coded streams, float16
-codebooks, per-slice scales and xz-compressed files); each is committed with the tensors
+the version-2 writer (which added a dense record), v3.dzip by the version-3 writer (which
+added rANS-coded streams, float16 codebooks, per-slice scales and xz-compressed files) and
+v4.dzip by `python tests/container/test_golden.py` (version 4, which adds context-coded
+significance flags for positions); each is committed with the tensors
 it must decode to (vN-expected.safetensors, made from the records in memory, not from
 the file). Never regenerate a .dzip after a format change: a later deepzip must still
 read these files. The script writes only the current version's files, and only if they
@@ -27,6 +28,7 @@ from layout import (
     ENC_RAW,
     GAP_RANS,
     SCALE_F16,
+    SIGNIFICANCE,
     bits_equal,
     encode,
     parse_layout,
@@ -43,7 +45,7 @@ FILES = {"config.json": json.dumps({"model_type": "toy", "hidden_size": 8}).enco
 # Version 3 stores a file xz-compressed when that is smaller: a merges list is.
 MERGES = "".join(f"t{i % 37} o{i % 11}\n" for i in range(400)).encode()
 FILES_V3 = FILES | {"tokenizer/merges.txt": MERGES}
-CURRENT = 3
+CURRENT = 4
 
 
 def build_golden_model(version: int = 1) -> CompressedModel:
@@ -77,6 +79,8 @@ def build_golden_model(version: int = 1) -> CompressedModel:
     } | ({"dense.weight": dense_tensor(rng)} if version >= 2 else {})
     if version >= 3:
         tensors |= version_3_tensors(rng)
+    if version >= 4:
+        tensors |= version_4_tensors(rng)
     return CompressedModel(tensors, dict(FILES_V3 if version >= 3 else FILES))
 
 
@@ -153,7 +157,31 @@ def version_3_tensors(rng) -> dict:
     }
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+def version_4_tensors(rng) -> dict:
+    """Records whose positions the writer codes as significance flags (flags bit 4, b = 0):
+    masks with whole columns pruned, as magnitude pruning leaves on image inputs, whose
+    gaps cost more than the flags' context model."""
+    live = rng.random(60) < 0.35  # the columns that keep anything
+    mask = (rng.random((40, 60)) < 0.3) & live
+    channels = rng.random(5) < 0.6  # a conv weight's live input channels
+    conv_mask = (rng.random((16, 5, 3, 3)) < 0.25) & channels[None, :, None, None]
+    conv_positions = np.flatnonzero(conv_mask).astype(np.int64)
+    return {
+        # significance flags, Huffman codes, float32 codebook
+        "sig.weight": CodebookTensor(
+            (40, 60), torch.float32, np.sort(rng.normal(size=8)).astype(np.float32),
+            np.flatnonzero(mask).astype(np.int64), rng.integers(0, 8, int(mask.sum())).astype(np.uint16),
+        ),
+        # significance flags of a 4-d tensor with float16 scales along its output channels
+        "sig_conv.weight": CodebookTensor(
+            (16, 5, 3, 3), torch.float16, np.array([-1.5, -0.25, 0.25, 1.5], np.float32),
+            conv_positions, rng.choice(4, size=conv_positions.size, p=[0.4, 0.1, 0.1, 0.4]).astype(np.uint8),
+            scale=np.exp(rng.normal(size=16)).astype(np.float16).astype(np.float32), scale_axis=0,
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_golden_file_decodes_to_its_expected_tensors(version):
     data = (GOLDEN / f"v{version}.dzip").read_bytes()
     assert data[8] == version
@@ -167,7 +195,7 @@ def test_golden_file_decodes_to_its_expected_tensors(version):
     assert model.files == (FILES_V3 if version >= 3 else FILES)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_golden_file_parses_as_its_version_and_rebuilds_byte_for_byte(version):
     from layout import build_layout
 
@@ -178,8 +206,11 @@ def test_golden_file_parses_as_its_version_and_rebuilds_byte_for_byte(version):
 
 def test_golden_files_are_what_this_deepzip_writes():
     # Not a compatibility requirement (a later writer may encode better), but while the
-    # format is version 3 a change here means the writer changed: look before updating.
-    assert container.to_bytes(build_golden_model(3)) == (GOLDEN / "v3.dzip").read_bytes()
+    # format is version 4 a change here means the writer changed: look before updating.
+    assert container.to_bytes(build_golden_model(4)) == (GOLDEN / "v4.dzip").read_bytes()
+    # The version-3 form (`layout.encode`: the writer's records with gaps for positions)
+    # is the version-3 writer's file: its coding is unchanged.
+    assert encode(build_golden_model(3), 3) == (GOLDEN / "v3.dzip").read_bytes()
     # The version-2 form (`layout.encode`: the codec's Huffman-only coding, float32
     # codebooks, plain files) is the version-2 writer's file: its coding is unchanged.
     assert encode(build_golden_model(2), 2) == (GOLDEN / "v2.dzip").read_bytes()
@@ -204,6 +235,17 @@ def test_golden_v3_covers_what_version_3_adds():
     assert encodings["fc1.bias"] == ENC_RAW
     assert encodings["config.json"] == ENC_FILE and encodings["tokenizer/merges.txt"] == ENC_FILE_XZ
     assert records["tokenizer/merges.txt"]["dims"] == [len(MERGES)]
+
+
+def test_golden_v4_covers_what_version_4_adds():
+    layout = parse_layout((GOLDEN / "v4.dzip").read_bytes())
+    params = {r["name"].decode(): r["params"] for r in layout["records"] if r["enc"] == ENC_CODEBOOK}
+    for name in ("sig.weight", "sig_conv.weight"):
+        assert params[name]["flags"] & (SIGNIFICANCE | GAP_RANS) == SIGNIFICANCE, name
+        assert params[name]["b"] == 0 and params[name]["TG"] == 0 and params[name]["E"] == params[name]["K"], name
+    assert params["sig_conv.weight"]["axis"] == 1 and params["sig_conv.weight"]["flags"] & SCALE_F16
+    # Gaps remain where they are smaller, in the same file.
+    assert any(p["b"] > 0 for p in params.values())
 
 
 def test_golden_v3_scaled_and_float16_records_decode_to_the_formula():

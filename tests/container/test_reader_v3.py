@@ -85,8 +85,8 @@ def skewed_sparse(shape=(64, 40), k=4, density=0.85, index_bits=None, seed=1, dt
 
 
 def file_of(**records) -> dict:
-    """The writer's version-3 file of `records`, as a layout."""
-    layout = parse_layout(container.to_bytes(CompressedModel(records)))
+    """The version-3 file of `records` (the writer's records, positions as gaps), as a layout."""
+    layout = parse_layout(encode(CompressedModel(records), 3))
     assert layout["version"] == 3
     return layout
 
@@ -790,11 +790,12 @@ def test_zero_size_scaled_record():
     assert container.from_bytes(data).state_dict()["w"].shape == (0, 3)
 
 
-def test_version_3_is_framed_as_version_2():
-    # The version-3 framing is version 2's: the first section right after the preamble,
-    # the header body before the 8-byte trailer.
-    data = container.to_bytes(CompressedModel({"w": skewed_dense()}))
-    assert data[:8] == MAGIC and struct.unpack_from("<HHI", data, 8) == (3, 0, 0)
+@pytest.mark.parametrize("version", [3, 4])
+def test_versions_3_and_4_are_framed_as_version_2(version):
+    # The framing is version 2's: the first section right after the preamble, the header
+    # body before the 8-byte trailer.
+    data = encode(CompressedModel({"w": skewed_dense()}), version)
+    assert data[:8] == MAGIC and struct.unpack_from("<HHI", data, 8) == (version, 0, 0)
     layout = parse_layout(data)
     assert data[16 : 16 + layout["records"][0]["size"]] == layout["sections"][0]
     assert layout["records"][0]["enc"] == ENC_CODEBOOK

@@ -43,7 +43,8 @@ def spec_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
-    """(header body size H, {name: (section size S, index bits b or None)}) read per FORMAT.md, version 3."""
+    """(header body size H, {name: (section size S, index bits b or None)}) read per FORMAT.md,
+    versions 3 and 4; `SIGNIFICANCE_BYTES` gets {name: G} of the significance-coded records."""
     header_size, _crc = struct.unpack_from("<II", data, len(data) - 8)
     pos = len(data) - 8 - header_size
     count, pos = spec_varint(data, pos)
@@ -59,13 +60,20 @@ def spec_sections(data: bytes) -> tuple[int, dict[str, tuple[int, int | None]]]:
         pos += 4  # crc
         b = None
         if encoding == 1:
-            b = data[pos + 2]
+            b, flags = data[pos + 2], data[pos + 3]
             pos += 5  # k, b, flags, scale axis
+            fields = []
             for _ in range(6):  # E, K, C, G, code table size, gap table size
-                _, pos = spec_varint(data, pos)
+                value, pos = spec_varint(data, pos)
+                fields.append(value)
+            if flags & 16:  # positions as significance flags: G bytes of them
+                SIGNIFICANCE_BYTES[name] = fields[3]
         out[name] = (size, b)
     assert pos == len(data) - 8
     return header_size, out
+
+
+SIGNIFICANCE_BYTES: dict[str, int] = {}
 
 
 def stored_names() -> set[str]:
@@ -87,20 +95,25 @@ def test_layer_stats_codebook_layers(saved):
         size, b = sections[f"{layer}.weight"]
         k = len(torch.unique(t.codes[t.mask]))  # the file stores only the used centroids
         positions = torch.nonzero(t.mask.flatten()).flatten().tolist()
-        fillers = ref_fillers(positions, b)
+        flags = SIGNIFICANCE_BYTES.get(f"{layer}.weight")
+        # Gaps: b bits an entry, fillers included. Significance flags: no entry but the
+        # kept ones, and the flags' stream as the positions' cost.
+        fillers = 0 if flags is not None else ref_fillers(positions, b)
         entries = kept + fillers
+        position_bits = 8 * flags if flags is not None else entries * b
         assert s.shape == tuple(module.weight.shape)
         assert s.weights == numel
         assert s.kept == kept
         assert s.kept_fraction == kept / numel
-        assert s.index_bits == b
+        assert s.index_bits == (None if flags is not None else b) and s.significance == (flags is not None)
         bits = max(1, math.ceil(math.log2(k)))
         assert s.weight_bits == bits
         assert s.fillers == fillers
         assert s.dense_bytes == 4 * numel
-        assert s.pruned_bytes == math.ceil(entries * (32 + b) / 8)
-        assert s.quantized_bytes == math.ceil(entries * (bits + b) / 8) + 4 * k
+        assert s.pruned_bytes == math.ceil((entries * 32 + position_bits) / 8)
+        assert s.quantized_bytes == math.ceil((entries * bits + position_bits) / 8) + 4 * k
         assert s.file_bytes == size
+    assert "0.weight" in SIGNIFICANCE_BYTES and "2.weight" not in SIGNIFICANCE_BYTES  # both kinds are checked
     assert stats["2.weight"].index_bits == 3
     assert stats["2.weight"].fillers > 0  # 3-bit gaps over a 70%-sparse layer need fillers
 

@@ -14,6 +14,7 @@ from torch import nn
 import deepzip
 from deepzip import container as fileformat
 from deepzip.compressed import CodebookTensor, RawTensor
+from deepzip.container.spec import FLAG_SIGNIFICANCE
 from deepzip.errors import ConfigError, DeepzipError
 
 LAYERS = ("0", "2", "4")  # conv, fc1, fc2 inside the Sequential
@@ -79,6 +80,7 @@ def test_file_structure(quantized, tmp_path):
     assert len(data) == size
     assert data[:8] == b"\x89DZIP\r\n\x1a"
     model = fileformat.read(path)
+    flags = {r.name: r.flags for r in fileformat.open_file(path).header.records}
     for name in LAYERS:
         record = model.tensors[f"{name}.weight"]
         assert isinstance(record, CodebookTensor)
@@ -88,7 +90,9 @@ def test_file_structure(quantized, tmp_path):
         assert len(t.centroids) <= 16 and len(used) == len(t.centroids)  # quantize_ keeps only used centroids
         assert record.codebook.tolist() == t.centroids.detach()[used].tolist()
         assert record.codebook[record.codes].tolist() == t.centroids.detach()[t.codes[t.mask].long()].tolist()
-        assert 1 <= record.index_bits <= 12
+        # Positions as gaps of a width in 1..12, or as significance flags (no width).
+        assert (record.index_bits is None) == bool(flags[f"{name}.weight"] & FLAG_SIGNIFICANCE)
+        assert record.index_bits is None or 1 <= record.index_bits <= 12
         assert record.positions.tolist() == torch.nonzero(t.mask.flatten()).flatten().tolist()
         assert isinstance(model.tensors[f"{name}.bias"], RawTensor)
 

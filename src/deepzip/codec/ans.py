@@ -361,9 +361,27 @@ def encode(symbols, freqs):
     pos, state = _encode_kernel(symbols, freqs.astype(np.uint64), starts, limits, precision, words)
     if pos < 0:
         raise AssertionError("rANS word buffer too small: the size bound of the spec is broken")
-    state = int(state)
-    head = state.to_bytes((state.bit_length() + 7) // 8, "little")
-    return head + words[pos:].astype("<u4").tobytes()
+    return stream_bytes(int(state), words[pos:])
+
+
+def stream_bytes(state: int, words: np.ndarray) -> bytes:
+    """A stream's bytes: the final `state` in its fewest little-endian bytes, then `words` (u32)."""
+    return state.to_bytes((state.bit_length() + 7) // 8, "little") + words.astype("<u4").tobytes()
+
+
+def stream_state(data) -> tuple[int, np.ndarray]:
+    """(initial state, words) of a stream's bytes: its head of H bytes, then W u32 words.
+
+    H = C for C <= 8 bytes, else 5 + (C - 5) mod 4; FormatError if the head's top byte is 0.
+    """
+    data = as_uint8(data)
+    head = data.size if data.size <= 8 else 5 + (data.size - 5) % 4  # the state's bytes
+    if head and data[head - 1] == 0:
+        raise FormatError("rANS state has a zero top byte (not written by the encoder)")
+    words = np.frombuffer(data, dtype=np.uint32, offset=head)
+    if sys.byteorder == "big":
+        words = words.byteswap()
+    return int.from_bytes(data[:head].tobytes(), "little"), words
 
 
 def decode(data, freqs, count):
@@ -388,13 +406,7 @@ def decode(data, freqs, count):
         if precision < 0 and count:
             raise FormatError(f"{count} symbols to decode but the table has no symbols")
         return np.full(count, int(np.argmax(freqs)) if count else 0, dtype=np.uint16)
-    head = data.size if data.size <= 8 else 5 + (data.size - 5) % 4  # the state's bytes
-    if head and data[head - 1] == 0:
-        raise FormatError("rANS state has a zero top byte (not written by the encoder)")
-    state = int.from_bytes(data[:head].tobytes(), "little")
-    words = np.frombuffer(data, dtype=np.uint32, offset=head)
-    if sys.byteorder == "big":
-        words = words.byteswap()
+    state, words = stream_state(data)
     starts = np.cumsum(freqs) - freqs
     slot_symbols = np.repeat(np.arange(freqs.size, dtype=np.uint16), freqs)
     offsets = np.arange(1 << precision, dtype=np.int64) - starts[slot_symbols]

@@ -2,6 +2,8 @@
 
 Each stream is coded by the smaller of Huffman and rANS (`deepzip.codec.streams`), unless
 the caller restricts the coders (the version-1 and version-2 formats know Huffman only).
+Positions are the paper's gaps, or, where that measures smaller and rANS is allowed,
+context-coded significance flags (`deepzip.codec.significance`, format version 4).
 Pure functions over numpy arrays. The container (`deepzip.container`) places these bytes
 in a file; this module knows nothing of files.
 """
@@ -12,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepzip.codec import sparse
+from deepzip.codec import significance, sparse
 from deepzip.codec.streams import (
+    ANS,
     CODERS,
     HUFFMAN,
     CodedStream,
@@ -27,13 +30,18 @@ from deepzip.errors import FormatError
 # the best width depends on the sparsity pattern, so we measure rather than guess.
 INDEX_BITS_CHOICES = tuple(range(1, 13))
 
+SIGNIFICANCE = 2
+"""`EncodedLayer.gap_coder` of a layer whose gap stream holds significance flags: no gaps,
+no fillers, no gap table, index bits 0, and one code per kept weight."""
+
 
 @dataclass(frozen=True)
 class EncodedLayer:
     """The byte streams of one codebook layer (see docs/FORMAT.md, "Codebook section").
 
     `code_table` and `gap_table` are the packed Huffman code lengths or rANS frequencies,
-    as `code_coder` and `gap_coder` say.
+    as `code_coder` and `gap_coder` say. With `gap_coder` SIGNIFICANCE the gap stream is a
+    significance stream instead, and the gap table is empty.
     """
 
     index_bits: int
@@ -77,10 +85,27 @@ def encode_layer_smallest(
     numel: int,
     index_bits: int | None = None,
     coders: tuple[int, ...] = CODERS,
+    shape: tuple[int, ...] | None = None,
 ) -> EncodedLayer:
-    """Encode with the given width, or with the width in INDEX_BITS_CHOICES that gives the fewest bytes."""
+    """Encode with the given width, or with whatever gives the fewest bytes.
+
+    That is the width in INDEX_BITS_CHOICES with the fewest bytes, or, when the tensor's
+    `shape` is given and rANS is among `coders`, significance flags if they are smaller
+    still (ties go to the gaps).
+    """
     if index_bits is not None:
         return encode_layer(positions, codes, k, index_bits, numel, coders)
+    best = _smallest_gaps(positions, codes, k, numel, coders)
+    if shape is None or ANS not in coders:
+        return best
+    flags = significance.encode(positions, tuple(shape))
+    code = encode_dense(codes, k, coders)
+    if len(flags) + code.nbytes < best.nbytes:
+        return EncodedLayer(0, len(codes), code.table, b"", code.data, flags, code.coder, SIGNIFICANCE)
+    return best
+
+
+def _smallest_gaps(positions, codes, k: int, numel: int, coders: tuple[int, ...]) -> EncodedLayer:
     codes = np.asarray(codes)
     if codes.size and int(codes.max()) >= k:
         raise ValueError(f"codes must be in 0..{k - 1} (the filler symbol {k} is reserved)")
@@ -136,8 +161,16 @@ def decode_dense(coder: int, table: bytes, code_stream, k: int, count: int) -> n
     return codes
 
 
-def decode_layer(encoded: EncodedLayer, k: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode to (positions int64, codes uint16) of the kept entries; FormatError if damaged."""
+def decode_layer(encoded: EncodedLayer, k: int, numel: int, shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode to (positions int64, codes uint16) of the kept entries; FormatError if damaged.
+
+    A significance-coded layer needs the tensor's `shape` (its flags' grid).
+    """
+    if encoded.gap_coder == SIGNIFICANCE:
+        if shape is None or int(np.prod(shape, dtype=np.int64)) != numel:
+            raise ValueError("a significance-coded layer decodes with its tensor's shape")
+        codes = decode_dense(encoded.code_coder, encoded.code_table, encoded.code_stream, k, encoded.entry_count)
+        return significance.decode(encoded.gap_stream, tuple(shape), encoded.entry_count), codes
     code_symbols = decode_stream(encoded.code_coder, encoded.code_table, encoded.code_stream, k + 1, encoded.entry_count)
     gaps = decode_stream(encoded.gap_coder, encoded.gap_table, encoded.gap_stream, 1 << encoded.index_bits, encoded.entry_count)
     return sparse.from_relative(gaps, code_symbols, encoded.index_bits, k, numel, ends_covered=True)

@@ -1,4 +1,4 @@
-"""Parse and check a .dzip file's preamble and header (versions 1, 2 and 3), with struct alone.
+"""Parse and check a .dzip file's preamble and header (versions 1 to 4), with struct alone.
 
 No torch, numpy or numba here: `deepzip info` answers from the header without importing
 them, and the reader checks every record before it allocates anything. Every size a
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from deepzip.container.spec import (
     CODEBOOK_FLAGS,
+    CODEBOOK_FLAGS_V3,
     DTYPE_ITEMSIZE,
     DTYPE_NAMES,
     ENCODING_ALIAS,
@@ -26,6 +27,7 @@ from deepzip.container.spec import (
     FLAG_CODEBOOK_F16,
     FLAG_GAP_ANS,
     FLAG_SCALE_F16,
+    FLAG_SIGNIFICANCE,
     FLOAT_CODES,
     MAGIC,
     PREAMBLE,
@@ -55,7 +57,8 @@ class Record:
     `kept` is the number of kept weights of a codebook record (E minus fillers), known
     from a version-2 header; None for version 1, where only the gap stream tells.
     `index_bits` 0 marks a dense codebook record (versions 2, 3): no gap stream at all.
-    `flags` (version 3; spec.FLAG_*) say which coder each stream uses and the width of the
+    `flags` (version 3; spec.FLAG_*) say which coder each stream uses (version 4: or that the
+    gap stream holds significance flags, with b = 0) and the width of the
     codebook and scale entries; `scale_axis` is the dimension whose slices carry a scale
     (None: no scales); `code_table_bytes` and `gap_table_bytes` size the two tables.
     """
@@ -221,7 +224,7 @@ class _Cursor:
         raise FormatError(f"{self.where}: {what} is a varint of more than {VARINT_MAX_BYTES} bytes")
 
     def size(self, version: int, what: str) -> int:
-        """A size or count: u32 in version 1, a varint in versions 2 and 3."""
+        """A size or count: u32 in version 1, a varint in versions 2 to 4."""
         return self.unpack("I", what)[0] if version == 1 else self.varint(what)
 
 
@@ -309,8 +312,11 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
     low = 0 if version >= 2 else 1  # b = 0: a dense record (versions 2, 3)
     if not low <= b <= MAX_INDEX_BITS:
         raise FormatError(f"{cur.where}: index bits {b} outside {low}..{MAX_INDEX_BITS}")
-    if flags & ~CODEBOOK_FLAGS:
+    if flags & ~(CODEBOOK_FLAGS if version >= 4 else CODEBOOK_FLAGS_V3):
         raise FormatError(f"{cur.where}: unknown coding flags {flags:#04x}")
+    significance = bool(flags & FLAG_SIGNIFICANCE)
+    if significance and (b or flags & FLAG_GAP_ANS):
+        raise FormatError(f"{cur.where}: significance flags have no index bits and no rANS gap stream")
     ndim = len(fields["shape"])
     if scale_axis > ndim:
         raise FormatError(f"{cur.where}: scale axis {scale_axis - 1} of a {ndim}-d tensor")
@@ -325,7 +331,7 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
         code_table, gap_table = lengths_table_size(k + 1), lengths_table_size(1 << b) if b else 0
     if not flags & FLAG_CODE_ANS and code_table != lengths_table_size(k + 1):
         raise FormatError(f"{cur.where}: a Huffman code table of {k + 1} symbols is {lengths_table_size(k + 1)} bytes, not {code_table}")
-    want_gap = 0 if not b else None if flags & FLAG_GAP_ANS else lengths_table_size(1 << b)
+    want_gap = 0 if not b else None if flags & FLAG_GAP_ANS else lengths_table_size(1 << b)  # significance: b = 0
     if want_gap is not None and gap_table != want_gap:
         raise FormatError(f"{cur.where}: the gap table is {gap_table} bytes, must be {want_gap}")
     if entries > numel:
@@ -335,7 +341,11 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
     # entry count is bounded by the tensor's size, itself under the decoded-size cap.
     if (not flags & FLAG_CODE_ANS and entries > 8 * code_bytes) or (b and not flags & FLAG_GAP_ANS and entries > 8 * gap_bytes):
         raise FormatError(f"{cur.where}: {entries} entries cannot fit in streams of {code_bytes} and {gap_bytes} bytes")
-    if b == 0:
+    if significance:
+        # One entry a kept weight, no fillers; the flags themselves are bounded by n alone.
+        if kept != entries:
+            raise FormatError(f"{cur.where}: a significance-coded record has {entries} entries for {kept} kept weights")
+    elif b == 0:
         if entries != numel or kept != entries or gap_bytes:
             raise FormatError(f"{cur.where}: a dense record keeps every one of its {numel} elements, with no gap stream")
     else:

@@ -1,4 +1,4 @@
-""".dzip bytes -> records and tensors (docs/FORMAT.md, versions 1, 2 and 3), read defensively.
+""".dzip bytes -> records and tensors (docs/FORMAT.md, versions 1 to 4), read defensively.
 
 `container.header` checks every size the header declares before anything is allocated;
 this module then checks each section's checksum and decodes it, naming the tensor and the
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepzip.codec.layer import EncodedLayer, decode_dense, decode_layer
+from deepzip.codec.layer import SIGNIFICANCE, EncodedLayer, decode_dense, decode_layer
 from deepzip.codec.streams import ANS, HUFFMAN
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import header as header_
@@ -33,6 +33,7 @@ from deepzip.container.spec import (
     FLAG_CODEBOOK_F16,
     FLAG_GAP_ANS,
     FLAG_SCALE_F16,
+    FLAG_SIGNIFICANCE,
 )
 from deepzip.errors import ChecksumError, DeepzipError, FormatError
 from deepzip.limits import DEFAULT_MAX_DECODED_SIZE
@@ -170,18 +171,19 @@ def _decode_section(record: header_.Record, section: memoryview) -> CodebookTens
     if record.scale_axis is not None:
         scale = np.frombuffer(piece[1], dtype="<f2" if record.flags & FLAG_SCALE_F16 else "<f4").astype(np.float32)
     code_coder = ANS if record.flags & FLAG_CODE_ANS else HUFFMAN
-    gap_coder = ANS if record.flags & FLAG_GAP_ANS else HUFFMAN
+    gap_coder = SIGNIFICANCE if record.flags & FLAG_SIGNIFICANCE else ANS if record.flags & FLAG_GAP_ANS else HUFFMAN
     try:
-        if b == 0:
+        if b == 0 and gap_coder != SIGNIFICANCE:
             codes = decode_dense(code_coder, bytes(piece[2]), piece[4], k, record.entries)
             return CodebookTensor(record.shape, dtype, codebook, None, codes, None, scale, record.scale_axis)
         encoded = EncodedLayer(b, record.entries, bytes(piece[2]), bytes(piece[3]), piece[4], piece[5], code_coder, gap_coder)
-        positions, codes = decode_layer(encoded, k, record.numel)
+        positions, codes = decode_layer(encoded, k, record.numel, record.shape)
     except FormatError as error:
         raise FormatError(f"{where}, code or gap stream: {error}") from None
     if record.kept is not None and len(codes) != record.kept:
         raise FormatError(f"{where}, gap stream: {len(codes)} kept weights, the header says {record.kept}")
-    return CodebookTensor(record.shape, dtype, codebook, positions, codes, b, scale, record.scale_axis)
+    # b = 0 here: significance flags, whose index bits the encoder chooses again on a rewrite.
+    return CodebookTensor(record.shape, dtype, codebook, positions, codes, b or None, scale, record.scale_axis)
 
 
 XZ_MEMORY_LIMIT = 96 << 20

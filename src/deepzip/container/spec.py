@@ -15,12 +15,12 @@ from deepzip.errors import FormatError
 from deepzip.limits import MAX_FILE_NAME_PARTS
 
 MAGIC = b"\x89DZIP\r\n\x1a"
-VERSION = 3  # written; versions 1 and 2 are still read
-VERSIONS = (1, 2, 3)
+VERSION = 4  # written; versions 1, 2 and 3 are still read
+VERSIONS = (1, 2, 3, 4)
 # The preamble: magic, version, flags, and a u32 that is the header size in version 1
-# and reserved (0) in versions 2 and 3, whose header follows the sections.
+# and reserved (0) in versions 2 to 4, whose header follows the sections.
 PREAMBLE = struct.Struct("<8sHHI")
-TRAILER = struct.Struct("<II")  # versions 2 and 3: header body size, crc32 of preamble + header body
+TRAILER = struct.Struct("<II")  # versions 2 to 4: header body size, crc32 of preamble + header body
 VARINT_MAX_BYTES = 10  # a u64 in LEB128
 
 
@@ -51,12 +51,16 @@ FILE_ENCODINGS = (ENCODING_FILE, ENCODING_FILE_XZ)
 
 # Version 3 codebook records: a flags byte. Bits 0 and 1: the code and gap streams are
 # rANS-coded (else Huffman); bit 2: codebook entries are float16 (else float32); bit 3: the
-# per-slice scales are float16 (else float32). The other bits must be 0.
+# per-slice scales are float16 (else float32). Version 4 adds bit 4: the positions are
+# context-coded significance flags (the gap stream holds them; no gaps, no fillers). The
+# other bits must be 0.
 FLAG_CODE_ANS = 1
 FLAG_GAP_ANS = 2
 FLAG_CODEBOOK_F16 = 4
 FLAG_SCALE_F16 = 8
-CODEBOOK_FLAGS = FLAG_CODE_ANS | FLAG_GAP_ANS | FLAG_CODEBOOK_F16 | FLAG_SCALE_F16
+FLAG_SIGNIFICANCE = 16
+CODEBOOK_FLAGS_V3 = FLAG_CODE_ANS | FLAG_GAP_ANS | FLAG_CODEBOOK_F16 | FLAG_SCALE_F16
+CODEBOOK_FLAGS = CODEBOOK_FLAGS_V3 | FLAG_SIGNIFICANCE
 
 DTYPE_NAMES = {
     1: "float32",
@@ -82,11 +86,13 @@ __all__ = [
     "ENCODING_FILE_XZ",
     "ENCODING_RAW",
     "CODEBOOK_FLAGS",
+    "CODEBOOK_FLAGS_V3",
     "FILE_ENCODINGS",
     "FLAG_CODEBOOK_F16",
     "FLAG_CODE_ANS",
     "FLAG_GAP_ANS",
     "FLAG_SCALE_F16",
+    "FLAG_SIGNIFICANCE",
     "FLOAT_CODES",
     "MAGIC",
     "PREAMBLE",

@@ -1,6 +1,6 @@
-"""CompressedModel (or a stream of records) -> .dzip bytes, version 3 (docs/FORMAT.md).
+"""CompressedModel (or a stream of records) -> .dzip bytes, version 4 (docs/FORMAT.md).
 
-Versions 2 and 3 put the header after the sections, so a file is written in one pass, section by
+Versions 2 to 4 put the header after the sections, so a file is written in one pass, section by
 section, as the records arrive: a writer never holds more than one record's bytes. `write`
 and `write_stream` write to a temporary file and rename it into place (atomic).
 """
@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from deepzip.codec.layer import encode_dense, encode_layer_smallest
+from deepzip.codec.layer import SIGNIFICANCE, encode_dense, encode_layer_smallest
 from deepzip.codec.streams import ANS, CODERS
 from deepzip.compressed import Alias, CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import atomic
@@ -35,6 +35,7 @@ from deepzip.container.spec import (
     FLAG_CODEBOOK_F16,
     FLAG_GAP_ANS,
     FLAG_SCALE_F16,
+    FLAG_SIGNIFICANCE,
     FLOAT_CODES,
     MAGIC,
     PREAMBLE,
@@ -127,7 +128,7 @@ def write_stream(path: str | os.PathLike, items: Iterable[Item], files: Mapping[
 
 
 def write_to(f: BinaryIO, items: Iterable[Item], files: Mapping[str, bytes] = {}) -> int:
-    """Write a whole version-3 file to the binary stream `f`, one section at a time; return its size."""
+    """Write a whole version-4 file to the binary stream `f`, one section at a time; return its size."""
     preamble = PREAMBLE.pack(MAGIC, VERSION, 0, 0)
     f.write(preamble)
     size = len(preamble)
@@ -180,7 +181,7 @@ def xz_compress(content: bytes) -> bytes:
 def _coding_params(
     k: int, index_bits: int, flags: int, scale_axis: int | None, counts: tuple[int, ...], tables: tuple[int, int]
 ) -> bytes:
-    """A version-3 codebook record's coding parameters: u16 k, u8 b, u8 flags, u8 scale axis
+    """A version-3 (and 4) codebook record's coding parameters: u16 k, u8 b, u8 flags, u8 scale axis
     (0 none, else axis + 1), then varints E, K, C, G, code table size, gap table size."""
     axis = 0 if scale_axis is None else scale_axis + 1
     return struct.pack("<HBBB", k, index_bits, flags, axis) + b"".join(pack_varint(v) for v in (*counts, *tables))
@@ -259,8 +260,9 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
         params = _coding_params(k, 0, flags, record.scale_axis, counts, (len(stream.table), 0))
         return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, (codebook, scale, stream.table, stream.data), params)
     positions = record.flat_positions() if record.positions is None else record.positions  # int32 stays int32
-    layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits, coders)
-    flags |= (FLAG_CODE_ANS if layer.code_coder == ANS else 0) | (FLAG_GAP_ANS if layer.gap_coder == ANS else 0)
+    layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits, coders, shape)
+    flags |= FLAG_CODE_ANS if layer.code_coder == ANS else 0
+    flags |= {ANS: FLAG_GAP_ANS, SIGNIFICANCE: FLAG_SIGNIFICANCE}.get(layer.gap_coder, 0)
     counts = (layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream))
     params = _coding_params(k, layer.index_bits, flags, record.scale_axis, counts, (len(layer.code_table), len(layer.gap_table)))
     chunks = (codebook, scale, layer.code_table, layer.gap_table, layer.code_stream, layer.gap_stream)

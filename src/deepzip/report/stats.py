@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from deepzip.container import header
-from deepzip.container.spec import ENCODING_CODEBOOK, ENCODING_RAW
+from deepzip.container.spec import ENCODING_CODEBOOK, ENCODING_RAW, FLAG_SIGNIFICANCE
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,9 @@ class LayerStats:
     - pruned: each entry (kept weight or filler) as an fp32 value plus a fixed-width index;
     - quantized: each entry as a fixed-width code plus an index, plus the fp32 codebook;
     - file: the tensor's data section as written (Huffman-coded streams, tables, codebook).
-    Raw tensors count their stored bytes at every stage.
+    Raw tensors count their stored bytes at every stage. A record whose positions are
+    significance flags (`significance`, index_bits None) has no fixed-width index: its
+    stages count the flags' stream as stored in place of the indices.
     """
 
     name: str
@@ -30,6 +32,7 @@ class LayerStats:
     pruned_bytes: int
     quantized_bytes: int
     file_bytes: int
+    significance: bool = False
 
     @property
     def kept_fraction(self) -> float:
@@ -53,13 +56,16 @@ def layer_stats(data: bytes) -> list[LayerStats]:
             kept = record.kept if record.kept is not None else _kept_from_streams(data, record.name)
             b, bits = record.index_bits, max(1, (record.k - 1).bit_length())
             entries = record.entries
+            flags = bool(record.flags & FLAG_SIGNIFICANCE)
+            positions = 8 * record.gap_bytes if flags else entries * b  # bits
             stats.append(
                 LayerStats(
-                    record.name, record.shape, numel, kept, bits, b, entries - kept,
+                    record.name, record.shape, numel, kept, bits, None if flags else b, entries - kept,
                     dense_bytes=4 * numel,
-                    pruned_bytes=_bytes(entries * (32 + b)),
-                    quantized_bytes=_bytes(entries * (bits + b)) + 4 * record.k,
+                    pruned_bytes=_bytes(entries * 32 + positions),
+                    quantized_bytes=_bytes(entries * bits + positions) + 4 * record.k,
                     file_bytes=record.size,
+                    significance=flags,
                 )
             )  # fmt: skip
         elif record.encoding == ENCODING_RAW:
