@@ -106,6 +106,7 @@ def test_layer_stats_codebook_layers(saved):
         assert s.kept == kept
         assert s.kept_fraction == kept / numel
         assert s.index_bits == (None if flags is not None else b) and s.significance == (flags is not None)
+        assert s.index_label == ("ctx" if flags is not None else str(b))
         bits = max(1, math.ceil(math.log2(k)))
         assert s.weight_bits == bits
         assert s.fillers == fillers

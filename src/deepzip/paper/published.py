@@ -80,7 +80,7 @@ def side_by_side(name: str, stats: list[LayerStats], file_bytes: int, dense_erro
                 str(p.weight_bits),
                 "-" if s is None or s.weight_bits is None else str(s.weight_bits),
                 str(p.index_bits),
-                "-" if s is None or s.index_bits is None else str(s.index_bits),
+                "-" if s is None else s.index_label,
                 "-" if s is None else f"{s.file_bytes:,}",
             )
         )

@@ -35,6 +35,11 @@ class LayerStats:
     significance: bool = False
 
     @property
+    def index_label(self) -> str:
+        """How the positions are stored, for tables: the gap width, "ctx" (significance flags) or "-"."""
+        return "ctx" if self.significance else "-" if self.index_bits is None else str(self.index_bits)
+
+    @property
     def kept_fraction(self) -> float:
         """Fraction of the tensor's elements that are stored (kept), fillers excluded."""
         return self.kept / self.weights if self.weights else 0.0

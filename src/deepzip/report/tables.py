@@ -20,7 +20,7 @@ def format_table(data: bytes, stats: list[LayerStats] | None = None) -> str:
                 f"{s.weights:,}",
                 f"{100 * s.kept_fraction:.1f}%",
                 "-" if s.weight_bits is None else str(s.weight_bits),
-                "ctx" if s.significance else "-" if s.index_bits is None else str(s.index_bits),
+                s.index_label,
                 f"{s.dense_bytes:,}",
                 f"{s.pruned_bytes:,}",
                 f"{s.quantized_bytes:,}",
