@@ -15,7 +15,7 @@ neighbours; this does the same with a model fitted to pruned masks (docs/FORMAT.
 - the flags are rANS-coded with that probability, with the state and words of the static
   coder (`deepzip.codec.ans`): a stream ends at state 0 with every word read.
 
-Measured on LeNet masks, this is 7-25% below the best Huffman- or rANS-coded gaps (8% to
+Measured on LeNet masks, this is 7-24% below the best Huffman- or rANS-coded gaps (8% to
 1% kept). Memory: the encoder runs the model forward to its final counts, then backward,
 undoing one flag at a time while it codes (rANS codes last to first), so it needs no
 per-flag buffer: the counts and one count per column. Pure functions over numpy arrays.
@@ -173,7 +173,7 @@ def encode(positions, shape: tuple[int, ...]) -> bytes:
     """The significance stream of a tensor of `shape` whose kept flat positions are `positions`.
 
     `positions` are sorted, distinct and below the element count (ValueError otherwise).
-    Two passes of the model over every flag (~10 ns a flag); memory O(C + kept). The bytes
+    Two passes of the model over every flag (~14 ns a flag each, here); memory O(C + kept). The bytes
     are those docs/FORMAT.md ("Significance flags") specifies.
     """
     rows, columns = grid(shape)
