@@ -36,8 +36,6 @@ CONTEXTS = OCTAVES * OCTAVES * 2
 
 PRECISION = 16
 
-_ONE = np.uint64(1 << PRECISION)
-
 
 def grid(shape: tuple[int, ...]) -> tuple[int, int]:
     """(R, C): the rows and columns the flags of a tensor of `shape` are read as."""
