@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from deepzip.errors import ConfigError
-from deepzip.paper.models import MNIST_MODELS, MODEL_NAMES, LeNet5, LeNet300100, build, zero_unread_biases_
+from deepzip import prune_, quantize_
+from deepzip.train.parametrizations import mask_of
+from deepzip.paper.models import MNIST_MODELS, MODEL_NAMES, LeNet5, LeNet300100, build, drop_dead_units_
 
 EXPECTED = {
     "lenet-300-100": (
@@ -108,36 +110,68 @@ def test_imagenet_models_have_torchvision_keys(name, keys, params, fc6):
     assert tuple(state[fc6[0]].shape) == fc6[1]
 
 
+@pytest.mark.parametrize("quantized", [False, True])
 @pytest.mark.parametrize("name", MNIST_MODELS)
-def test_zeroing_unread_biases_changes_no_output_bit(name):
+def test_dropping_dead_units_changes_no_output_bit(name, quantized):
     torch.manual_seed(0)
     model = build(name)
-    with torch.no_grad():  # a random 90% of the weights pruned, as a deep pruning leaves them
-        for module in model.modules():
-            if hasattr(module, "weight"):
-                module.weight.mul_(torch.rand_like(module.weight) < 0.1)
+    with torch.no_grad():  # negative biases, so units without input are silent under a ReLU
+        for module in model.children():
+            module.bias.sub_(0.05)
+    prune_(model, 0.9)  # deep magnitude pruning leaves dead units
+    if quantized:
+        quantize_(model, 4)
     images = torch.rand(16, 1, 28, 28)
     before = model(images)
-    biases = {n: m.bias.clone() for n, m in model.named_children()}
-    zeroed = zero_unread_biases_(model)
+    weights = {n: (m.weight != 0).clone() for n, m in model.named_children()}
+    dropped, zeroed = drop_dead_units_(model)
     assert torch.equal(model(images), before)
-    changed = sum(int((m.bias != biases[n]).sum()) for n, m in model.named_children())
-    assert zeroed == changed > 0
+    assert dropped == sum(int((weights[n] & (m.weight == 0)).sum()) for n, m in model.named_children()) > 0
+    assert zeroed > 0
+    assert all(torch.equal(mask_of(m), m.weight != 0) for m in model.children())  # gone from the masks, so from the file
+    assert drop_dead_units_(model) == (0, 0)  # a fixed point
     last = list(model.children())[-1]
-    assert torch.equal(last.bias, biases[list(biases)[-1]])  # the logits' biases are always read
+    assert (last.bias != 0).all()  # the logits' biases are always read
 
 
-def test_only_the_biases_of_unread_units_are_zeroed():
+def _units(module, dead):
+    """Which output units of `module` have any nonzero weight (dead: those with none)."""
+    alive = (module.weight != 0).reshape(module.weight.shape[0], -1).any(dim=1)
+    return set(torch.nonzero(~alive if dead else alive).flatten().tolist())
+
+
+def test_dead_units_are_the_unread_and_the_silent_ones_to_a_fixed_point():
+    torch.manual_seed(0)
     model = LeNet5()
     with torch.no_grad():
-        model.fc1.weight[:, 16 * 3 : 16 * 4] = 0  # nothing reads conv2's channel 3 (its 4 x 4 map)
-        model.fc2.weight[:, 7] = 0  # nor fc1's unit 7
-        model.conv2.weight[:, 5] = 0  # nor conv1's channel 5
-    expected = {"conv1": {5}, "conv2": {3}, "fc1": {7}, "fc2": set()}
-    biases = {n: m.bias.clone() for n, m in model.named_children()}
-    assert zero_unread_biases_(model) == 3
+        model.conv2.weight[:, 5] = 0  # nothing reads conv1's channel 5: its weights and bias go
+        model.fc2.weight[:, 7] = 0  # nor fc1's unit 7, the only reader of conv2's channel 3 ...
+        model.fc1.weight[:, 16 * 3 : 16 * 4] = 0
+        model.fc1.weight[7, 16 * 3 : 16 * 4] = 1.0  # ... so that channel dies with it
+        model.fc1.weight[9] = 0  # fc1's unit 9 has no input and a negative bias: ReLU gives 0,
+        model.fc1.bias[9] = -1.0  # so fc2's weights that read it go, then its bias
+        model.conv2.weight[11] = 0  # conv2's channel 11 has no input but a bias: it is read
+        model.conv2.bias[11] = 0.5
+        model.conv1.weight[2] = 0  # conv1's channel 2 has no input and no bias: silent
+        model.conv1.bias[2] = 0.0
+    images = torch.rand(8, 1, 28, 28)
+    before = model(images)
+    drop_dead_units_(model)
+    assert torch.equal(model(images), before)
+    assert _units(model.conv1, dead=True) == {2, 5}
+    assert _units(model.conv2, dead=True) == {3, 11}
+    assert _units(model.fc1, dead=True) == {7, 9}
+    assert (model.conv2.weight[:, 2] == 0).all() and (model.conv2.weight[[0, 1, 4]][:, [0, 1, 3]] != 0).all()
+    assert (model.fc1.weight[:5, 16 * 11 : 16 * 12] != 0).all()  # channel 11's constant map is still read
+    assert (model.fc2.weight[:, 9] == 0).all()
+    expected_zero_bias = {"conv1": {2, 5}, "conv2": {3}, "fc1": {7, 9}, "fc2": set()}
     for name, module in model.named_children():
-        zero = set(torch.nonzero(module.bias == 0).flatten().tolist())
-        assert zero == expected[name]
-        kept = [i for i in range(module.bias.numel()) if i not in expected[name]]
-        assert torch.equal(module.bias[kept], biases[name][kept])
+        assert set(torch.nonzero(module.bias == 0).flatten().tolist()) == expected_zero_bias[name]
+
+
+def test_models_without_a_reader_table_are_left_alone():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        model[2].weight.zero_()
+    assert drop_dead_units_(model) == (0, 0)
+    assert (model[0].weight != 0).all()

@@ -149,7 +149,8 @@ def reproduce(
         trainable = [p for n, p in model.named_parameters() if n.endswith(".centroids") or n.endswith(".bias")]
         config = _seeded(recipe.finetune, seed + 100)
         train(model, train_x, train_y, config, "fine-tune centroids", trainable, run.during(finetune, model), within(finetune), **teacher)
-        models.zero_unread_biases_(model)  # exact: those units feed zeros only
+        dead_weights, dead_biases = models.drop_dead_units_(model)  # exact: no output changes
+        log(f"dead units: {dead_weights} weights and {dead_biases} biases that no output depends on pruned")
         round_raw_(model, raw_dtype)
         round_codebooks_(model, getattr(torch, recipe.codebook_dtype))
         run.save(finetune, model)

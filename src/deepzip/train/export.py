@@ -77,7 +77,7 @@ def _plain_record(tensor: torch.Tensor) -> CodebookTensor | RawTensor:
     """A plain tensor (a bias, a norm) as stored: raw, or a lossless sparse codebook where that is smaller.
 
     A mostly-zero tensor, such as the biases of the units that pruning left unread
-    (`deepzip.paper.models.zero_unread_biases_`), costs less as the positions of its
+    (`deepzip.paper.models.drop_dead_units_`), costs less as the positions of its
     nonzeros and a codebook of their distinct values than as raw bytes. It decodes to the
     very same bits: the codebook holds each distinct value exactly (float16, bfloat16 and
     float32 values are all exact float32 ones), and the zeros are +0.0.
