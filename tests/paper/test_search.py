@@ -3,14 +3,16 @@
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import torch
 
 import deepzip
 from deepzip.errors import ConfigError
 from deepzip.paper import models
 from deepzip.paper.data import load_mnist
 from deepzip.paper.schedules import LearnedSparsity, PruneStep, Recipe
-from deepzip.paper.search import search
+from deepzip.paper.search import STANDARD_ERRORS, paired_increase, search
 from deepzip.paper.training import TrainConfig, error_rate
 
 QUICK = TrainConfig(epochs=1, lr=0.05)
@@ -32,6 +34,9 @@ def test_search_chooses_on_validation_and_scores_test_once(tiny_mnist, tmp_path)
     for trial in trials:  # no trial ever scored the test split
         saved = json.loads((tmp_path / "search" / trial["trial"] / "results.json").read_text())
         assert saved["compressed_error"] is None and saved["valid_error"] == trial["valid_error"]
+    for trial in trials:  # the paired increase is the difference of the error rates; the rule adds one standard error
+        assert trial["valid_increase"] == pytest.approx(trial["valid_error"] - results["dense_valid_error"], abs=1e-12)
+        assert trial["within_budget"] == (trial["valid_increase"] + STANDARD_ERRORS * trial["standard_error"] <= 1.0 + 1e-12)
     chosen = next(t for t in trials if t["trial"] == results["chosen_trial"])
     assert chosen["within_budget"] and chosen["file_bytes"] == min(t["file_bytes"] for t in trials if t["within_budget"])
     assert (tmp_path / "model.dzip").read_bytes() == (tmp_path / "search" / chosen["trial"] / "model.dzip").read_bytes()
@@ -54,3 +59,19 @@ def test_search_needs_a_learned_step_and_a_budget(tmp_path):
         search("lenet-300-100", tmp_path, 0.1, recipe=magnitude)
     with pytest.raises(ConfigError, match=">= 0"):
         search("lenet-300-100", tmp_path, -1.0, recipe=_recipe())
+
+
+def test_paired_increase_is_the_mean_and_standard_error_of_per_example_differences():
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.rand(997, generator=generator) < 0.05
+    trial = dense ^ (torch.rand(997, generator=generator) < 0.04)  # flips both ways
+    differences = trial.double().numpy() - dense.double().numpy()
+    increase, standard_error = paired_increase(dense, trial)
+    assert increase == pytest.approx(differences.mean(), abs=1e-15)
+    assert standard_error == pytest.approx(differences.std() / np.sqrt(differences.size), rel=1e-12)
+    assert paired_increase(dense, dense) == (0.0, 0.0)
+    # b = 3 examples wrong for the trial only, c = 1 for the dense model only, n = 10
+    b_c = paired_increase(torch.tensor([0, 0, 0, 1, 0, 0, 0, 0, 0, 0], dtype=torch.bool), torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0, 0], dtype=torch.bool))
+    assert b_c == pytest.approx((0.2, np.sqrt(4 - 0.4) / 10))
+    with pytest.raises(ValueError):
+        paired_increase(dense, trial[:-1])

@@ -17,7 +17,7 @@ from deepzip.cli.group import main
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Output directory (default: runs/MODEL, or runs/MODEL-paper with --paper).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialization and batch order.")
 @click.option("--paper", is_flag=True, help="The paper's own pipeline and per-layer settings (magnitude pruning, linear k-means, Huffman) instead of deepzip's best.")
-@click.option("--max-error-increase", "max_increase", type=float, default=None, metavar="POINTS", help="Search sparsity and bits for the smallest file whose validation error is at most POINTS above the dense model's.")
+@click.option("--max-error-increase", "max_increase", type=float, default=None, metavar="POINTS", help="Search sparsity and bits for the smallest file whose validation error, plus one standard error, is at most POINTS above the dense model's.")
 @click.option("--recipe", "recipe_file", default=None, metavar="NAME_OR_FILE", help="Final per-layer sparsity and bits from a recipe (e.g. one `deepzip sensitivity` wrote).")
 @click.option("--nproc", type=click.IntRange(1, 64), default=1, show_default=True, help="Processes (ranks) to train on, launched with torchrun; each global batch is split across them.")
 @click.option("--resume", is_flag=True, help="Continue a killed run from OUT/checkpoint.pt (to the same result).")
