@@ -79,7 +79,8 @@ def search(
 ) -> dict:
     """Search `recipe`'s (default: the shipped one's) KL weight and per-layer bits; return the results.
 
-    `max_increase` is in percentage points of validation error over the dense model's.
+    `max_increase` is in percentage points of validation error over the dense model's; a
+    trial must stay within it by one standard error of its paired increase (see above).
     The results are `reproduce`'s for the chosen trial, with the test error of the chosen
     file and "search": every trial's settings, bytes and validation error.
     `sparsity_trials` bounds the bisection, `min_bits` the code widths the bits stage tries.
