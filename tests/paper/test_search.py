@@ -75,3 +75,10 @@ def test_paired_increase_is_the_mean_and_standard_error_of_per_example_differenc
     assert b_c == pytest.approx((0.2, np.sqrt(4 - 0.4) / 10))
     with pytest.raises(ValueError):
         paired_increase(dense, trial[:-1])
+
+
+def test_search_says_so_when_no_trial_is_within_the_budget(tiny_mnist, tmp_path):
+    # A budget of 0 points needs a standard error of 0: the very same predictions as dense.
+    with pytest.raises(ConfigError, match=r"no trial came within 0 points by one standard error \(smallest KL weight tried: 0.5,"):
+        search("lenet-300-100", tmp_path, 0.0, tiny_mnist, log=lambda *a: None, recipe=_recipe(), sparsity_trials=1)
+    assert not (tmp_path / "model.dzip").exists() and (tmp_path / "search" / "kl-0.5" / "model.dzip").exists()

@@ -155,7 +155,8 @@ def search(
         guess = (low + high) / 2
     if best is None:
         raise ConfigError(
-            f"{name}: no trial came within {max_increase:g} points (smallest KL weight tried: {math.exp(low):.3g}); allow more"
+            f"{name}: no trial came within {max_increase:g} points by one standard error (smallest KL weight tried: "
+            f"{min(row['kl_weight'] for row in trials):.3g}, OUT/search has them all); allow more"
         )
 
     # Bits, one layer at a time, from the chosen trial's pruned model.
