@@ -215,7 +215,7 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
         files[name] = container.to_bytes(model)
         if name != "v3_features":  # version 2 had none of it
             files[f"{name}_v2"] = _version_2_file(model)
-    for version in (1, 2, 3, 4):
+    for version in (1, 2, 3, 4, 5):
         files[f"golden_v{version}"] = (GOLDEN / f"v{version}.dzip").read_bytes()
     return tuple(files.items())
 
@@ -223,6 +223,8 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
 def _version_2_file(model) -> bytes:
     """`model` as the version-2 writer wrote it: the writer's records, every codebook
     float32 and Huffman-coded (the codec restricted to Huffman), files plain."""
+    import torch
+
     from deepzip import container
     from deepzip.codec.layer import encode_dense, encode_layer_smallest
     from deepzip.codec.streams import HUFFMAN
@@ -234,6 +236,9 @@ def _version_2_file(model) -> bytes:
         section = data[r.section_offset : r.section_offset + r.section_size]
         if r.value("encoding") == 4:
             replace[r.index] = (3, lzma.decompress(section, format=lzma.FORMAT_XZ), None)
+        elif r.value("encoding") == ENCODING_PLANES:
+            tensor = model.tensors[name].tensor.contiguous()
+            replace[r.index] = (0, tensor.reshape(-1).view(torch.uint8).numpy().tobytes(), None)
         elif r.value("encoding") == 1:
             t = model.tensors[name]
             k = len(t.codebook)
@@ -300,7 +305,9 @@ _PARAMS = {
     3: (("k", 2), ("b", 1), ("coding_flags", 1), ("scale_axis", 1), ("E", VARINT), ("K", VARINT),
         ("C", VARINT), ("G", VARINT), ("TC", VARINT), ("TG", VARINT)),
 }  # fmt: skip
-CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16 = 1, 2, 4, 8
+CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16, CODEBOOK_PLANES = 1, 2, 4, 8, 32
+ENCODING_PLANES = 5  # version 5: a raw tensor's byte planes, each with a mode byte (and T, D unless stored)
+_ITEMSIZE = {1: 4, 2: 2, 3: 2, 4: 8, 5: 8, 6: 4, 7: 2, 8: 1, 9: 1, 10: 1}
 PARTS = ("codebook", "scales", "code_table", "gap_table", "code_stream", "gap_stream")
 _PART_SIZE = {"code_table": "TC", "gap_table": "TG", "code_stream": "C", "gap_stream": "G"}
 
@@ -354,6 +361,8 @@ class RecordLayout:
     name_size: int = 0
     section_offset: int | None = None  # None if the header ends before the section size
     version: int = 2  # whose record fields these are (1, 2 or 3)
+    planes: list[tuple[int, int, int]] = field(default_factory=list)  # version 5: (mode, T, D) per byte plane
+    planes_span: tuple[int, int] | None = None  # where the plane fields lie in the header
 
     def value(self, name: str) -> int | None:
         """The value of field `name`, None if it was not parsed."""
@@ -391,7 +400,10 @@ class RecordLayout:
         if None in (flags, axis, tc, tg):
             return None
         scales = self.dims[axis - 1].value * (2 if flags & SCALE_F16 else 4) if 0 < axis <= len(self.dims) else 0
-        return list(zip(PARTS, (k * (2 if flags & CODEBOOK_F16 else 4), scales, tc, tg, c, g)))
+        entries = k * (2 if flags & CODEBOOK_F16 else 4)
+        if flags & CODEBOOK_PLANES and self.planes:
+            entries = sum(k if mode == 0 else t + d for mode, t, d in self.planes)
+        return list(zip(PARTS, (entries, scales, tc, tg, c, g)))
 
     def parts(self) -> dict[str, tuple[int, int]]:
         """{part: (offset, size)} of a codebook section: codebook, scales, code_table,
@@ -465,7 +477,7 @@ class Layout:
 def _record_fields_of(version: int | None) -> int:
     """The version whose record fields a file of `version` has: version 4 adds only a coding
     flag (significance-coded positions) to version 3's fields; an unknown version, 2's."""
-    return 3 if version == 4 else version if version in (1, 2, 3) else 2
+    return 3 if version in (4, 5) else version if version in (1, 2, 3) else 2
 
 
 def parse_layout(data: bytes) -> Layout:
@@ -557,6 +569,25 @@ def parse_layout(data: bytes) -> Layout:
                     complete = False
                     break
                 if record.value("encoding") == 1 and any(take(name, w, record) is None for name, w in _PARAMS[rv]):
+                    complete = False
+                    break
+                width = 0
+                if version == 5 and record.value("encoding") == ENCODING_PLANES:
+                    width = _ITEMSIZE.get(record.value("dtype"), 0)
+                elif version == 5 and record.value("encoding") == 1 and record.coding_flags & CODEBOOK_PLANES:
+                    width = 2 if record.coding_flags & CODEBOOK_F16 else 4
+                start = pos
+                for j in range(width):
+                    mode = take(f"plane{j}_mode", 1, record)
+                    if mode is None:
+                        break
+                    sizes = (0, 0) if mode.value == 0 else tuple(take(f"plane{j}_{n}", VARINT, record) for n in ("T", "D"))
+                    if None in sizes:
+                        break
+                    record.planes.append((mode.value, *(f if isinstance(f, int) else f.value for f in sizes)))
+                if width:
+                    record.planes_span = (start, pos)
+                if len(record.planes) < width:
                     complete = False
                     break
             complete = complete and pos == body[1]
@@ -1072,7 +1103,7 @@ def coding_edit(data: bytes, rng: np.random.Generator) -> bytes:
     if choice == 1:
         values = (0, 1, len(record.dims), len(record.dims) + 1, 255, int(rng.integers(256)))
         return _rewrite(data, record, None, {"scale_axis": int(values[rng.integers(len(values))])})
-    if choice == 2:
+    if choice == 2 and not flags & CODEBOOK_PLANES:  # (byte-plane coded entries are no float array)
         half = bool(flags & CODEBOOK_F16)
         codebook = np.frombuffer(parts["codebook"], "<f2" if half else "<f4")
         parts["codebook"] = _float_bytes(codebook, not half)
@@ -1350,6 +1381,8 @@ def relayout(data: bytes, version: int, replace: Mapping[int, tuple] | None = No
             for name, value in (("coding_flags", 0), ("scale_axis", 0), ("TC", tables[0]), ("TG", tables[1])):
                 values.setdefault(name, value)
             body += b"".join(_encode(version, width, values[n]) for n, width in _PARAMS[version])
+        if r.planes_span is not None and r.index not in replace:  # version 5's plane fields travel as they are
+            body += data[r.planes_span[0] : r.planes_span[1]]
         sections.append(section)
     flags = int.from_bytes(data[10:12], "little")
     if version == 1:

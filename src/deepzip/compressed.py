@@ -119,9 +119,14 @@ class Alias:
 
 @dataclass(frozen=True)
 class RawTensor:
-    """A tensor stored as is (biases, normalization parameters, anything not compressed)."""
+    """A tensor stored as is (biases, normalization parameters, anything not compressed).
+
+    "As is" means bit for bit: the writer may still entropy code its byte planes (format
+    version 5) where that is smaller, with the coders in `coders` (None: all it knows).
+    """
 
     tensor: torch.Tensor
+    coders: tuple[int, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

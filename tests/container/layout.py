@@ -1,4 +1,4 @@
-"""Spec-level helpers of the .dzip format tests: a strict parser and a builder for versions 1-4.
+"""Spec-level helpers of the .dzip format tests: a strict parser and a builder for versions 1-5.
 
 Written from the format's description (docs/FORMAT.md), not from the reader, so that
 expected bytes and crafted files do not inherit the reader's mistakes. `parse_layout`
@@ -15,12 +15,16 @@ section crc32, and for codebook records u16 k, u8 b, then E, C, G (u32, v1), E, 
 (varints, v2), or u8 flags, u8 scale axis and varints E, K, C, G, TC, TG (v3 and v4: the
 last two are the sizes of the code and gap tables). Version 4 is version 3 plus one coding
 flag, bit 4: the gap stream holds context-coded significance flags (b = 0, E = K, TG = 0).
+Version 5 adds encoding 5 (a raw tensor as byte planes: per plane u8 mode, and varints T
+and D unless the mode is 0, stored) and codebook flag bit 5 (the codebook entries as byte
+planes, their plane fields after TG).
 
 A varint (versions 2 to 4) is unsigned LEB128: 7 bits a byte, the least significant
 group first, the high bit set on every byte but the last; minimal, at most 10 bytes, < 2**64.
 
-The writer writes version 4 only. `encode(model, 3)` is what the version-3 writer wrote: the
-writer's file with every significance-coded record coded as gaps, as the codec does when it
+The writer writes version 5 only. `encode(model, 4)` is what the version-4 writer wrote: the
+writer's file with every byte-plane record stored plainly (raw bytes, plain codebook
+entries). `encode(model, 3)` is what the version-3 writer wrote: the version-4 file with every significance-coded record coded as gaps, as the codec does when it
 is not given the tensor's shape. `encode(model, 2)` is what the version-2 writer wrote:
 the writer's records with every codebook stream Huffman-coded and every codebook float32
 (no scales, no xz), laid out as version 2; `encode(model, 1)` re-lays that out as version
@@ -45,23 +49,27 @@ from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.errors import ChecksumError, FormatError
 
 MAGIC = bytes([0x89, 0x44, 0x5A, 0x49, 0x50, 0x0D, 0x0A, 0x1A])
-VERSIONS = (1, 2, 3, 4)
-CURRENT = 4  # the version the writer writes
+VERSIONS = (1, 2, 3, 4, 5)
+CURRENT = 5  # the version the writer writes
 PARAMS = {
     1: ("k", "b", "E", "C", "G"),
     2: ("k", "b", "E", "K", "C", "G"),
     3: ("k", "b", "flags", "axis", "E", "K", "C", "G", "TC", "TG"),
 }
-PARAMS[4] = PARAMS[3]
-PARAMS_FORMAT = {1: "<HBIII", 2: "<HB", 3: "<HBBB", 4: "<HBBB"}  # versions 2 to 4: then the varints
-VARINT_PARAMS = {2: ("E", "K", "C", "G"), 3: ("E", "K", "C", "G", "TC", "TG"), 4: ("E", "K", "C", "G", "TC", "TG")}
-TRAILER_FORMAT = "<II"  # versions 2 to 4: body size H, crc32
+PARAMS[4] = PARAMS[5] = PARAMS[3]
+PARAMS_FORMAT = {1: "<HBIII", 2: "<HB", 3: "<HBBB", 4: "<HBBB", 5: "<HBBB"}  # versions 2 to 5: then the varints
+VARINT_PARAMS = {2: ("E", "K", "C", "G"), 3: ("E", "K", "C", "G", "TC", "TG")}
+VARINT_PARAMS[4] = VARINT_PARAMS[5] = VARINT_PARAMS[3]
+TRAILER_FORMAT = "<II"  # versions 2 to 5: body size H, crc32
 TRAILER_SIZE = struct.calcsize(TRAILER_FORMAT)
 
 # Version 3 codebook record flags (docs/FORMAT.md, "Codebook records, version 3"), and
 # version 4's significance flags.
-CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16, SIGNIFICANCE = 1, 2, 4, 8, 16
-ENC_RAW, ENC_CODEBOOK, ENC_ALIAS, ENC_FILE, ENC_FILE_XZ = 0, 1, 2, 3, 4
+# version 4's significance flags, and version 5's byte-plane coded codebook entries.
+CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16, SIGNIFICANCE, CODEBOOK_PLANES = 1, 2, 4, 8, 16, 32
+ENC_RAW, ENC_CODEBOOK, ENC_ALIAS, ENC_FILE, ENC_FILE_XZ, ENC_PLANES = 0, 1, 2, 3, 4, 5
+PLANE_STORED, PLANE_HUFFMAN, PLANE_RANS = 0, 1, 2
+ITEMSIZE = {1: 4, 2: 2, 3: 2, 4: 8, 5: 8, 6: 4, 7: 2, 8: 1, 9: 1, 10: 1}  # by dtype code
 
 
 # ---------------------------------------------------------------- varints
@@ -122,6 +130,58 @@ def read_params(version: int, data: bytes, pos: int) -> tuple[dict, int]:
     return params, pos
 
 
+def read_planes(data: bytes, pos: int, width: int) -> tuple[list[tuple[int, int, int]], int]:
+    """(plane fields [(mode, T, D)], position after them): u8 mode, then varints T and D unless stored (T = D = 0 then)."""
+    planes = []
+    for _ in range(width):
+        mode, pos = data[pos], pos + 1
+        table = size = 0
+        if mode != PLANE_STORED:
+            table, pos = read_varint(data, pos)
+            size, pos = read_varint(data, pos)
+        planes.append((mode, table, size))
+    return planes, pos
+
+
+def pack_planes(planes: list[tuple[int, int, int]]) -> bytes:
+    """Plane fields as the header holds them (see `read_planes`)."""
+    return b"".join(bytes([m]) + (b"" if m == PLANE_STORED else varint(t) + varint(d)) for m, t, d in planes)
+
+
+def planes_size(planes: list[tuple[int, int, int]], count: int) -> int:
+    """Section bytes of byte planes of `count` values: count for a stored plane, T + D for a coded one."""
+    return sum(count if m == PLANE_STORED else t + d for m, t, d in planes)
+
+
+def split_planes(planes: list[tuple[int, int, int]], section: bytes, count: int) -> list[tuple[int, bytes, bytes]]:
+    """[(mode, table, data)] of each plane in a byte-plane section (stored planes: no table)."""
+    out, pos = [], 0
+    for mode, table, size in planes:
+        if mode == PLANE_STORED:
+            out.append((mode, b"", section[pos : pos + count]))
+            pos += count
+        else:
+            out.append((mode, section[pos : pos + table], section[pos + table : pos + table + size]))
+            pos += table + size
+    assert pos == len(section)
+    return out
+
+
+def unplane(planes: list[tuple[int, int, int]], section: bytes, count: int) -> bytes:
+    """The `count` values' bytes, row-major, from their byte planes: plane j is byte j of each
+    value (little-endian). A coded plane's stream is decoded by the codec's stream decoder
+    (Huffman or rANS, checked against their own references in tests/codec)."""
+    from deepzip.codec.streams import decode_stream
+
+    columns = []
+    for mode, table, data in split_planes(planes, section, count):
+        if mode == PLANE_STORED:
+            columns.append(np.frombuffer(data, dtype=np.uint8))
+        else:
+            columns.append(decode_stream(HUFFMAN if mode == PLANE_HUFFMAN else ANS, table, data, 256, count).astype(np.uint8))
+    return np.stack(columns, axis=1).tobytes() if columns else b""
+
+
 def huffman_table_sizes(k: int, b: int) -> tuple[int, int]:
     """The code and gap Huffman table sizes: ceil((k+1)/2) and ceil(2**b/2) (0 when b = 0)."""
     return (k + 2) // 2, ((1 << b) + 1) // 2 if b else 0
@@ -135,7 +195,8 @@ def section_parts(version: int, record: dict) -> list[tuple[str, int]]:
     flags, axis = (p["flags"], p["axis"]) if version >= 3 else (0, 0)
     tables = (p["TC"], p["TG"]) if version >= 3 else huffman_table_sizes(p["k"], p["b"])
     scales = record["dims"][axis - 1] * (2 if flags & SCALE_F16 else 4) if axis else 0
-    sizes = [p["k"] * (2 if flags & CODEBOOK_F16 else 4), scales, *tables, p["C"], p["G"]]
+    entries = planes_size(record["planes"], p["k"]) if flags & CODEBOOK_PLANES else p["k"] * (2 if flags & CODEBOOK_F16 else 4)
+    sizes = [entries, scales, *tables, p["C"], p["G"]]
     return list(zip(("codebook", "scales", "code_table", "gap_table", "code_stream", "gap_stream"), sizes))
 
 
@@ -190,10 +251,17 @@ def parse_layout(data: bytes) -> dict:
         section_size, pos = read_size(version, data, pos + 1)
         (crc,) = struct.unpack_from("<I", data, pos)
         pos += 4
-        params = None
+        params, planes = None, None
         if encoding == 1:
             params, pos = read_params(version, data, pos)
-        records.append(dict(name=name, dtype=dtype, ndim=ndim, dims=dims, enc=encoding, size=section_size, crc=crc, params=params))
+            if version >= 5 and params["flags"] & CODEBOOK_PLANES:
+                planes, pos = read_planes(data, pos, 2 if params["flags"] & CODEBOOK_F16 else 4)
+        elif encoding == ENC_PLANES:
+            planes, pos = read_planes(data, pos, ITEMSIZE[dtype])
+        record = dict(name=name, dtype=dtype, ndim=ndim, dims=dims, enc=encoding, size=section_size, crc=crc, params=params)
+        if planes is not None:
+            record["planes"] = planes
+        records.append(record)
     assert pos == body_end
     sections, pos = [], sections_start
     for r in records:
@@ -220,6 +288,8 @@ def header_body(layout: dict, version: int, fix_section_crcs: bool = True) -> by
         body += struct.pack("<B", r["enc"]) + pack_size(version, r["size"]) + struct.pack("<I", crc)
         if r["params"] is not None:
             body += pack_params(version, r["params"])
+        if "planes" in r:
+            body += pack_planes(r["planes"])
     return body
 
 
@@ -322,7 +392,7 @@ def version_2_layout(model: CompressedModel) -> dict:
     The writer's records in its order (names sorted, aliases, files last); codebook
     sections re-encoded, xz file sections decompressed to plain file records.
     """
-    layout = parse_layout(container.to_bytes(model))
+    layout = version_4_layout(model)
     layout["version"] = 2
     for r, i in zip(layout["records"], range(len(layout["records"]))):
         if r["enc"] == ENC_FILE_XZ:
@@ -334,11 +404,36 @@ def version_2_layout(model: CompressedModel) -> dict:
     return layout
 
 
-def version_3_layout(model: CompressedModel) -> dict:
-    """`model` as the version-3 writer wrote it, as a layout: the writer's records, with
-    every significance-coded one coded as gaps (the widths and coders the codec picks when
-    it is not given the tensor's shape, which is what that writer ran)."""
+def version_4_layout(model: CompressedModel) -> dict:
+    """`model` as the version-4 writer wrote it, as a layout: the writer's records, with every
+    byte-plane record stored plainly: an encoding-5 tensor as its raw bytes (encoding 0), a
+    codebook's planes as its float16 or float32 entries (bit 5 cleared)."""
     layout = parse_layout(container.to_bytes(model))
+    layout["version"] = 4
+    for i, r in enumerate(layout["records"]):
+        record = model.tensors.get(r["name"].decode())
+        if r["enc"] == ENC_PLANES:
+            tensor = record.tensor.detach().contiguous()
+            layout["sections"][i] = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+            r["enc"] = ENC_RAW
+        elif r["enc"] == ENC_CODEBOOK and r["params"]["flags"] & CODEBOOK_PLANES:
+            parts = split_section(5, r, layout["sections"][i])
+            dtype = "<f2" if r["params"]["flags"] & CODEBOOK_F16 else "<f4"
+            entries = np.ascontiguousarray(record.codebook, dtype="<f4").astype(dtype).tobytes()
+            layout["sections"][i] = entries + b"".join(parts[n] for n in ("scales", "code_table", "gap_table", "code_stream", "gap_stream"))
+            r["params"] = dict(r["params"], flags=r["params"]["flags"] & ~CODEBOOK_PLANES)
+        else:
+            continue
+        r.pop("planes", None)
+        r["size"] = len(layout["sections"][i])
+    return layout
+
+
+def version_3_layout(model: CompressedModel) -> dict:
+    """`model` as the version-3 writer wrote it, as a layout: the version-4 writer's records,
+    with every significance-coded one coded as gaps (the widths and coders the codec picks
+    when it is not given the tensor's shape, which is what that writer ran)."""
+    layout = version_4_layout(model)
     layout["version"] = 3
     for i, r in enumerate(layout["records"]):
         if r["enc"] != ENC_CODEBOOK or not r["params"]["flags"] & SIGNIFICANCE:
@@ -357,15 +452,18 @@ def version_3_layout(model: CompressedModel) -> dict:
 
 
 def encode(model: CompressedModel, version: int) -> bytes:
-    """`model` as a file of `version`: the writer's bytes (v4), the version-3 writer's (see
+    """`model` as a file of `version`: the writer's bytes (v5), the version-4 writer's (see
+    `version_4_layout`), the version-3 writer's (see
     `version_3_layout`), the version-2 writer's (see `version_2_layout`), or those re-laid
     out as v1.
 
     For version 1 a record the writer would store dense is stored with 1-bit gaps, the
     width deepzip 0.1 chose for it (the narrowest of the equal smallest). Ties are kept.
     """
-    if version == 4:
+    if version == 5:
         return container.to_bytes(model)
+    if version == 4:
+        return build_layout(version_4_layout(model))
     if version == 3:
         return build_layout(version_3_layout(model))
     if version == 2:

@@ -29,7 +29,9 @@ CHILD = textwrap.dedent(
         real_fsync(fd)
 
     os.fsync = stall
-    model = CompressedModel({"w": RawTensor(torch.arange(4_000_000, dtype=torch.float32))})
+    # Bytes, so that the 16 MB section is written raw (version 5 would entropy code the
+    # byte planes of compressible floats).
+    model = CompressedModel({"w": RawTensor(torch.arange(16_000_000, dtype=torch.int64).remainder(251).to(torch.uint8))})
     if stage == "write":
         # Stall inside the byte copy itself: the writer opens the temporary file that
         # atomic.replace_file created and writes the sections into it; the 16 MB tensor

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import torch
 from layout import (
+    ENC_PLANES,
+    ENC_RAW,
+    unplane,
     MAGIC,
     SIGNIFICANCE,
     VERSIONS,
@@ -167,12 +170,68 @@ def expected_small_bytes_v4() -> bytes:
     return expected_small_bytes_v3(4)
 
 
-EXPECTED_SMALL = {1: expected_small_bytes_v1, 2: expected_small_bytes_v2, 3: expected_small_bytes_v3, 4: expected_small_bytes_v4}
-expected_written = expected_small_bytes_v4  # what this writer writes
+def expected_small_bytes_v5() -> bytes:
+    """The version-5 file of `small_model`: version 3's, numbered 5 (byte planes of two
+    biases or two codebook entries cost more than the values: a mode byte a plane)."""
+    return expected_small_bytes_v3(5)
+
+
+EXPECTED_SMALL = {
+    1: expected_small_bytes_v1, 2: expected_small_bytes_v2, 3: expected_small_bytes_v3, 4: expected_small_bytes_v4, 5: expected_small_bytes_v5
+}  # fmt: skip
+expected_written = expected_small_bytes_v5  # what this writer writes
 
 
 def test_golden_bytes_small_model():
-    assert container.to_bytes(small_model()) == expected_small_bytes_v4()
+    assert container.to_bytes(small_model()) == expected_small_bytes_v5()
+
+
+def test_version_4_form_of_the_writers_records_is_the_version_4_golden():
+    assert encode(small_model(), 4) == expected_small_bytes_v4()
+
+
+def expected_planes_bytes() -> bytes:
+    """A version-5 file by hand: fc.bias = [1.5, -2.0] as byte planes (encoding 5).
+
+    1.5 is 0x3FC00000 and -2.0 is 0xC0000000, little-endian 00 00 C0 3F and 00 00 00 C0,
+    so the planes (byte j of each value) are 00 00 | 00 00 | C0 00 | 3F C0. Planes 0-2 are
+    stored (mode 0: the 2 bytes, no size fields); plane 3 is Huffman-coded (mode 1,
+    T = 128, D = 1): symbols 0x3F and 0xC0 have length 1, which in the 4-bit table of 256
+    symbols is the low nibble of byte 31 (symbol 63) and the high nibble of byte 96
+    (symbol 192). Canonical codes: 0x3F -> 0, 0xC0 -> 1, so the stream is the bits 0 1,
+    padded: 0x40. Section: 6 + 128 + 1 = 135 bytes. Record: 2 + 7 + 1 + 1 + 4 + 1 +
+    varint 135 (2 bytes: 87 01) + 4, then the plane fields 00 00 00 01 80 01 01 (T = 128
+    is the varint 80 01).
+    """
+    table = bytearray(128)
+    table[31] = 0x01
+    table[96] = 0x10
+    section = bytes.fromhex("0000" "0000" "c000") + bytes(table) + bytes([0x40])
+    assert len(section) == 135
+    record = (
+        struct.pack("<H", 7) + b"fc.bias"
+        + bytes([1, 1]) + struct.pack("<I", 2)  # float32, ndim 1, dims [2]
+        + bytes([5]) + bytes([0x87, 0x01]) + struct.pack("<I", zlib.crc32(section))  # byte planes, 135 bytes
+        + bytes([0, 0, 0, 1, 0x80, 0x01, 0x01])  # modes 0, 0, 0, then 1 with T = 128, D = 1
+    )  # fmt: skip
+    preamble = MAGIC + bytes([5, 0, 0, 0]) + bytes(4)
+    body = bytes([0x01]) + record
+    return preamble + section + body + struct.pack("<I", len(body)) + struct.pack("<I", zlib.crc32(preamble + body))
+
+
+def test_hand_made_byte_planes_decode_to_their_values():
+    model = container.from_bytes(expected_planes_bytes())
+    assert bits_equal(model.state_dict()["fc.bias"], torch.tensor([1.5, -2.0]))
+
+
+def test_byte_planes_are_a_version_5_encoding():
+    data = bytearray(expected_planes_bytes())
+    data[8] = 4  # the same file numbered 4: encoding 5 is unknown there
+    body_size = struct.unpack_from("<I", data, len(data) - 8)[0]
+    body = bytes(data[len(data) - 8 - body_size : len(data) - 8])
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:16]) + body))
+    with pytest.raises(FormatError, match="unknown encoding 5"):
+        container.from_bytes(bytes(data))
 
 
 def test_version_3_form_of_the_writers_records_is_the_version_3_golden():
@@ -270,7 +329,7 @@ def test_golden_bytes_empty_model(version):
     else:
         preamble, body = MAGIC + struct.pack("<HHI", version, 0, 0), bytes([0x00])  # varint count 0
         expected = preamble + body + struct.pack("<II", 1, zlib.crc32(preamble + body))
-    assert len(expected) == {1: 24, 2: 25, 3: 25, 4: 25}[version]
+    assert len(expected) == {1: 24, 2: 25, 3: 25, 4: 25, 5: 25}[version]
     assert encode(CompressedModel({}), version) == expected
     assert container.from_bytes(expected).tensors == {}
 
@@ -350,16 +409,20 @@ def test_round_trip_raw(dtype, shape, version):
     data = encode(CompressedModel({"t": RawTensor(tensor)}), version)
     # The section holds the elements row-major, little-endian, per the spec.
     layout = parse_layout(data)
-    assert layout["records"][0]["dims"] == list(shape)
+    record, section = layout["records"][0], layout["sections"][0]
+    assert record["dims"] == list(shape)
     numel = int(np.prod(shape, dtype=np.int64))
-    assert layout["records"][0]["size"] == numel * tensor.element_size()
+    if record["enc"] == ENC_PLANES:  # version 5, where the byte planes are smaller
+        assert version >= 5 and record["size"] < numel * tensor.element_size()
+        section = unplane(record["planes"], section, numel)
+    assert record["enc"] in (ENC_RAW, ENC_PLANES) and len(section) == numel * tensor.element_size()
     if dtype == torch.bfloat16:
         reference = tensor.view(torch.int16).numpy().astype("<i2").tobytes()
     elif dtype == torch.bool:
         reference = tensor.numpy().astype(np.uint8).tobytes()
     else:
         reference = tensor.numpy().astype(tensor.numpy().dtype.newbyteorder("<")).tobytes()
-    assert layout["sections"][0] == reference
+    assert section == reference
     out = container.from_bytes(data).state_dict()["t"]
     assert bits_equal(out, tensor)
 
@@ -380,7 +443,11 @@ def test_round_trip_non_contiguous_raw():
     base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     t = base.t()  # non-contiguous view, shape (4, 3)
     data = container.to_bytes(CompressedModel({"t": RawTensor(t)}))
-    assert parse_layout(data)["sections"][0] == np.ascontiguousarray(t.numpy()).astype("<f4").tobytes()
+    layout = parse_layout(data)
+    record, section = layout["records"][0], layout["sections"][0]
+    if record["enc"] == ENC_PLANES:
+        section = unplane(record["planes"], section, t.numel())
+    assert section == np.ascontiguousarray(t.numpy()).astype("<f4").tobytes()
     assert bits_equal(container.from_bytes(data).state_dict()["t"], t.contiguous())
 
 
@@ -419,7 +486,7 @@ def test_round_trip_codebook(k, index_bits, density, version):
     # when the width is left open and some weights are pruned.
     params = parse_layout(data)["records"][0]["params"]
     significance = bool(params.get("flags", 0) & SIGNIFICANCE)
-    assert not significance or (version == 4 and index_bits is None and density < 1.0)
+    assert not significance or (version >= 4 and index_bits is None and density < 1.0)
     if significance:
         assert params["b"] == 0 and params["E"] == params["K"] == positions.size
     else:
@@ -611,14 +678,15 @@ def test_tied_tensors_are_stored_once_and_decode_shared(version):
     shared = RawTensor(torch.arange(1000, dtype=torch.float32))
     tied = encode(CompressedModel({"encoder.embed": shared, "decoder.out": shared}), version)
     untied = encode(CompressedModel({"encoder.embed": shared, "decoder.out": RawTensor(shared.tensor.clone())}), version)
-    assert len(untied) - len(tied) > 4000 - len("encoder.embed") - 1
+    stored = max(r["size"] for r in parse_layout(tied)["records"])  # the one stored section (version 5: maybe byte planes)
+    assert len(untied) - len(tied) > stored - len("encoder.embed") - 1
     state = container.from_bytes(tied).state_dict()
     assert state["encoder.embed"] is state["decoder.out"]
     assert torch.equal(state["decoder.out"], shared.tensor)
     # Stored under the first name in sorted order; the alias's section names it.
     layout = parse_layout(tied)
     assert [r["name"].decode() for r in layout["records"]] == ["decoder.out", "encoder.embed"]
-    assert [r["enc"] for r in layout["records"]] == [0, 2]
+    assert [r["enc"] for r in layout["records"]] == [ENC_PLANES if version >= 5 else ENC_RAW, 2]  # arange's bytes code smaller
     assert layout["sections"][1] == b"decoder.out"
 
 

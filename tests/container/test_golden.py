@@ -3,8 +3,9 @@
 tests/container/golden/v1.dzip was written by deepzip 0.1 (format version 1), v2.dzip by
 the version-2 writer (which added a dense record), v3.dzip by the version-3 writer (which
 added rANS-coded streams, float16 codebooks, per-slice scales and xz-compressed files) and
-v4.dzip by `python tests/container/test_golden.py` (version 4, which adds context-coded
-significance flags for positions); each is committed with the tensors
+v4.dzip by the version-4 writer (which added context-coded significance flags for
+positions) and v5.dzip by `python tests/container/test_golden.py` (version 5, which adds
+byte-plane coded raw tensors and codebook entries); each is committed with the tensors
 it must decode to (vN-expected.safetensors, made from the records in memory, not from
 the file). Never regenerate a .dzip after a format change: a later deepzip must still
 read these files. The script writes only the current version's files, and only if they
@@ -19,6 +20,10 @@ import numpy as np
 import pytest
 import torch
 from layout import (
+    CODEBOOK_PLANES,
+    ENC_PLANES,
+    PLANE_STORED,
+    unplane,
     CODE_RANS,
     CODEBOOK_F16,
     ENC_ALIAS,
@@ -45,7 +50,7 @@ FILES = {"config.json": json.dumps({"model_type": "toy", "hidden_size": 8}).enco
 # Version 3 stores a file xz-compressed when that is smaller: a merges list is.
 MERGES = "".join(f"t{i % 37} o{i % 11}\n" for i in range(400)).encode()
 FILES_V3 = FILES | {"tokenizer/merges.txt": MERGES}
-CURRENT = 4
+CURRENT = 5
 
 
 def build_golden_model(version: int = 1) -> CompressedModel:
@@ -81,6 +86,8 @@ def build_golden_model(version: int = 1) -> CompressedModel:
         tensors |= version_3_tensors(rng)
     if version >= 4:
         tensors |= version_4_tensors(rng)
+    if version >= 5:
+        tensors |= version_5_tensors(rng)
     return CompressedModel(tensors, dict(FILES_V3 if version >= 3 else FILES))
 
 
@@ -181,7 +188,21 @@ def version_4_tensors(rng) -> dict:
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def version_5_tensors(rng) -> dict:
+    """Records whose bytes the writer codes as byte planes (encoding 5, codebook flag bit 5):
+    float32 biases of one sign and a narrow range (their top bytes take a few values), a
+    float16 norm and a float32 codebook of 48 sorted centroids."""
+    return {
+        "planes.bias": RawTensor(torch.from_numpy(rng.uniform(0.01, 0.2, 64).astype(np.float32))),
+        "planes16.weight": RawTensor(torch.from_numpy(rng.uniform(0.9, 1.1, 96).astype(np.float16))),
+        "planes_cb.weight": CodebookTensor(
+            (30, 40), torch.float32, np.sort(rng.uniform(-0.1, 0.1, 48)).astype(np.float32),
+            np.arange(0, 1200, 7, dtype=np.int64), rng.integers(0, 48, 172).astype(np.uint16), 3,
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_golden_file_decodes_to_its_expected_tensors(version):
     data = (GOLDEN / f"v{version}.dzip").read_bytes()
     assert data[8] == version
@@ -195,7 +216,7 @@ def test_golden_file_decodes_to_its_expected_tensors(version):
     assert model.files == (FILES_V3 if version >= 3 else FILES)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_golden_file_parses_as_its_version_and_rebuilds_byte_for_byte(version):
     from layout import build_layout
 
@@ -206,8 +227,11 @@ def test_golden_file_parses_as_its_version_and_rebuilds_byte_for_byte(version):
 
 def test_golden_files_are_what_this_deepzip_writes():
     # Not a compatibility requirement (a later writer may encode better), but while the
-    # format is version 4 a change here means the writer changed: look before updating.
-    assert container.to_bytes(build_golden_model(4)) == (GOLDEN / "v4.dzip").read_bytes()
+    # format is version 5 a change here means the writer changed: look before updating.
+    assert container.to_bytes(build_golden_model(5)) == (GOLDEN / "v5.dzip").read_bytes()
+    # The version-4 form (`layout.encode`: the writer's records with byte planes stored
+    # plainly) is the version-4 writer's file: its coding is unchanged.
+    assert encode(build_golden_model(4), 4) == (GOLDEN / "v4.dzip").read_bytes()
     # The version-3 form (`layout.encode`: the writer's records with gaps for positions)
     # is the version-3 writer's file: its coding is unchanged.
     assert encode(build_golden_model(3), 3) == (GOLDEN / "v3.dzip").read_bytes()
@@ -246,6 +270,30 @@ def test_golden_v4_covers_what_version_4_adds():
     assert params["sig_conv.weight"]["axis"] == 1 and params["sig_conv.weight"]["flags"] & SCALE_F16
     # Gaps remain where they are smaller, in the same file.
     assert any(p["b"] > 0 for p in params.values())
+
+
+def test_golden_v5_covers_what_version_5_adds():
+    layout = parse_layout((GOLDEN / "v5.dzip").read_bytes())
+    records = {r["name"].decode(): r for r in layout["records"]}
+    for name in ("planes.bias", "planes16.weight"):
+        assert records[name]["enc"] == ENC_PLANES and any(mode != PLANE_STORED for mode, _, _ in records[name]["planes"]), name
+    assert records["planes_cb.weight"]["params"]["flags"] & CODEBOOK_PLANES
+    # Both kinds of plane are there: stored (the low mantissa bytes) and coded.
+    modes = {mode for r in records.values() for mode, _, _ in r.get("planes", ())}
+    assert PLANE_STORED in modes and modes - {PLANE_STORED}
+    assert records["flags"]["enc"] == ENC_RAW  # bytes have no planes to split
+
+
+def test_golden_v5_planes_hold_the_values_bytes():
+    # Each plane, decoded on its own (`layout.unplane`), is byte j of every value: the
+    # expected tensors' bytes, split by hand.
+    data = (GOLDEN / "v5.dzip").read_bytes()
+    layout = parse_layout(data)
+    expected = load_file(GOLDEN / "v5-expected.safetensors")
+    for record, section in zip(layout["records"], layout["sections"]):
+        if record["enc"] == ENC_PLANES:
+            tensor = expected[record["name"].decode()].contiguous()
+            assert unplane(record["planes"], section, tensor.numel()) == tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def test_golden_v3_scaled_and_float16_records_decode_to_the_formula():

@@ -35,7 +35,8 @@ def dead_columns(shape=(60, 80), k=8, seed=0, dtype=torch.float32, **fields) -> 
 
 
 def written(**records) -> dict:
-    layout = parse_layout(container.to_bytes(CompressedModel(records)))
+    """The records as the version-4 writer wrote them (the writer's file without version 5's byte planes)."""
+    layout = parse_layout(encode(CompressedModel(records), 4))
     assert layout["version"] == 4
     return layout
 

@@ -268,7 +268,9 @@ def test_a_mostly_zero_bias_is_stored_sparsely_and_decodes_bit_for_bit(tmp_path)
     assert isinstance(record, CodebookTensor)
     size = deepzip.save(model, tmp_path / "sparse.dzip")
     raw = deepzip.save(deepzip.compressed.CompressedModel({"weight": RawTensor(model.weight.detach()), "bias": RawTensor(bias)}), tmp_path / "raw.dzip")
-    assert size < raw - 1000  # 72 values and their positions, against 2,000 raw bytes
+    # 72 values and their positions, against 2,000 raw bytes, which version 5 codes as byte
+    # planes (most bytes are zeros): the sparse form is still the smaller.
+    assert size < raw
     decoded = deepzip.load(tmp_path / "sparse.dzip")["bias"]
     assert decoded.dtype == torch.float32
     assert torch.equal(decoded.view(torch.int32), bias.view(torch.int32))  # the bits, signed zero included

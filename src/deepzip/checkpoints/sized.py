@@ -27,6 +27,7 @@ from deepzip.budget.sensitivity import OutputDistortion, geometric_mean, sensiti
 from deepzip.budget.sizes import budget_bytes
 from deepzip.checkpoints.compress import Settings, compress_file
 from deepzip.checkpoints.read import open_checkpoint
+from deepzip.compressed import RawTensor
 from deepzip.container.writer import xz_compress
 from deepzip.errors import ConfigError
 from deepzip.summary import Summary
@@ -189,12 +190,9 @@ def slice_scales(slices: np.ndarray) -> np.ndarray:
 
 
 def _fixed_bytes(source, decided, metas) -> int:
-    """Bytes of everything but the compressed tensors' sections: raw tensors, files, header, framing."""
-    raw = sum(
-        int(np.prod(metas[first][1], dtype=np.int64)) * metas[first][0].itemsize
-        for first in decided.groups
-        if first not in decided.chosen
-    )
+    """Bytes of everything but the compressed tensors' sections: raw tensors (as the writer
+    codes them: byte planes where smaller), files, header, framing."""
+    raw = sum(container.encoded_size(RawTensor(source.tensor(first))) for first in decided.groups if first not in decided.chosen)
     files = sum(len(xz_compress(content)) + _HEAD_BYTES + len(name) for name, content in source.files.items())
     heads = sum(_HEAD_BYTES + len(name) for name in metas)
     return raw + files + heads + container.PREAMBLE.size + 8

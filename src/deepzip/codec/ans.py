@@ -15,7 +15,6 @@ when the table is representable, but not documented), gives every symbol of its 
 nonzero probability (unused ones need remapping), rejects a one-symbol alphabet, takes and
 returns int32, and decodes a 4-bit-entropy stream at 31-41 M symbols/s here (this: 135-175).
 """
-
 from __future__ import annotations
 
 import sys
@@ -84,8 +83,9 @@ def _quantize_used(c, precision):
     lam = (m - held[free - 1]) / top[free - 1]
     f = np.maximum(1, np.floor(np.minimum(lam * c, m - n + 1))).astype(np.int64)
     for _ in range(64):
-        gain = c * np.log1p(1.0 / f)  # saved by raising f by one
-        loss = np.where(f > 1, -c * np.log1p(-1.0 / np.maximum(f, 2)), np.inf)  # cost of lowering
+        # As float32: numpy's log1p moves by an ulp between versions and CPUs, which decided near-ties.
+        gain = (c * np.log1p(1.0 / f)).astype(np.float32)  # saved by raising f by one
+        loss = np.where(f > 1, -c * np.log1p(-1.0 / np.maximum(f, 2)), np.inf).astype(np.float32)  # cost of lowering
         buyers, sellers = np.argsort(-gain, kind="stable"), np.argsort(loss, kind="stable")
         short = m - int(f.sum())
         if short > 0:  # rounding down leaves the sum short, by < n

@@ -26,6 +26,7 @@ _EXPORTS = {
     "section_sizes": "reader",
     "EncodedRecord": "writer",
     "encode_record": "writer",
+    "encoded_size": "writer",
     "records_of": "writer",
     "to_bytes": "writer",
     "write": "writer",
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from deepzip.container.writer import (
         EncodedRecord,
         encode_record,
+        encoded_size,
         records_of,
         to_bytes,
         write,

@@ -1,4 +1,4 @@
-"""Parse and check a .dzip file's preamble and header (versions 1 to 4), with struct alone.
+"""Parse and check a .dzip file's preamble and header (versions 1 to 5), with struct alone.
 
 No torch, numpy or numba here: `deepzip info` answers from the header without importing
 them, and the reader checks every record before it allocates anything. Every size a
@@ -16,20 +16,27 @@ from dataclasses import dataclass
 from deepzip.container.spec import (
     CODEBOOK_FLAGS,
     CODEBOOK_FLAGS_V3,
+    CODEBOOK_FLAGS_V4,
     DTYPE_ITEMSIZE,
     DTYPE_NAMES,
     ENCODING_ALIAS,
     ENCODING_CODEBOOK,
     ENCODING_FILE,
     ENCODING_FILE_XZ,
+    ENCODING_PLANES,
     ENCODING_RAW,
     FLAG_CODE_ANS,
     FLAG_CODEBOOK_F16,
+    FLAG_CODEBOOK_PLANES,
     FLAG_GAP_ANS,
     FLAG_SCALE_F16,
     FLAG_SIGNIFICANCE,
     FLOAT_CODES,
     MAGIC,
+    PLANE_ANS,
+    PLANE_HUFFMAN,
+    PLANE_HUFFMAN_TABLE,
+    PLANE_STORED,
     PREAMBLE,
     TRAILER,
     VARINT_MAX_BYTES,
@@ -80,10 +87,13 @@ class Record:
     scale_axis: int | None = None
     code_table_bytes: int = 0
     gap_table_bytes: int = 0
+    planes: tuple[tuple[int, int, int], ...] = ()  # version 5: (mode, table bytes, data bytes) per byte plane
 
     @property
     def codebook_bytes(self) -> int:
-        """Bytes of the codebook entries."""
+        """Bytes of the codebook entries (of their byte planes, with flag bit 5)."""
+        if self.flags & FLAG_CODEBOOK_PLANES:
+            return plane_bytes(self.planes, self.k)
         return self.k * (2 if self.flags & FLAG_CODEBOOK_F16 else 4)
 
     @property
@@ -224,8 +234,32 @@ class _Cursor:
         raise FormatError(f"{self.where}: {what} is a varint of more than {VARINT_MAX_BYTES} bytes")
 
     def size(self, version: int, what: str) -> int:
-        """A size or count: u32 in version 1, a varint in versions 2 to 4."""
+        """A size or count: u32 in version 1, a varint in versions 2 to 5."""
         return self.unpack("I", what)[0] if version == 1 else self.varint(what)
+
+    def planes(self, width: int, count: int) -> tuple[tuple[int, int, int], ...]:
+        """`width` byte-plane fields (version 5): u8 mode, then for a coded plane varints T and D, checked."""
+        fields = []
+        for j in range(width):
+            (mode,) = self.unpack("B", f"byte plane {j} mode")
+            if mode == PLANE_STORED:
+                fields.append((mode, 0, count))
+                continue
+            if mode not in (PLANE_HUFFMAN, PLANE_ANS):
+                raise FormatError(f"{self.where}: byte plane {j} has unknown mode {mode}")
+            table, data = self.varint(f"byte plane {j} table size"), self.varint(f"byte plane {j} data size")
+            if mode == PLANE_HUFFMAN and table != PLANE_HUFFMAN_TABLE:
+                raise FormatError(f"{self.where}: byte plane {j}: a Huffman table of 256 symbols is {PLANE_HUFFMAN_TABLE} bytes, not {table}")
+            # A Huffman-coded byte costs at least one bit; rANS has no such floor.
+            if mode == PLANE_HUFFMAN and count > 8 * data:
+                raise FormatError(f"{self.where}: byte plane {j}: {count} bytes cannot fit in a Huffman stream of {data} bytes")
+            fields.append((mode, table, data))
+        return tuple(fields)
+
+
+def plane_bytes(planes: Sequence[tuple[int, int, int]], count: int) -> int:
+    """Section bytes of byte planes of `count` values: n for a stored plane, T + D for a coded one."""
+    return sum(count if mode == PLANE_STORED else table + data for mode, table, data in planes)
 
 
 def _parse_records(cur: _Cursor, version: int, offset: int) -> list[Record]:
@@ -280,6 +314,14 @@ def _parse_record(cur: _Cursor, name: str, version: int, offset: int) -> Record:
         expected = numel * DTYPE_ITEMSIZE[dtype_code]
         if size != expected:
             raise FormatError(f"{cur.where}: raw section size {size} != {expected} for shape {list(shape)}")
+    elif encoding == ENCODING_PLANES and version >= 5:
+        width = DTYPE_ITEMSIZE[dtype_code]
+        if width < 2:
+            raise FormatError(f"{cur.where}: byte planes need elements of 2 bytes or more, not {DTYPE_NAMES[dtype_code]}")
+        planes = cur.planes(width, numel)
+        if size != plane_bytes(planes, numel):
+            raise FormatError(f"{cur.where}: section size {size} != {plane_bytes(planes, numel)}, the sum of its byte planes")
+        return Record(**fields, planes=planes)
     elif encoding == ENCODING_ALIAS:
         if not 1 <= size <= MAX_NAME_BYTES:
             raise FormatError(f"{cur.where}: alias target name of {size} bytes outside 1..{MAX_NAME_BYTES}")
@@ -312,7 +354,7 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
     low = 0 if version >= 2 else 1  # b = 0: a dense record (versions 2, 3)
     if not low <= b <= MAX_INDEX_BITS:
         raise FormatError(f"{cur.where}: index bits {b} outside {low}..{MAX_INDEX_BITS}")
-    if flags & ~(CODEBOOK_FLAGS if version >= 4 else CODEBOOK_FLAGS_V3):
+    if flags & ~(CODEBOOK_FLAGS if version >= 5 else CODEBOOK_FLAGS_V4 if version == 4 else CODEBOOK_FLAGS_V3):
         raise FormatError(f"{cur.where}: unknown coding flags {flags:#04x}")
     significance = bool(flags & FLAG_SIGNIFICANCE)
     if significance and (b or flags & FLAG_GAP_ANS):
@@ -329,6 +371,7 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
         gap_table = cur.varint("gap table size")
     else:
         code_table, gap_table = lengths_table_size(k + 1), lengths_table_size(1 << b) if b else 0
+    planes = cur.planes(2 if flags & FLAG_CODEBOOK_F16 else 4, k) if flags & FLAG_CODEBOOK_PLANES else ()
     if not flags & FLAG_CODE_ANS and code_table != lengths_table_size(k + 1):
         raise FormatError(f"{cur.where}: a Huffman code table of {k + 1} symbols is {lengths_table_size(k + 1)} bytes, not {code_table}")
     want_gap = 0 if not b else None if flags & FLAG_GAP_ANS else lengths_table_size(1 << b)  # significance: b = 0
@@ -366,6 +409,7 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
         scale_axis=scale_axis - 1 if scale_axis else None,
         code_table_bytes=code_table,
         gap_table_bytes=gap_table,
+        planes=planes,
     )
     expected = record.codebook_bytes + record.scale_bytes + code_table + gap_table + code_bytes + gap_bytes
     if fields["size"] != expected:

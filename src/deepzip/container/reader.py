@@ -1,4 +1,4 @@
-""".dzip bytes -> records and tensors (docs/FORMAT.md, versions 1 to 4), read defensively.
+""".dzip bytes -> records and tensors (docs/FORMAT.md, versions 1 to 5), read defensively.
 
 `container.header` checks every size the header declares before anything is allocated;
 this module then checks each section's checksum and decodes it, naming the tensor and the
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepzip.codec import planes as planes_
 from deepzip.codec.layer import SIGNIFICANCE, EncodedLayer, decode_dense, decode_layer
 from deepzip.codec.streams import ANS, HUFFMAN
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
@@ -27,13 +28,18 @@ from deepzip.container.spec import (
     ENCODING_CODEBOOK,
     ENCODING_FILE,
     ENCODING_FILE_XZ,
+    ENCODING_PLANES,
     ENCODING_RAW,
     FILE_ENCODINGS,
     FLAG_CODE_ANS,
     FLAG_CODEBOOK_F16,
+    FLAG_CODEBOOK_PLANES,
     FLAG_GAP_ANS,
     FLAG_SCALE_F16,
     FLAG_SIGNIFICANCE,
+    PLANE_ANS,
+    PLANE_HUFFMAN,
+    PLANE_STORED,
 )
 from deepzip.errors import ChecksumError, DeepzipError, FormatError
 from deepzip.limits import DEFAULT_MAX_DECODED_SIZE
@@ -67,7 +73,7 @@ class DzipFile:
         for name, target in self.aliases.items():
             # Only a stored tensor can be a target: no chains, no cycles, no files.
             stored = self._records.get(target)
-            if stored is None or stored.encoding not in (ENCODING_RAW, ENCODING_CODEBOOK):  # not FILE_ENCODINGS
+            if stored is None or stored.encoding not in (ENCODING_RAW, ENCODING_PLANES, ENCODING_CODEBOOK):  # not FILE_ENCODINGS
                 raise FormatError(f"tensor {name!r}, alias section: target {target!r} is not a stored tensor")
             alias = self._records[name]
             if (stored.shape, stored.dtype_code) != (alias.shape, alias.dtype_code):
@@ -162,11 +168,17 @@ def _decode_section(record: header_.Record, section: memoryview) -> CodebookTens
             raise FormatError(f"{where}, raw section: bool bytes must be 0 or 1")
         flat = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.zeros(0, dtype=torch.uint8)
         return RawTensor(flat.view(dtype).reshape(record.shape))
+    if record.encoding == ENCODING_PLANES:
+        values = _planes(record.planes, section, record.numel, f"{where}, byte planes")
+        return RawTensor(torch.from_numpy(values.reshape(-1)).view(dtype).reshape(record.shape))
     k, b = record.k, record.index_bits
     sizes = (record.codebook_bytes, record.scale_bytes, record.code_table_bytes, record.gap_table_bytes)
     parts = np.cumsum([0, *sizes, record.code_bytes, record.gap_bytes])
     piece = [section[parts[i] : parts[i + 1]] for i in range(6)]  # sizes were checked in the header
-    codebook = np.frombuffer(piece[0], dtype="<f2" if record.flags & FLAG_CODEBOOK_F16 else "<f4").astype(np.float32)
+    entries = piece[0]
+    if record.flags & FLAG_CODEBOOK_PLANES:
+        entries = _planes(record.planes, piece[0], k, f"{where}, codebook planes").reshape(-1)
+    codebook = np.frombuffer(entries, dtype="<f2" if record.flags & FLAG_CODEBOOK_F16 else "<f4").astype(np.float32)
     scale = None
     if record.scale_axis is not None:
         scale = np.frombuffer(piece[1], dtype="<f2" if record.flags & FLAG_SCALE_F16 else "<f4").astype(np.float32)
@@ -184,6 +196,26 @@ def _decode_section(record: header_.Record, section: memoryview) -> CodebookTens
         raise FormatError(f"{where}, gap stream: {len(codes)} kept weights, the header says {record.kept}")
     # b = 0 here: significance flags, whose index bits the encoder chooses again on a rewrite.
     return CodebookTensor(record.shape, dtype, codebook, positions, codes, b or None, scale, record.scale_axis)
+
+
+_PLANE_CODERS = {PLANE_STORED: planes_.STORED, PLANE_HUFFMAN: HUFFMAN, PLANE_ANS: ANS}
+
+
+def _planes(fields: tuple[tuple[int, int, int], ...], section: memoryview, count: int, where: str) -> np.ndarray:
+    """The (count, width) bytes of byte-plane coded values; their sizes were checked in the header."""
+    coded, offset = [], 0
+    for mode, table, data in fields:
+        if mode == PLANE_STORED:
+            coded.append(planes_.CodedStream(planes_.STORED, b"", section[offset : offset + count]))
+            offset += count
+        else:
+            tables = bytes(section[offset : offset + table])
+            coded.append(planes_.CodedStream(_PLANE_CODERS[mode], tables, section[offset + table : offset + table + data]))
+            offset += table + data
+    try:
+        return planes_.decode(tuple(coded), count)
+    except FormatError as error:
+        raise FormatError(f"{where}: {error}") from None
 
 
 XZ_MEMORY_LIMIT = 96 << 20

@@ -15,8 +15,8 @@ from deepzip.errors import FormatError
 from deepzip.limits import MAX_FILE_NAME_PARTS
 
 MAGIC = b"\x89DZIP\r\n\x1a"
-VERSION = 4  # written; versions 1, 2 and 3 are still read
-VERSIONS = (1, 2, 3, 4)
+VERSION = 5  # written; versions 1 to 4 are still read
+VERSIONS = (1, 2, 3, 4, 5)
 # The preamble: magic, version, flags, and a u32 that is the header size in version 1
 # and reserved (0) in versions 2 to 4, whose header follows the sections.
 PREAMBLE = struct.Struct("<8sHHI")
@@ -48,19 +48,30 @@ ENCODING_ALIAS = 2  # a tied tensor: the section names the record it shares
 ENCODING_FILE = 3  # an attached file (a model's config.json...): raw bytes, not a tensor
 ENCODING_FILE_XZ = 4  # version 3: an attached file, xz-compressed (shape = its decoded size)
 FILE_ENCODINGS = (ENCODING_FILE, ENCODING_FILE_XZ)
+ENCODING_PLANES = 5  # version 5: a raw tensor whose byte planes are each stored or entropy coded
 
 # Version 3 codebook records: a flags byte. Bits 0 and 1: the code and gap streams are
 # rANS-coded (else Huffman); bit 2: codebook entries are float16 (else float32); bit 3: the
 # per-slice scales are float16 (else float32). Version 4 adds bit 4: the positions are
-# context-coded significance flags (the gap stream holds them; no gaps, no fillers). The
-# other bits must be 0.
+# context-coded significance flags (the gap stream holds them; no gaps, no fillers).
+# Version 5 adds bit 5: the codebook entries are byte-plane coded, as an encoding-5
+# section is (their plane fields follow the table sizes). The other bits must be 0.
 FLAG_CODE_ANS = 1
 FLAG_GAP_ANS = 2
 FLAG_CODEBOOK_F16 = 4
 FLAG_SCALE_F16 = 8
 FLAG_SIGNIFICANCE = 16
 CODEBOOK_FLAGS_V3 = FLAG_CODE_ANS | FLAG_GAP_ANS | FLAG_CODEBOOK_F16 | FLAG_SCALE_F16
-CODEBOOK_FLAGS = CODEBOOK_FLAGS_V3 | FLAG_SIGNIFICANCE
+FLAG_CODEBOOK_PLANES = 32
+CODEBOOK_FLAGS_V4 = CODEBOOK_FLAGS_V3 | FLAG_SIGNIFICANCE
+CODEBOOK_FLAGS = CODEBOOK_FLAGS_V4 | FLAG_CODEBOOK_PLANES
+
+# Byte-plane modes (version 5): a plane is stored as is, or Huffman- or rANS-coded over
+# the 256 byte values, with a table of PLANE_HUFFMAN_TABLE bytes for Huffman.
+PLANE_STORED = 0
+PLANE_HUFFMAN = 1
+PLANE_ANS = 2
+PLANE_HUFFMAN_TABLE = lengths_table_size(256)
 
 DTYPE_NAMES = {
     1: "float32",
@@ -84,17 +95,24 @@ __all__ = [
     "ENCODING_CODEBOOK",
     "ENCODING_FILE",
     "ENCODING_FILE_XZ",
+    "ENCODING_PLANES",
     "ENCODING_RAW",
     "CODEBOOK_FLAGS",
     "CODEBOOK_FLAGS_V3",
+    "CODEBOOK_FLAGS_V4",
     "FILE_ENCODINGS",
     "FLAG_CODEBOOK_F16",
+    "FLAG_CODEBOOK_PLANES",
     "FLAG_CODE_ANS",
     "FLAG_GAP_ANS",
     "FLAG_SCALE_F16",
     "FLAG_SIGNIFICANCE",
     "FLOAT_CODES",
     "MAGIC",
+    "PLANE_ANS",
+    "PLANE_HUFFMAN",
+    "PLANE_HUFFMAN_TABLE",
+    "PLANE_STORED",
     "PREAMBLE",
     "TRAILER",
     "VARINT_MAX_BYTES",

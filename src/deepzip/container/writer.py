@@ -1,4 +1,4 @@
-"""CompressedModel (or a stream of records) -> .dzip bytes, version 4 (docs/FORMAT.md).
+"""CompressedModel (or a stream of records) -> .dzip bytes, version 5 (docs/FORMAT.md).
 
 Versions 2 to 4 put the header after the sections, so a file is written in one pass, section by
 section, as the records arrive: a writer never holds more than one record's bytes. `write`
@@ -20,8 +20,9 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from deepzip.codec import planes
 from deepzip.codec.layer import SIGNIFICANCE, encode_dense, encode_layer_smallest
-from deepzip.codec.streams import ANS, CODERS
+from deepzip.codec.streams import ANS, CODERS, HUFFMAN
 from deepzip.compressed import Alias, CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import atomic
 from deepzip.container.dtypes import DTYPE_CODES
@@ -30,14 +31,19 @@ from deepzip.container.spec import (
     ENCODING_CODEBOOK,
     ENCODING_FILE,
     ENCODING_FILE_XZ,
+    ENCODING_PLANES,
     ENCODING_RAW,
     FLAG_CODE_ANS,
     FLAG_CODEBOOK_F16,
+    FLAG_CODEBOOK_PLANES,
     FLAG_GAP_ANS,
     FLAG_SCALE_F16,
     FLAG_SIGNIFICANCE,
     FLOAT_CODES,
     MAGIC,
+    PLANE_ANS,
+    PLANE_HUFFMAN,
+    PLANE_STORED,
     PREAMBLE,
     TRAILER,
     VERSION,
@@ -128,7 +134,7 @@ def write_stream(path: str | os.PathLike, items: Iterable[Item], files: Mapping[
 
 
 def write_to(f: BinaryIO, items: Iterable[Item], files: Mapping[str, bytes] = {}) -> int:
-    """Write a whole version-4 file to the binary stream `f`, one section at a time; return its size."""
+    """Write a whole version-5 file to the binary stream `f`, one section at a time; return its size."""
     preamble = PREAMBLE.pack(MAGIC, VERSION, 0, 0)
     f.write(preamble)
     size = len(preamble)
@@ -181,20 +187,43 @@ def xz_compress(content: bytes) -> bytes:
 def _coding_params(
     k: int, index_bits: int, flags: int, scale_axis: int | None, counts: tuple[int, ...], tables: tuple[int, int]
 ) -> bytes:
-    """A version-3 (and 4) codebook record's coding parameters: u16 k, u8 b, u8 flags, u8 scale axis
+    """A version-3 (to 5) codebook record's coding parameters: u16 k, u8 b, u8 flags, u8 scale axis
     (0 none, else axis + 1), then varints E, K, C, G, code table size, gap table size."""
     axis = 0 if scale_axis is None else scale_axis + 1
     return struct.pack("<HBBB", k, index_bits, flags, axis) + b"".join(pack_varint(v) for v in (*counts, *tables))
 
 
-def _float_entries(values: np.ndarray, flag: int) -> tuple[bytes, int]:
-    """float16 bytes and `flag` when every value is exactly a float16, else float32 bytes and 0."""
+def _float_entries(values: np.ndarray, flag: int) -> tuple[np.ndarray, int]:
+    """float16 values and `flag` when every value is exactly a float16, else float32 values and 0."""
     values32 = np.ascontiguousarray(values, dtype="<f4")
     with np.errstate(over="ignore"):  # out of float16's range: then float32, as the check below finds
         values16 = values32.astype("<f2")
     if np.array_equal(values16.astype("<f4"), values32, equal_nan=False) and np.isfinite(values32).all():
-        return values16.tobytes(), flag
-    return values32.tobytes(), 0
+        return values16, flag
+    return values32, 0
+
+
+# Raw tensors up to this many elements have their byte planes coded where that is smaller
+# (every bias and norm of a model); past it they are written as they are, so that a model
+# stored uncompressed is not entropy coded byte by byte at writing time.
+PLANES_MAX_ELEMENTS = 1 << 24
+_PLANE_MODES = {planes.STORED: PLANE_STORED, HUFFMAN: PLANE_HUFFMAN, ANS: PLANE_ANS}
+
+
+def _coded_planes(data: np.ndarray, width: int, coders: tuple[int, ...] | None) -> tuple[bytes, tuple] | None:
+    """(plane fields, section chunks) of the byte planes of `data` (uint8, values of `width` bytes),
+    where they are smaller than `data` itself, else None."""
+    if width < 2 or not 0 < data.size <= width * PLANES_MAX_ELEMENTS:
+        return None
+    coded = planes.encode(data, width, CODERS if coders is None else coders)
+    fields = b"".join(
+        bytes([_PLANE_MODES[p.coder]]) + (b"" if p.coder == planes.STORED else pack_varint(len(p.table)) + pack_varint(len(p.data)))
+        for p in coded
+    )
+    chunks = tuple(part for p in coded for part in (p.table, p.data))
+    if len(fields) + sum(p.nbytes for p in coded) >= data.size:
+        return None
+    return fields, chunks
 
 
 def _check_names(model: CompressedModel) -> None:
@@ -228,6 +257,13 @@ def _record_head(name: str, dtype: torch.dtype, shape: tuple[int, ...], encoding
     return head + struct.pack("<B", encoding) + pack_varint(size) + struct.pack("<I", crc)
 
 
+def encoded_size(record: CodebookTensor | RawTensor) -> int:
+    """Bytes of `record`'s section and coding parameters as the writer stores it (its header's name,
+    shape and sizes aside)."""
+    encoded = encode_record("", record)
+    return sum(memoryview(chunk).nbytes for chunk in encoded.chunks) + len(encoded.params)
+
+
 def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecord:
     """Encode one stored record: its section's chunks and its coding parameters (checked)."""
     shape = tuple(record.shape)
@@ -236,7 +272,11 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
         # numpy view is written as it is, with no copy (little-endian hosts only: torch
         # supports no big-endian CPU).
         tensor = record.tensor.detach().cpu().contiguous()
-        return EncodedRecord(tensor.dtype, shape, ENCODING_RAW, (tensor.reshape(-1).view(torch.uint8).numpy(),))
+        flat = tensor.reshape(-1).view(torch.uint8).numpy()
+        coded = _coded_planes(flat, tensor.element_size(), record.coders) if tensor.dtype != torch.bool else None
+        if coded is not None:
+            return EncodedRecord(tensor.dtype, shape, ENCODING_PLANES, coded[1], coded[0])
+        return EncodedRecord(tensor.dtype, shape, ENCODING_RAW, (flat,))
     k = len(record.codebook)
     # The writer enforces the reader's limits, so it never writes a file it cannot read.
     if DTYPE_CODES.get(record.dtype) not in FLOAT_CODES:
@@ -246,10 +286,16 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
     if record.index_bits is not None and not 1 <= record.index_bits <= MAX_INDEX_BITS:
         raise ConfigError(f"tensor {name!r}: index bits {record.index_bits} outside 1..{MAX_INDEX_BITS}")
     coders = CODERS if record.coders is None else record.coders
-    codebook, flags = _float_entries(record.codebook, FLAG_CODEBOOK_F16)
+    entries, flags = _float_entries(record.codebook, FLAG_CODEBOOK_F16)
+    codebook, plane_fields = entries.tobytes(), b""
+    coded = _coded_planes(entries.view(np.uint8), entries.itemsize, coders)
+    if coded is not None:
+        (plane_fields, chunks), flags = coded, flags | FLAG_CODEBOOK_PLANES
+        codebook = b"".join(bytes(memoryview(chunk)) for chunk in chunks)
     scale = b""
     if record.scale is not None:
-        scale, scale_flag = _float_entries(record.scale, FLAG_SCALE_F16)
+        scale_values, scale_flag = _float_entries(record.scale, FLAG_SCALE_F16)
+        scale = scale_values.tobytes()
         flags |= scale_flag
     kept = record.kept
     if record.index_bits is None and kept == record.numel and kept:
@@ -257,7 +303,7 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
         stream = encode_dense(record.codes, k, coders)
         flags |= FLAG_CODE_ANS if stream.coder == ANS else 0
         counts = (kept, kept, len(stream.data), 0)
-        params = _coding_params(k, 0, flags, record.scale_axis, counts, (len(stream.table), 0))
+        params = _coding_params(k, 0, flags, record.scale_axis, counts, (len(stream.table), 0)) + plane_fields
         return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, (codebook, scale, stream.table, stream.data), params)
     positions = record.flat_positions() if record.positions is None else record.positions  # int32 stays int32
     layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits, coders, shape)
@@ -265,5 +311,6 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
     flags |= {ANS: FLAG_GAP_ANS, SIGNIFICANCE: FLAG_SIGNIFICANCE}.get(layer.gap_coder, 0)
     counts = (layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream))
     params = _coding_params(k, layer.index_bits, flags, record.scale_axis, counts, (len(layer.code_table), len(layer.gap_table)))
+    params += plane_fields
     chunks = (codebook, scale, layer.code_table, layer.gap_table, layer.code_stream, layer.gap_stream)
     return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, chunks, params)

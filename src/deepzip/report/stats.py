@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from deepzip.container import header
-from deepzip.container.spec import ENCODING_CODEBOOK, ENCODING_RAW, FLAG_SIGNIFICANCE
+from deepzip.container.spec import DTYPE_ITEMSIZE, ENCODING_CODEBOOK, ENCODING_PLANES, ENCODING_RAW, FLAG_SIGNIFICANCE
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,10 @@ def layer_stats(data: bytes) -> list[LayerStats]:
                     significance=flags,
                 )
             )  # fmt: skip
-        elif record.encoding == ENCODING_RAW:
-            stored = record.size
-            stats.append(LayerStats(record.name, record.shape, numel, numel, None, None, 0, 4 * numel, stored, stored, stored))
+        elif record.encoding in (ENCODING_RAW, ENCODING_PLANES):
+            # Byte planes are entropy coding: the stages before it hold the raw bytes.
+            stored = numel * DTYPE_ITEMSIZE[record.dtype_code]
+            stats.append(LayerStats(record.name, record.shape, numel, numel, None, None, 0, 4 * numel, stored, stored, record.size))
     return stats
 
 

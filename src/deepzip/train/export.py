@@ -17,7 +17,7 @@ from torch import nn
 
 from deepzip import container, module_state
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
-from deepzip.container.writer import encode_record
+from deepzip.container.writer import encoded_size
 from deepzip.errors import ConfigError
 from deepzip.limits import MAX_CODEBOOK, MAX_INDEX_BITS
 from deepzip.train import patterns
@@ -44,7 +44,8 @@ def export(
     makes the file smallest. A pattern that matches no quantized tensor is an error.
     `raw_dtype` (say torch.float16) stores the raw float32 tensors in that dtype, rounded;
     a reader gets them in that dtype, and `load_state_dict` widens them back. `coders`
-    restricts the entropy coders of the quantized tensors (`(HUFFMAN,)`: the paper's).
+    restricts the entropy coders of every tensor (`(HUFFMAN,)`: the paper's), the byte
+    planes of raw tensors included.
     """
     records: dict[int, CodebookTensor | RawTensor] = {}
     tensors: dict[str, CodebookTensor | RawTensor] = {}
@@ -68,12 +69,12 @@ def export(
                 records[identity] = _codebook_tensor(transform, site.value().dtype, widths.get(first_key[identity]), coders)
             else:
                 stored = _as_stored(site.value().detach().cpu(), raw_dtype).clone().contiguous()
-                records[identity] = RawTensor(stored) if site.parametrized else _plain_record(stored)
+                records[identity] = RawTensor(stored, coders) if site.parametrized else _plain_record(stored, coders)
         tensors[site.key] = records[identity]
     return CompressedModel(tensors)
 
 
-def _plain_record(tensor: torch.Tensor) -> CodebookTensor | RawTensor:
+def _plain_record(tensor: torch.Tensor, coders: tuple[int, ...] | None = None) -> CodebookTensor | RawTensor:
     """A plain tensor (a bias, a norm) as stored: raw, or a lossless sparse codebook where that is smaller.
 
     A mostly-zero tensor, such as the biases of the units that pruning left unread
@@ -82,7 +83,7 @@ def _plain_record(tensor: torch.Tensor) -> CodebookTensor | RawTensor:
     very same bits: the codebook holds each distinct value exactly (float16, bfloat16 and
     float32 values are all exact float32 ones), and the zeros are +0.0.
     """
-    raw = RawTensor(tensor)
+    raw = RawTensor(tensor, coders)
     if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not tensor.numel():
         return raw
     # One pass that copies nothing settles nearly every tensor (a large model's embeddings
@@ -98,10 +99,10 @@ def _plain_record(tensor: torch.Tensor) -> CodebookTensor | RawTensor:
     codebook, codes = np.unique(values[positions], return_inverse=True)
     if not codebook.size:  # all zeros: a codebook must still hold one value
         codebook = np.zeros(1, dtype=np.float32)
-    sparse = CodebookTensor(tuple(tensor.shape), tensor.dtype, codebook.astype(np.float32), positions.astype(np.int64), codes.astype(np.uint16))
-    encoded = encode_record("", sparse)
-    sparse_bytes = sum(len(memoryview(chunk).cast("B")) for chunk in encoded.chunks) + len(encoded.params)
-    return sparse if sparse_bytes < tensor.numel() * tensor.element_size() else raw
+    sparse = CodebookTensor(
+        tuple(tensor.shape), tensor.dtype, codebook.astype(np.float32), positions.astype(np.int64), codes.astype(np.uint16), coders=coders
+    )
+    return sparse if encoded_size(sparse) < encoded_size(raw) else raw
 
 
 def _as_stored(value: torch.Tensor, raw_dtype: torch.dtype | None) -> torch.Tensor:
