@@ -20,7 +20,8 @@ def test_round_trip_is_bit_exact(dtype, coders):
     if dtype[1] == "f":
         values[:3] = [np.nan, -0.0, np.inf]  # special values survive as their bits
     coded = planes.encode(values, values.itemsize, coders)
-    assert all(p.coder in (planes.STORED, *coders) for p in coded)
+    listed = (planes.LISTED,) if HUFFMAN in coders else ()  # a Huffman plane with a listed table
+    assert all(p.coder in (planes.STORED, *coders, *listed) for p in coded)
     back = planes.decode(coded, values.size)
     assert back.tobytes() == values.tobytes()
 
@@ -38,3 +39,14 @@ def test_each_plane_takes_what_is_smaller():
 def test_a_stored_plane_of_the_wrong_length_is_refused():
     with pytest.raises(ValueError, match="stored plane"):
         planes.decode((planes.CodedStream(planes.STORED, b"", b"\x00" * 3),), 4)
+
+
+def test_a_listed_table_round_trips_and_is_chosen_where_shorter():
+    lengths = np.zeros(256, dtype=np.uint8)
+    lengths[[0x3C, 0x3D, 0x3E]] = [1, 2, 2]
+    table = planes.pack_listed(lengths)
+    assert table == bytes([2, 0x3C, 0x3D, 0x3E, 0x12, 0x20])
+    assert planes.unpack_listed(table).tolist() == lengths.tolist()
+    biases = np.random.default_rng(1).uniform(0.01, 0.2, 300).astype("<f4")
+    top = planes.encode(biases, 4, (HUFFMAN,))[3]
+    assert top.coder == planes.LISTED and len(top.table) < 128

@@ -68,7 +68,7 @@ TRAILER_SIZE = struct.calcsize(TRAILER_FORMAT)
 # version 4's significance flags, and version 5's byte-plane coded codebook entries.
 CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16, SIGNIFICANCE, CODEBOOK_PLANES = 1, 2, 4, 8, 16, 32
 ENC_RAW, ENC_CODEBOOK, ENC_ALIAS, ENC_FILE, ENC_FILE_XZ, ENC_PLANES = 0, 1, 2, 3, 4, 5
-PLANE_STORED, PLANE_HUFFMAN, PLANE_RANS = 0, 1, 2
+PLANE_STORED, PLANE_HUFFMAN, PLANE_RANS, PLANE_LISTED = 0, 1, 2, 3
 ITEMSIZE = {1: 4, 2: 2, 3: 2, 4: 8, 5: 8, 6: 4, 7: 2, 8: 1, 9: 1, 10: 1}  # by dtype code
 
 
@@ -177,6 +177,14 @@ def unplane(planes: list[tuple[int, int, int]], section: bytes, count: int) -> b
     for mode, table, data in split_planes(planes, section, count):
         if mode == PLANE_STORED:
             columns.append(np.frombuffer(data, dtype=np.uint8))
+        elif mode == PLANE_LISTED:  # u8 m - 1, the m used values, their 4-bit lengths: expanded by hand
+            m = table[0] + 1
+            nibbles = [n for byte in table[1 + m :] for n in (byte >> 4, byte & 0x0F)][:m]
+            full = [0] * 256
+            for value, length in zip(table[1 : 1 + m], nibbles):
+                full[value] = length
+            packed = bytes((full[i] << 4) | full[i + 1] for i in range(0, 256, 2))
+            columns.append(decode_stream(HUFFMAN, packed, data, 256, count).astype(np.uint8))
         else:
             columns.append(decode_stream(HUFFMAN if mode == PLANE_HUFFMAN else ANS, table, data, 256, count).astype(np.uint8))
     return np.stack(columns, axis=1).tobytes() if columns else b""

@@ -86,7 +86,7 @@ def test_the_parts_rebuild_the_hand_made_file():
 @pytest.mark.parametrize(
     "fields, section, options, words",
     [
-        (FIELDS[:3] + b"\x03", SECTION[:6] + b"\x00\x00", {}, "unknown mode 3"),
+        (FIELDS[:3] + b"\x04", SECTION[:6] + b"\x00\x00", {}, "unknown mode 4"),
         (FIELDS[:4] + b"\x7f\x01", SECTION[:6] + TABLE[:127] + b"\x40", {}, "Huffman table"),
         (b"\x01\x80\x01\x00" + FIELDS[:3], TABLE + bytes(6) + b"\x00\x00", {}, "Huffman stream"),
         (FIELDS, SECTION, {"size": len(SECTION) + 1}, "sum of its byte planes"),
@@ -105,6 +105,29 @@ def test_codebook_planes_are_unknown_to_version_4():
     layout["version"] = 4
     with pytest.raises(Exception, match="unknown coding flags|unknown encoding"):
         container.from_bytes(build_layout(layout))
+
+
+LISTED_FIELDS = bytes([0, 0, 0, 3, 4, 1])  # plane 3 Huffman with a listed table: T = 4, D = 1
+LISTED_TABLE = bytes([0x01, 0x3F, 0xC0, 0x11])  # two used values, 0x3F and 0xC0, both of length 1
+
+
+def test_a_listed_huffman_table_decodes_by_hand():
+    # The same plane as the full-table file: codes 0x3F -> 0, 0xC0 -> 1, stream 0x40.
+    data = _planes_file(LISTED_FIELDS, SECTION[:6] + LISTED_TABLE + b"\x40")
+    assert bits_equal(container.from_bytes(data).state_dict()["fc.bias"], torch.tensor([1.5, -2.0]))
+
+
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        (bytes([0x01, 0xC0, 0x3F, 0x11]), "increasing"),
+        (bytes([0x01, 0x3F, 0xC0, 0x10]), "length 0"),
+        (bytes([0x02, 0x3F, 0xC0, 0x11]), "listed code-length table"),
+    ],
+    ids=["order", "zero length", "count"],
+)
+def test_damaged_listed_tables_are_rejected(table, words):
+    assert_rejected(_planes_file(LISTED_FIELDS, SECTION[:6] + table + b"\x40"), "fc.bias", match=words)
 
 
 def test_every_plane_stored_is_valid_too():

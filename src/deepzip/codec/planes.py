@@ -15,12 +15,47 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepzip.codec import huffman
+from deepzip.codec.buffers import as_uint8
 from deepzip.codec.streams import ANS, CODERS, HUFFMAN, CodedStream, decode_stream, encode_stream
+from deepzip.errors import FormatError
 
 STORED = -1
 """The `coder` of a plane kept as its n bytes (a CodedStream with no table)."""
 
+LISTED = 3
+"""The `coder` of a Huffman-coded plane whose table lists only its used byte values
+(`pack_listed`): a 300-value bias's top byte takes about 8 values, whose listed table is
+13 bytes where the full one of 256 code lengths is 128."""
+
 ALPHABET = 256
+
+
+def pack_listed(lengths: np.ndarray) -> bytes:
+    """A listed code-length table: u8 m - 1 (m used values), the m values ascending, their 4-bit lengths."""
+    used = np.flatnonzero(lengths)
+    if not 1 <= used.size <= ALPHABET:
+        raise ValueError("a listed table needs 1 to 256 used values")
+    return bytes([used.size - 1]) + used.astype(np.uint8).tobytes() + huffman.pack_lengths(lengths[used])
+
+
+def unpack_listed(data) -> np.ndarray:
+    """The 256 code lengths of a listed table; FormatError unless it is exactly one, values ascending, lengths 1..15."""
+    data = as_uint8(data)
+    if data.size < 1:
+        raise FormatError("empty listed code-length table")
+    count = int(data[0]) + 1
+    if data.size != 1 + count + (count + 1) // 2:
+        raise FormatError(f"a listed code-length table of {count} values is {1 + count + (count + 1) // 2} bytes, not {data.size}")
+    values = data[1 : 1 + count]
+    if count > 1 and np.any(np.diff(values.astype(np.int16)) <= 0):
+        raise FormatError("the listed values are not in increasing order")
+    lengths = huffman.unpack_lengths(data[1 + count :], count)
+    if not lengths.all():
+        raise FormatError("a listed value has code length 0")
+    out = np.zeros(ALPHABET, dtype=np.uint8)
+    out[values] = lengths
+    return out
 
 
 def split(values: np.ndarray, width: int) -> np.ndarray:
@@ -39,9 +74,16 @@ def encode(values: np.ndarray, width: int, coders: tuple[int, ...] = CODERS, fie
     """
     planes = []
     for plane in split(values, width):
-        stored = CodedStream(STORED, b"", plane.tobytes())
-        coded = encode_stream(plane, ALPHABET, coders) if plane.size else None
-        planes.append(stored if coded is None or coded.nbytes + field_bytes >= stored.nbytes else coded)
+        candidates = [CodedStream(STORED, b"", plane.tobytes())]
+        for coder in coders if plane.size else ():
+            coded = encode_stream(plane, ALPHABET, (coder,))
+            if coder == HUFFMAN:  # the listed table where it is the shorter (ties: the full one)
+                listed = pack_listed(huffman.unpack_lengths(coded.table, ALPHABET))
+                if len(listed) < len(coded.table):
+                    coded = CodedStream(LISTED, listed, coded.data)
+            candidates.append(CodedStream(coded.coder, coded.table, coded.data))
+        # The first of the smallest wins: stored over coded on a tie, as the size fields then cost more.
+        planes.append(min(candidates, key=lambda p: p.nbytes + (0 if p.coder == STORED else field_bytes)))
     return tuple(planes)
 
 
@@ -53,9 +95,11 @@ def decode(planes: tuple[CodedStream, ...], count: int) -> np.ndarray:
             if len(plane.data) != count:
                 raise ValueError(f"a stored plane of {len(plane.data)} bytes for {count} values")
             out[:, j] = np.frombuffer(plane.data, dtype=np.uint8)
+        elif plane.coder == LISTED:
+            out[:, j] = huffman.decode(plane.data, unpack_listed(plane.table), count)
         else:
             out[:, j] = decode_stream(plane.coder, plane.table, plane.data, ALPHABET, count)
     return out
 
 
-__all__ = ["ANS", "HUFFMAN", "STORED", "CodedStream", "decode", "encode", "split"]
+__all__ = ["ANS", "HUFFMAN", "LISTED", "STORED", "CodedStream", "decode", "encode", "pack_listed", "split", "unpack_listed"]

@@ -35,6 +35,7 @@ from deepzip.container.spec import (
     MAGIC,
     PLANE_ANS,
     PLANE_HUFFMAN,
+    PLANE_HUFFMAN_LISTED,
     PLANE_HUFFMAN_TABLE,
     PLANE_STORED,
     PREAMBLE,
@@ -245,13 +246,15 @@ class _Cursor:
             if mode == PLANE_STORED:
                 fields.append((mode, 0, count))
                 continue
-            if mode not in (PLANE_HUFFMAN, PLANE_ANS):
+            if mode not in (PLANE_HUFFMAN, PLANE_ANS, PLANE_HUFFMAN_LISTED):
                 raise FormatError(f"{self.where}: byte plane {j} has unknown mode {mode}")
             table, data = self.varint(f"byte plane {j} table size"), self.varint(f"byte plane {j} data size")
             if mode == PLANE_HUFFMAN and table != PLANE_HUFFMAN_TABLE:
                 raise FormatError(f"{self.where}: byte plane {j}: a Huffman table of 256 symbols is {PLANE_HUFFMAN_TABLE} bytes, not {table}")
+            if mode == PLANE_HUFFMAN_LISTED and not 3 <= table <= 1 + 256 + 128:
+                raise FormatError(f"{self.where}: byte plane {j}: a listed Huffman table of {table} bytes (3..385)")
             # A Huffman-coded byte costs at least one bit; rANS has no such floor.
-            if mode == PLANE_HUFFMAN and count > 8 * data:
+            if mode in (PLANE_HUFFMAN, PLANE_HUFFMAN_LISTED) and count > 8 * data:
                 raise FormatError(f"{self.where}: byte plane {j}: {count} bytes cannot fit in a Huffman stream of {data} bytes")
             fields.append((mode, table, data))
         return tuple(fields)

@@ -39,6 +39,7 @@ from deepzip.container.spec import (
     FLAG_SIGNIFICANCE,
     PLANE_ANS,
     PLANE_HUFFMAN,
+    PLANE_HUFFMAN_LISTED,
     PLANE_STORED,
 )
 from deepzip.errors import ChecksumError, DeepzipError, FormatError
@@ -198,7 +199,7 @@ def _decode_section(record: header_.Record, section: memoryview) -> CodebookTens
     return CodebookTensor(record.shape, dtype, codebook, positions, codes, b or None, scale, record.scale_axis)
 
 
-_PLANE_CODERS = {PLANE_STORED: planes_.STORED, PLANE_HUFFMAN: HUFFMAN, PLANE_ANS: ANS}
+_PLANE_CODERS = {PLANE_STORED: planes_.STORED, PLANE_HUFFMAN: HUFFMAN, PLANE_ANS: ANS, PLANE_HUFFMAN_LISTED: planes_.LISTED}
 
 
 def _planes(fields: tuple[tuple[int, int, int], ...], section: memoryview, count: int, where: str) -> np.ndarray:

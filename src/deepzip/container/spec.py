@@ -67,10 +67,12 @@ CODEBOOK_FLAGS_V4 = CODEBOOK_FLAGS_V3 | FLAG_SIGNIFICANCE
 CODEBOOK_FLAGS = CODEBOOK_FLAGS_V4 | FLAG_CODEBOOK_PLANES
 
 # Byte-plane modes (version 5): a plane is stored as is, or Huffman- or rANS-coded over
-# the 256 byte values, with a table of PLANE_HUFFMAN_TABLE bytes for Huffman.
+# the 256 byte values: Huffman with a table of PLANE_HUFFMAN_TABLE bytes (all 256 code
+# lengths) or, mode 3, with a listed one (the used values and their lengths only).
 PLANE_STORED = 0
 PLANE_HUFFMAN = 1
 PLANE_ANS = 2
+PLANE_HUFFMAN_LISTED = 3
 PLANE_HUFFMAN_TABLE = lengths_table_size(256)
 
 DTYPE_NAMES = {
@@ -111,6 +113,7 @@ __all__ = [
     "MAGIC",
     "PLANE_ANS",
     "PLANE_HUFFMAN",
+    "PLANE_HUFFMAN_LISTED",
     "PLANE_HUFFMAN_TABLE",
     "PLANE_STORED",
     "PREAMBLE",

@@ -43,6 +43,7 @@ from deepzip.container.spec import (
     MAGIC,
     PLANE_ANS,
     PLANE_HUFFMAN,
+    PLANE_HUFFMAN_LISTED,
     PLANE_STORED,
     PREAMBLE,
     TRAILER,
@@ -207,7 +208,7 @@ def _float_entries(values: np.ndarray, flag: int) -> tuple[np.ndarray, int]:
 # (every bias and norm of a model); past it they are written as they are, so that a model
 # stored uncompressed is not entropy coded byte by byte at writing time.
 PLANES_MAX_ELEMENTS = 1 << 24
-_PLANE_MODES = {planes.STORED: PLANE_STORED, HUFFMAN: PLANE_HUFFMAN, ANS: PLANE_ANS}
+_PLANE_MODES = {planes.STORED: PLANE_STORED, HUFFMAN: PLANE_HUFFMAN, ANS: PLANE_ANS, planes.LISTED: PLANE_HUFFMAN_LISTED}
 
 
 def _coded_planes(data: np.ndarray, width: int, coders: tuple[int, ...] | None) -> tuple[bytes, tuple] | None:
