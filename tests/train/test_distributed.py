@@ -35,6 +35,7 @@ def _rank_main(rank: int, directory: str, scenario: str) -> None:
     try:
         result = SCENARIOS[scenario](rank, Path(directory))
         (Path(directory) / f"rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()  # no rank tears the group down while another is still in it
     finally:
         dist.destroy_process_group()
 
