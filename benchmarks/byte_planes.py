@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 from deepzip.container import header
-from deepzip.container.spec import DTYPE_ITEMSIZE, ENCODING_PLANES, FLAG_CODEBOOK_F16, FLAG_CODEBOOK_PLANES, pack_varint
+from deepzip.container.spec import DTYPE_ITEMSIZE, ENCODING_PLANES, FLAG_CODEBOOK_F16, FLAG_CODEBOOK_PLANES, pack_plane_fields, pack_varint
 
 
 def field_bytes(planes) -> int:
-    """Header bytes of the plane fields: a mode byte, and the two sizes of a coded plane."""
-    return sum(1 if mode == 0 else 1 + len(pack_varint(t)) + len(pack_varint(d)) for mode, t, d in planes)
+    """Header bytes of the plane fields."""
+    return len(pack_plane_fields(planes))
 
 
 def size_field(plain: int, coded: int) -> int:

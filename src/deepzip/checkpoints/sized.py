@@ -28,7 +28,7 @@ from deepzip.budget.sizes import budget_bytes
 from deepzip.checkpoints.compress import Settings, compress_file
 from deepzip.checkpoints.read import open_checkpoint
 from deepzip.compressed import RawTensor
-from deepzip.container.writer import xz_compress
+from deepzip.container.writer import may_code_planes, xz_compress
 from deepzip.errors import ConfigError
 from deepzip.summary import Summary
 from deepzip.train.post_training import divide_slices, plan
@@ -189,10 +189,18 @@ def slice_scales(slices: np.ndarray) -> np.ndarray:
     return factors.astype(np.float16).astype(np.float32)
 
 
+def _raw_bytes(source, name: str, dtype, shape) -> int:
+    """Bytes a raw tensor takes in the file; read and encoded only where the writer would try byte planes."""
+    numel = int(np.prod(shape, dtype=np.int64))
+    if not may_code_planes(numel, dtype.itemsize):
+        return numel * dtype.itemsize
+    return container.encoded_size(RawTensor(source.tensor(name)))
+
+
 def _fixed_bytes(source, decided, metas) -> int:
     """Bytes of everything but the compressed tensors' sections: raw tensors (as the writer
     codes them: byte planes where smaller), files, header, framing."""
-    raw = sum(container.encoded_size(RawTensor(source.tensor(first))) for first in decided.groups if first not in decided.chosen)
+    raw = sum(_raw_bytes(source, first, *metas[first]) for first in decided.groups if first not in decided.chosen)
     files = sum(len(xz_compress(content)) + _HEAD_BYTES + len(name) for name, content in source.files.items())
     heads = sum(_HEAD_BYTES + len(name) for name in metas)
     return raw + files + heads + container.PREAMBLE.size + 8

@@ -81,7 +81,7 @@ def encode(values: np.ndarray, width: int, coders: tuple[int, ...] = CODERS, fie
                 listed = pack_listed(huffman.unpack_lengths(coded.table, ALPHABET))
                 if len(listed) < len(coded.table):
                     coded = CodedStream(LISTED, listed, coded.data)
-            candidates.append(CodedStream(coded.coder, coded.table, coded.data))
+            candidates.append(coded)
         # The first of the smallest wins: stored over coded on a tie, as the size fields then cost more.
         planes.append(min(candidates, key=lambda p: p.nbytes + (0 if p.coder == STORED else field_bytes)))
     return tuple(planes)

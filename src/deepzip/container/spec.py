@@ -75,6 +75,12 @@ PLANE_ANS = 2
 PLANE_HUFFMAN_LISTED = 3
 PLANE_HUFFMAN_TABLE = lengths_table_size(256)
 
+
+def pack_plane_fields(fields) -> bytes:
+    """Byte-plane fields as a header holds them: per (mode, T, D), the u8 mode, then varints T
+    and D unless the plane is stored."""
+    return b"".join(bytes([mode]) + (b"" if mode == PLANE_STORED else pack_varint(t) + pack_varint(d)) for mode, t, d in fields)
+
 DTYPE_NAMES = {
     1: "float32",
     2: "float16",
@@ -123,6 +129,7 @@ __all__ = [
     "VERSIONS",
     "check_file_name",
     "lengths_table_size",
+    "pack_plane_fields",
     "pack_varint",
 ]
 

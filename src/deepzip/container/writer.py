@@ -1,6 +1,6 @@
 """CompressedModel (or a stream of records) -> .dzip bytes, version 5 (docs/FORMAT.md).
 
-Versions 2 to 4 put the header after the sections, so a file is written in one pass, section by
+Versions 2 to 5 put the header after the sections, so a file is written in one pass, section by
 section, as the records arrive: a writer never holds more than one record's bytes. `write`
 and `write_stream` write to a temporary file and rename it into place (atomic).
 """
@@ -49,6 +49,7 @@ from deepzip.container.spec import (
     TRAILER,
     VERSION,
     check_file_name,
+    pack_plane_fields,
     pack_varint,
 )
 from deepzip.errors import ConfigError, DeepzipError
@@ -211,16 +212,18 @@ PLANES_MAX_ELEMENTS = 1 << 24
 _PLANE_MODES = {planes.STORED: PLANE_STORED, HUFFMAN: PLANE_HUFFMAN, ANS: PLANE_ANS, planes.LISTED: PLANE_HUFFMAN_LISTED}
 
 
+def may_code_planes(numel: int, width: int) -> bool:
+    """Whether the writer tries byte planes for `numel` values of `width` bytes (else they go raw)."""
+    return width >= 2 and 0 < numel <= PLANES_MAX_ELEMENTS
+
+
 def _coded_planes(data: np.ndarray, width: int, coders: tuple[int, ...] | None) -> tuple[bytes, tuple] | None:
     """(plane fields, section chunks) of the byte planes of `data` (uint8, values of `width` bytes),
     where they are smaller than `data` itself, else None."""
-    if width < 2 or not 0 < data.size <= width * PLANES_MAX_ELEMENTS:
+    if not may_code_planes(data.size // width, width):
         return None
     coded = planes.encode(data, width, CODERS if coders is None else coders)
-    fields = b"".join(
-        bytes([_PLANE_MODES[p.coder]]) + (b"" if p.coder == planes.STORED else pack_varint(len(p.table)) + pack_varint(len(p.data)))
-        for p in coded
-    )
+    fields = pack_plane_fields((_PLANE_MODES[p.coder], len(p.table), len(p.data)) for p in coded)
     chunks = tuple(part for p in coded for part in (p.table, p.data))
     if len(fields) + sum(p.nbytes for p in coded) >= data.size:
         return None
@@ -274,7 +277,7 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
         # supports no big-endian CPU).
         tensor = record.tensor.detach().cpu().contiguous()
         flat = tensor.reshape(-1).view(torch.uint8).numpy()
-        coded = _coded_planes(flat, tensor.element_size(), record.coders) if tensor.dtype != torch.bool else None
+        coded = _coded_planes(flat, tensor.element_size(), record.coders)  # bool: 1-byte values, raw
         if coded is not None:
             return EncodedRecord(tensor.dtype, shape, ENCODING_PLANES, coded[1], coded[0])
         return EncodedRecord(tensor.dtype, shape, ENCODING_RAW, (flat,))
@@ -292,7 +295,7 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
     coded = _coded_planes(entries.view(np.uint8), entries.itemsize, coders)
     if coded is not None:
         (plane_fields, chunks), flags = coded, flags | FLAG_CODEBOOK_PLANES
-        codebook = b"".join(bytes(memoryview(chunk)) for chunk in chunks)
+        codebook = b"".join(chunks)
     scale = b""
     if record.scale is not None:
         scale_values, scale_flag = _float_entries(record.scale, FLAG_SCALE_F16)
