@@ -8,10 +8,9 @@ decoding an undamaged file. This module provides the pieces to test that; it is 
 tooling, used by ``tests/container/test_fuzz.py`` (a quick in-process run) and
 ``benchmarks/fuzz_reader.py`` (long runs in a watched subprocess).
 
-- `seed_files()` builds a few real files in memory with deepzip's own API (format
-  version 4, as the writer writes it, and the same models in the version-2 writer's form:
-  Huffman streams, float32 codebooks, plain files) and adds the committed golden files of
-  versions 1 to 4.
+- `seed_files()` builds a few real files in memory with deepzip's own API (the writer's
+  current version, and the same models in the version-2 writer's form: Huffman streams,
+  float32 codebooks, plain files) and adds the committed golden files of versions 1 to 6.
 - `parse_layout()` finds the offset of every field of a file of any version, written
   from the format's description alone (not from the reader), leniently: it describes as
   much of a damaged file as it can. `recompute_crcs()` rewrites the section and header
@@ -215,7 +214,7 @@ def _seed_files() -> tuple[tuple[str, bytes], ...]:
         files[name] = container.to_bytes(model)
         if name != "v3_features":  # version 2 had none of it
             files[f"{name}_v2"] = _version_2_file(model)
-    for version in (1, 2, 3, 4, 5):
+    for version in (1, 2, 3, 4, 5, 6):
         files[f"golden_v{version}"] = (GOLDEN / f"v{version}.dzip").read_bytes()
     return tuple(files.items())
 
@@ -244,12 +243,12 @@ def _version_2_file(model) -> bytes:
             k = len(t.codebook)
             codebook = np.ascontiguousarray(t.codebook, dtype="<f4").tobytes()
             if t.index_bits is None and t.kept == t.numel and t.kept:
-                stream = encode_dense(t.codes, k, coders=(HUFFMAN,))
+                stream = encode_dense(t.codes, k, coders=(HUFFMAN,), compact=False)
                 params = {"k": k, "b": 0, "E": t.kept, "K": t.kept, "C": len(stream.data), "G": 0}
                 replace[r.index] = (1, codebook + stream.table + stream.data, params)
             else:
                 positions = t.flat_positions() if t.positions is None else t.positions
-                layer = encode_layer_smallest(positions, t.codes, k, t.numel, t.index_bits, coders=(HUFFMAN,))
+                layer = encode_layer_smallest(positions, t.codes, k, t.numel, t.index_bits, coders=(HUFFMAN,), compact=False)
                 params = {"k": k, "b": layer.index_bits, "E": layer.entry_count, "K": t.kept}
                 params |= {"C": len(layer.code_stream), "G": len(layer.gap_stream)}
                 parts = (layer.code_table, layer.gap_table, layer.code_stream, layer.gap_stream)
@@ -306,6 +305,7 @@ _PARAMS = {
         ("C", VARINT), ("G", VARINT), ("TC", VARINT), ("TG", VARINT)),
 }  # fmt: skip
 CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16, CODEBOOK_PLANES = 1, 2, 4, 8, 32
+CODE_COMPACT, GAP_COMPACT = 64, 128  # version 6: the Huffman table is compact
 ENCODING_PLANES = 5  # version 5: a raw tensor's byte planes, each with a mode byte (and T, D unless stored)
 _ITEMSIZE = {1: 4, 2: 2, 3: 2, 4: 8, 5: 8, 6: 4, 7: 2, 8: 1, 9: 1, 10: 1}
 PARTS = ("codebook", "scales", "code_table", "gap_table", "code_stream", "gap_stream")
@@ -477,7 +477,7 @@ class Layout:
 def _record_fields_of(version: int | None) -> int:
     """The version whose record fields a file of `version` has: version 4 adds only a coding
     flag (significance-coded positions) to version 3's fields; an unknown version, 2's."""
-    return 3 if version in (4, 5) else version if version in (1, 2, 3) else 2
+    return 3 if version in (4, 5, 6) else version if version in (1, 2, 3) else 2
 
 
 def parse_layout(data: bytes) -> Layout:
@@ -572,9 +572,9 @@ def parse_layout(data: bytes) -> Layout:
                     complete = False
                     break
                 width = 0
-                if version == 5 and record.value("encoding") == ENCODING_PLANES:
+                if version in (5, 6) and record.value("encoding") == ENCODING_PLANES:
                     width = _ITEMSIZE.get(record.value("dtype"), 0)
-                elif version == 5 and record.value("encoding") == 1 and record.coding_flags & CODEBOOK_PLANES:
+                elif version in (5, 6) and record.value("encoding") == 1 and record.coding_flags & CODEBOOK_PLANES:
                     width = 2 if record.coding_flags & CODEBOOK_F16 else 4
                 start = pos
                 for j in range(width):
@@ -1057,7 +1057,7 @@ def stream_recode(data: bytes, rng: np.random.Generator) -> bytes:
     coders = [HUFFMAN, ANS] if record.version == 3 else [HUFFMAN]
     flags = record.coding_flags
     parts = {}
-    for n, (part, symbols, bit) in enumerate((("code", codes, CODE_RANS), ("gap", gaps, GAP_RANS))):
+    for n, (part, symbols, bit, compact) in enumerate((("code", codes, CODE_RANS, CODE_COMPACT), ("gap", gaps, GAP_RANS, GAP_COMPACT))):
         if symbols is None:
             continue
         coder = coders[rng.integers(len(coders))] if rng.random() < 0.5 else (ANS if flags & bit else HUFFMAN)
@@ -1065,12 +1065,13 @@ def stream_recode(data: bytes, rng: np.random.Generator) -> bytes:
             coder = HUFFMAN if flags & bit else ANS
         if record.version != 3:
             coder = HUFFMAN
-        stream = encode_stream(symbols.astype(np.uint16), alphabet[n], (coder,))
+        # Packed Huffman tables, readable in every version (the compact flag is cleared below).
+        stream = encode_stream(symbols.astype(np.uint16), alphabet[n], (coder,), compact=False)
         table = stream.table
         if coder == HUFFMAN and alphabet[n] > [k + 1, 1 << b][n]:
             table = table[: huffman_table_sizes(k, b)[n]]  # the declared alphabet's table: damage
         parts[f"{part}_table"], parts[f"{part}_stream"] = table, stream.data
-        flags = flags | bit if coder == ANS else flags & ~bit
+        flags = (flags | bit if coder == ANS else flags & ~bit) & ~compact
     values = {"E": int(codes.size)}
     if record.value("K") is not None and (choice != 5 or rng.random() < 0.7):
         values["K"] = int(np.count_nonzero(codes != k))

@@ -13,21 +13,23 @@ import pytest
 import torch
 
 from deepzip import container
-from deepzip.codec import layer
+from deepzip.codec import compact_lengths, layer
 from deepzip.codec.layer import INDEX_BITS_CHOICES, EncodedLayer, decode_layer
 from deepzip.codec.streams import HUFFMAN, max_code_length
 from deepzip.codec.tables import lengths_table_size
 from deepzip.compressed import CodebookTensor, CompressedModel
 from deepzip.errors import FormatError
 
-# The reference decodes Huffman streams: the layer is coded with Huffman alone here (rANS
-# streams have their own reference decoder in test_ans.py).
+# The reference decodes Huffman streams with packed tables: the layer is coded with Huffman
+# alone here, its tables packed (rANS streams have their own reference decoder in
+# test_ans.py, compact tables in test_compact_lengths.py; `test_compact_tables_*` below
+# cover the layer with them).
 def encode_layer(*args, **kwargs):
-    return layer.encode_layer(*args, coders=(HUFFMAN,), **kwargs)
+    return layer.encode_layer(*args, coders=(HUFFMAN,), compact=False, **kwargs)
 
 
 def encode_layer_smallest(*args, **kwargs):
-    return layer.encode_layer_smallest(*args, coders=(HUFFMAN,), **kwargs)
+    return layer.encode_layer_smallest(*args, coders=(HUFFMAN,), compact=False, **kwargs)
 
 
 KS = (1, 2, 32, 256)
@@ -424,3 +426,41 @@ def test_full_12_bit_codebook_through_the_container():
     assert back.shape == (numel,) and back.dtype == torch.float32
     enc = encode_layer_smallest(positions, codes, k, numel)
     assert enc.entry_count > positions.size  # fillers were needed
+
+
+# ---------------------------------------------------------------- compact tables (version 6)
+
+
+def test_compact_tables_hold_the_packed_lengths_and_cost_no_more():
+    # A 3%-dense layer: most of its 2**b gap symbols are unused. With compact tables allowed
+    # each table is the compact form of the very lengths the packed table holds, where that
+    # is smaller, and the streams are unchanged.
+    rng = np.random.default_rng(3)
+    positions, codes = random_layer(rng, 20_000, 0.03, 64)
+    for b in (5, 9, 12):
+        packed = encode_layer(positions, codes, 64, b, 20_000)
+        compact = layer.encode_layer(positions, codes, 64, b, 20_000, coders=(HUFFMAN,))
+        assert (compact.code_stream, compact.gap_stream) == (packed.code_stream, packed.gap_stream)
+        for table, full, alphabet in ((compact.code_table, packed.code_table, 65), (compact.gap_table, packed.gap_table, 1 << b)):
+            assert len(table) <= len(full) == lengths_table_size(alphabet)
+            lengths = ref_unpack(full, alphabet)
+            if len(table) < len(full):
+                assert compact_lengths.unpack(table, alphabet).tolist() == lengths
+                assert table == compact_lengths.pack(lengths)
+            else:
+                assert table == full
+        assert len(compact.gap_table) < len(packed.gap_table)  # at 5 bits too: the long gaps are rare
+        dec_pos, dec_codes = decode_layer(compact, 64, 20_000)
+        assert dec_pos.tolist() == positions.tolist() and dec_codes.tolist() == codes.tolist()
+
+
+def test_compact_tables_let_a_wider_width_win():
+    # The width search counts the tables as stored: compact gap tables make wide widths
+    # (no fillers) cheap, so the smallest layer is never larger than with packed tables.
+    rng = np.random.default_rng(4)
+    positions, codes = random_layer(rng, 50_000, 0.02, 32)
+    packed = encode_layer_smallest(positions, codes, 32, 50_000)
+    compact = layer.encode_layer_smallest(positions, codes, 32, 50_000, coders=(HUFFMAN,))
+    assert compact.nbytes < packed.nbytes and compact.index_bits >= packed.index_bits
+    widths = [layer.encode_layer(positions, codes, 32, b, 50_000, coders=(HUFFMAN,)).nbytes for b in INDEX_BITS_CHOICES]
+    assert compact.nbytes == min(widths)

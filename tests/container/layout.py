@@ -1,4 +1,4 @@
-"""Spec-level helpers of the .dzip format tests: a strict parser and a builder for versions 1-5.
+"""Spec-level helpers of the .dzip format tests: a strict parser and a builder for versions 1-6.
 
 Written from the format's description (docs/FORMAT.md), not from the reader, so that
 expected bytes and crafted files do not inherit the reader's mistakes. `parse_layout`
@@ -17,13 +17,16 @@ last two are the sizes of the code and gap tables). Version 4 is version 3 plus 
 flag, bit 4: the gap stream holds context-coded significance flags (b = 0, E = K, TG = 0).
 Version 5 adds encoding 5 (a raw tensor as byte planes: per plane u8 mode, and varints T
 and D unless the mode is 0, stored) and codebook flag bit 5 (the codebook entries as byte
-planes, their plane fields after TG).
+planes, their plane fields after TG). Version 6 adds codebook flag bits 6 and 7: the code
+and the gap table, Huffman, are compact (run-length coded code lengths, DEFLATE's form).
 
 A varint (versions 2 to 4) is unsigned LEB128: 7 bits a byte, the least significant
 group first, the high bit set on every byte but the last; minimal, at most 10 bytes, < 2**64.
 
-The writer writes version 5 only. `encode(model, 4)` is what the version-4 writer wrote: the
-writer's file with every byte-plane record stored plainly (raw bytes, plain codebook
+The writer writes version 6 only. `encode(model, 5)` is what the version-5 writer wrote: the
+writer's file with every codebook record coded again with packed Huffman tables (which
+may change its widths and coders too). `encode(model, 4)` is what the version-4 writer
+wrote: the version-5 file with every byte-plane record stored plainly (raw bytes, plain codebook
 entries). `encode(model, 3)` is what the version-3 writer wrote: the version-4 file with every significance-coded record coded as gaps, as the codec does when it
 is not given the tensor's shape. `encode(model, 2)` is what the version-2 writer wrote:
 the writer's records with every codebook stream Huffman-coded and every codebook float32
@@ -49,24 +52,26 @@ from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.errors import ChecksumError, FormatError
 
 MAGIC = bytes([0x89, 0x44, 0x5A, 0x49, 0x50, 0x0D, 0x0A, 0x1A])
-VERSIONS = (1, 2, 3, 4, 5)
-CURRENT = 5  # the version the writer writes
+VERSIONS = (1, 2, 3, 4, 5, 6)
+CURRENT = 6  # the version the writer writes
 PARAMS = {
     1: ("k", "b", "E", "C", "G"),
     2: ("k", "b", "E", "K", "C", "G"),
     3: ("k", "b", "flags", "axis", "E", "K", "C", "G", "TC", "TG"),
 }
-PARAMS[4] = PARAMS[5] = PARAMS[3]
-PARAMS_FORMAT = {1: "<HBIII", 2: "<HB", 3: "<HBBB", 4: "<HBBB", 5: "<HBBB"}  # versions 2 to 5: then the varints
+PARAMS[4] = PARAMS[5] = PARAMS[6] = PARAMS[3]
+PARAMS_FORMAT = {1: "<HBIII", 2: "<HB", 3: "<HBBB", 4: "<HBBB", 5: "<HBBB", 6: "<HBBB"}  # versions 2 to 6: then the varints
 VARINT_PARAMS = {2: ("E", "K", "C", "G"), 3: ("E", "K", "C", "G", "TC", "TG")}
-VARINT_PARAMS[4] = VARINT_PARAMS[5] = VARINT_PARAMS[3]
-TRAILER_FORMAT = "<II"  # versions 2 to 5: body size H, crc32
+VARINT_PARAMS[4] = VARINT_PARAMS[5] = VARINT_PARAMS[6] = VARINT_PARAMS[3]
+TRAILER_FORMAT = "<II"  # versions 2 to 6: body size H, crc32
 TRAILER_SIZE = struct.calcsize(TRAILER_FORMAT)
 
 # Version 3 codebook record flags (docs/FORMAT.md, "Codebook records, version 3"), and
 # version 4's significance flags.
-# version 4's significance flags, and version 5's byte-plane coded codebook entries.
+# version 4's significance flags, version 5's byte-plane coded codebook entries and
+# version 6's compact Huffman tables.
 CODE_RANS, GAP_RANS, CODEBOOK_F16, SCALE_F16, SIGNIFICANCE, CODEBOOK_PLANES = 1, 2, 4, 8, 16, 32
+CODE_COMPACT, GAP_COMPACT = 64, 128
 ENC_RAW, ENC_CODEBOOK, ENC_ALIAS, ENC_FILE, ENC_FILE_XZ, ENC_PLANES = 0, 1, 2, 3, 4, 5
 PLANE_STORED, PLANE_HUFFMAN, PLANE_RANS, PLANE_LISTED = 0, 1, 2, 3
 ITEMSIZE = {1: 4, 2: 2, 3: 2, 4: 8, 5: 8, 6: 4, 7: 2, 8: 1, 9: 1, 10: 1}  # by dtype code
@@ -384,11 +389,11 @@ def version_2_codebook(record: CodebookTensor) -> tuple[bytes, dict]:
     k = len(record.codebook)
     codebook = np.ascontiguousarray(record.codebook, dtype="<f4").tobytes()
     if record.index_bits is None and record.kept == record.numel and record.kept:
-        stream = encode_dense(record.codes, k, coders=(HUFFMAN,))
+        stream = encode_dense(record.codes, k, coders=(HUFFMAN,), compact=False)
         params = {"k": k, "b": 0, "E": record.kept, "K": record.kept, "C": len(stream.data), "G": 0}
         return codebook + stream.table + stream.data, params
     positions = record.flat_positions() if record.positions is None else record.positions
-    layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits, coders=(HUFFMAN,))
+    layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits, coders=(HUFFMAN,), compact=False)
     params = {"k": k, "b": layer.index_bits, "E": layer.entry_count, "K": record.kept}
     params |= {"C": len(layer.code_stream), "G": len(layer.gap_stream)}
     return codebook + layer.code_table + layer.gap_table + layer.code_stream + layer.gap_stream, params
@@ -412,11 +417,41 @@ def version_2_layout(model: CompressedModel) -> dict:
     return layout
 
 
-def version_4_layout(model: CompressedModel) -> dict:
-    """`model` as the version-4 writer wrote it, as a layout: the writer's records, with every
-    byte-plane record stored plainly: an encoding-5 tensor as its raw bytes (encoding 0), a
-    codebook's planes as its float16 or float32 entries (bit 5 cleared)."""
+def version_5_layout(model: CompressedModel) -> dict:
+    """`model` as the version-5 writer wrote it, as a layout: the writer's records, with every
+    codebook record's streams coded again as the codec codes them with packed Huffman tables
+    only (`compact=False`: the widths, coders and positions it then picks), its codebook
+    and scales unchanged."""
     layout = parse_layout(container.to_bytes(model))
+    layout["version"] = 5
+    for i, r in enumerate(layout["records"]):
+        if r["enc"] != ENC_CODEBOOK:
+            continue
+        record = model.tensors[r["name"].decode()]
+        parts = split_section(6, r, layout["sections"][i])
+        k, coders = len(record.codebook), record.coders or (HUFFMAN, ANS)
+        flags = r["params"]["flags"] & (CODEBOOK_F16 | SCALE_F16 | CODEBOOK_PLANES)
+        if r["params"]["b"] == 0 and not r["params"]["flags"] & SIGNIFICANCE:
+            stream = encode_dense(record.codes, k, coders, compact=False)
+            flags |= CODE_RANS if stream.coder == ANS else 0
+            tables, streams = (stream.table, b""), (stream.data, b"")
+        else:
+            positions = record.flat_positions() if record.positions is None else record.positions
+            layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits, coders, record.shape, compact=False)
+            flags |= (CODE_RANS if layer.code_coder == ANS else 0) | {ANS: GAP_RANS, 2: SIGNIFICANCE}.get(layer.gap_coder, 0)
+            tables, streams = (layer.code_table, layer.gap_table), (layer.code_stream, layer.gap_stream)
+            r["params"] = dict(r["params"], b=layer.index_bits, E=layer.entry_count)
+        r["params"] = dict(r["params"], flags=flags, C=len(streams[0]), G=len(streams[1]), TC=len(tables[0]), TG=len(tables[1]))
+        layout["sections"][i] = parts["codebook"] + parts["scales"] + b"".join(tables) + b"".join(streams)
+        r["size"] = len(layout["sections"][i])
+    return layout
+
+
+def version_4_layout(model: CompressedModel) -> dict:
+    """`model` as the version-4 writer wrote it, as a layout: the version-5 writer's records,
+    with every byte-plane record stored plainly: an encoding-5 tensor as its raw bytes
+    (encoding 0), a codebook's planes as its float16 or float32 entries (bit 5 cleared)."""
+    layout = version_5_layout(model)
     layout["version"] = 4
     for i, r in enumerate(layout["records"]):
         record = model.tensors.get(r["name"].decode())
@@ -449,7 +484,7 @@ def version_3_layout(model: CompressedModel) -> dict:
         record = model.tensors[r["name"].decode()]
         parts = split_section(4, r, layout["sections"][i])
         k = len(record.codebook)
-        layer = encode_layer_smallest(record.flat_positions(), record.codes, k, record.numel, record.index_bits)
+        layer = encode_layer_smallest(record.flat_positions(), record.codes, k, record.numel, record.index_bits, compact=False)
         flags = r["params"]["flags"] & (CODEBOOK_F16 | SCALE_F16)
         flags |= (CODE_RANS if layer.code_coder == ANS else 0) | (GAP_RANS if layer.gap_coder == ANS else 0)
         r["params"] = dict(r["params"], b=layer.index_bits, flags=flags, E=layer.entry_count, C=len(layer.code_stream))
@@ -460,16 +495,18 @@ def version_3_layout(model: CompressedModel) -> dict:
 
 
 def encode(model: CompressedModel, version: int) -> bytes:
-    """`model` as a file of `version`: the writer's bytes (v5), the version-4 writer's (see
-    `version_4_layout`), the version-3 writer's (see
+    """`model` as a file of `version`: the writer's bytes (v6), the version-5 writer's (see
+    `version_5_layout`), the version-4 writer's (see `version_4_layout`), the version-3 writer's (see
     `version_3_layout`), the version-2 writer's (see `version_2_layout`), or those re-laid
     out as v1.
 
     For version 1 a record the writer would store dense is stored with 1-bit gaps, the
     width deepzip 0.1 chose for it (the narrowest of the equal smallest). Ties are kept.
     """
-    if version == 5:
+    if version == 6:
         return container.to_bytes(model)
+    if version == 5:
+        return build_layout(version_5_layout(model))
     if version == 4:
         return build_layout(version_4_layout(model))
     if version == 3:

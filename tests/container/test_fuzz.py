@@ -58,7 +58,7 @@ def test_seed_files_decode_and_parse(seeds):
         else:  # preamble, sections, header body, trailer
             assert (16 + sections, end + 8) == (start, len(data)), name
         assert fuzz.recompute_crcs(data) == data, name
-    assert versions[1] >= 1 and versions[2] >= 3 and versions[3] >= 1 and versions[4] >= 1 and versions[5] >= 4, versions
+    assert versions[1] >= 1 and versions[2] >= 3 and versions[3] >= 1 and versions[4] >= 1 and versions[5] >= 1 and versions[6] >= 4, versions
 
 
 def test_seed_files_hold_dense_records_and_aliases(seeds):
@@ -68,8 +68,8 @@ def test_seed_files_hold_dense_records_and_aliases(seeds):
             kinds["dense" if record.encoding == ENCODING_CODEBOOK and record.index_bits == 0 else record.encoding] += 1
             kinds[f"v{data[8]} alias"] += record.encoding == ENCODING_ALIAS
             kinds[f"v{data[8]} file"] += record.encoding == ENCODING_FILE
-    assert kinds["dense"] >= 3 and kinds["v2 alias"] >= 2 and kinds["v1 alias"] >= 1 and kinds["v5 alias"] >= 3, kinds
-    assert kinds["v2 file"] >= 2 and kinds["v3 file"] >= 2 and kinds["v5 file"] >= 2, kinds
+    assert kinds["dense"] >= 3 and kinds["v2 alias"] >= 2 and kinds["v1 alias"] >= 1 and kinds["v6 alias"] >= 3, kinds
+    assert kinds["v2 file"] >= 2 and kinds["v3 file"] >= 2 and kinds["v6 file"] >= 2, kinds
 
 
 def test_seed_files_hold_what_version_3_adds(seeds):
@@ -263,7 +263,7 @@ def test_varint_field_edits_shift_the_header(seeds):
     # length shifts what follows and the trailer's H, so the layout still parses whole.
     data = seeds["mlp_small"]
     layout = fuzz.parse_layout(data)
-    assert layout.version == 5 and all(f.varint for f in layout.fields if f.name in ("count", "size", "E", "K", "C", "G", "TC", "TG"))
+    assert layout.version == 6 and all(f.varint for f in layout.fields if f.name in ("count", "size", "E", "K", "C", "G", "TC", "TG"))
     size = layout.records[0].fields["size"]
     for value in (0, 127, 129, 1 << 32, (1 << 64) - 1):  # the section is 128 bytes
         edited = fuzz.recompute_crcs(fuzz._put(data, size, value))

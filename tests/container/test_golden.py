@@ -4,8 +4,9 @@ tests/container/golden/v1.dzip was written by deepzip 0.1 (format version 1), v2
 the version-2 writer (which added a dense record), v3.dzip by the version-3 writer (which
 added rANS-coded streams, float16 codebooks, per-slice scales and xz-compressed files) and
 v4.dzip by the version-4 writer (which added context-coded significance flags for
-positions) and v5.dzip by `python tests/container/test_golden.py` (version 5, which adds
-byte-plane coded raw tensors and codebook entries); each is committed with the tensors
+positions), v5.dzip by the version-5 writer (which added byte-plane coded raw tensors and
+codebook entries) and v6.dzip by `python tests/container/test_golden.py` (version 6, which
+adds compact Huffman tables); each is committed with the tensors
 it must decode to (vN-expected.safetensors, made from the records in memory, not from
 the file). Never regenerate a .dzip after a format change: a later deepzip must still
 read these files. The script writes only the current version's files, and only if they
@@ -20,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 from layout import (
+    CODE_COMPACT,
+    GAP_COMPACT,
     CODEBOOK_PLANES,
     ENC_PLANES,
     PLANE_STORED,
@@ -43,6 +46,7 @@ from layout import (
 from safetensors.torch import load_file, save_file
 
 from deepzip import container
+from deepzip.codec.streams import HUFFMAN
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -50,7 +54,7 @@ FILES = {"config.json": json.dumps({"model_type": "toy", "hidden_size": 8}).enco
 # Version 3 stores a file xz-compressed when that is smaller: a merges list is.
 MERGES = "".join(f"t{i % 37} o{i % 11}\n" for i in range(400)).encode()
 FILES_V3 = FILES | {"tokenizer/merges.txt": MERGES}
-CURRENT = 5
+CURRENT = 6
 
 
 def build_golden_model(version: int = 1) -> CompressedModel:
@@ -88,6 +92,8 @@ def build_golden_model(version: int = 1) -> CompressedModel:
         tensors |= version_4_tensors(rng)
     if version >= 5:
         tensors |= version_5_tensors(rng)
+    if version >= 6:
+        tensors |= version_6_tensors(rng)
     return CompressedModel(tensors, dict(FILES_V3 if version >= 3 else FILES))
 
 
@@ -202,7 +208,24 @@ def version_5_tensors(rng) -> dict:
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+def version_6_tensors(rng) -> dict:
+    """Huffman-only records whose tables the writer stores compact (codebook flag bits 6 and 7):
+    a 3%-sparse layer, whose widest gaps are rare and whose gap alphabet is mostly unused,
+    and a dense layer of 300 centroids, most codes near the middle."""
+    positions = np.sort(rng.choice(20_000, 600, replace=False)).astype(np.int64)
+    return {
+        "compact.weight": CodebookTensor(
+            (50, 400), torch.float32, np.sort(rng.normal(0, 0.05, 40)).astype(np.float32), positions,
+            np.clip(rng.normal(20, 6, 600), 0, 39).astype(np.uint16), coders=(HUFFMAN,),
+        ),
+        "compact_dense.weight": CodebookTensor(
+            (40, 50), torch.float32, np.sort(rng.normal(0, 0.05, 300)).astype(np.float32), None,
+            np.clip(rng.normal(150, 30, 2000), 0, 299).astype(np.uint16), coders=(HUFFMAN,),
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 def test_golden_file_decodes_to_its_expected_tensors(version):
     data = (GOLDEN / f"v{version}.dzip").read_bytes()
     assert data[8] == version
@@ -216,7 +239,7 @@ def test_golden_file_decodes_to_its_expected_tensors(version):
     assert model.files == (FILES_V3 if version >= 3 else FILES)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 def test_golden_file_parses_as_its_version_and_rebuilds_byte_for_byte(version):
     from layout import build_layout
 
@@ -227,9 +250,12 @@ def test_golden_file_parses_as_its_version_and_rebuilds_byte_for_byte(version):
 
 def test_golden_files_are_what_this_deepzip_writes():
     # Not a compatibility requirement (a later writer may encode better), but while the
-    # format is version 5 a change here means the writer changed: look before updating.
-    assert container.to_bytes(build_golden_model(5)) == (GOLDEN / "v5.dzip").read_bytes()
-    # The version-4 form (`layout.encode`: the writer's records with byte planes stored
+    # format is version 6 a change here means the writer changed: look before updating.
+    assert container.to_bytes(build_golden_model(6)) == (GOLDEN / "v6.dzip").read_bytes()
+    # The version-5 form (`layout.encode`: the writer's records coded with packed Huffman
+    # tables) is the version-5 writer's file: its coding is unchanged.
+    assert encode(build_golden_model(5), 5) == (GOLDEN / "v5.dzip").read_bytes()
+    # The version-4 form (`layout.encode`: the version-5 records with byte planes stored
     # plainly) is the version-4 writer's file: its coding is unchanged.
     assert encode(build_golden_model(4), 4) == (GOLDEN / "v4.dzip").read_bytes()
     # The version-3 form (`layout.encode`: the writer's records with gaps for positions)
@@ -282,6 +308,15 @@ def test_golden_v5_covers_what_version_5_adds():
     modes = {mode for r in records.values() for mode, _, _ in r.get("planes", ())}
     assert PLANE_STORED in modes and modes - {PLANE_STORED}
     assert records["flags"]["enc"] == ENC_RAW  # bytes have no planes to split
+
+
+def test_golden_v6_covers_what_version_6_adds():
+    layout = parse_layout((GOLDEN / "v6.dzip").read_bytes())
+    params = {r["name"].decode(): r["params"] for r in layout["records"] if r["enc"] == ENC_CODEBOOK}
+    assert params["compact.weight"]["flags"] & GAP_COMPACT and params["compact.weight"]["b"] > 0
+    assert params["compact_dense.weight"]["flags"] & CODE_COMPACT and params["compact_dense.weight"]["b"] == 0
+    # Compact and packed tables side by side: the older Huffman records keep packed ones.
+    assert any(p["flags"] & (CODE_RANS | CODE_COMPACT) == 0 for p in params.values())
 
 
 def test_golden_v5_planes_hold_the_values_bytes():

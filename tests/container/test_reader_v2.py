@@ -37,6 +37,7 @@ from layout import (
 from deepzip import container
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
 from deepzip.container import header
+from deepzip.container.cursor import Cursor
 from deepzip.container.spec import pack_varint
 from deepzip.errors import ChecksumError, FormatError, TruncatedError
 from deepzip.limits import MAX_HEADER_SIZE
@@ -332,7 +333,7 @@ def test_varint_round_trip(value, encoded):
     # pack_varint and the reader's cursor against the bytes from the LEB128 rule.
     data = bytes.fromhex(encoded)
     assert pack_varint(value) == varint(value) == data
-    cur = header._Cursor(memoryview(data + b"\xaa"), 0, len(data) + 1, "test")
+    cur = Cursor(memoryview(data + b"\xaa"), 0, len(data) + 1, "test")
     assert cur.varint("value") == value and cur.pos == len(data)
 
 
@@ -343,7 +344,7 @@ def test_pack_varint_refuses_values_outside_u64():
 
 
 def cursor_of(data: bytes):
-    return header._Cursor(memoryview(data), 0, len(data), "test")
+    return Cursor(memoryview(data), 0, len(data), "test")
 
 
 @pytest.mark.parametrize("data", ["8000", "ff00", "808000", "81808000", "ffffffffffffffffff00"])

@@ -164,7 +164,7 @@ def test_huffman_table_of_another_size_is_rejected(part, delta):
     table = split_section(3, layout["records"][WEIGHT], layout["sections"][WEIGHT])[part]
     assert len(table) == 2
     data = with_parts(layout, WEIGHT, **{part: table + b"\x00" if delta > 0 else table[:-1]})
-    assert_rejected(data, "fc.weight", "code table of 3 symbols is 2 bytes" if part == "code_table" else "gap table is")
+    assert_rejected(data, "fc.weight", "code table of 3 symbols is 2 bytes" if part == "code_table" else "gap table of")
 
 
 def test_dense_record_with_a_gap_table_is_rejected():

@@ -85,7 +85,7 @@ def test_version_zero(version):
         container.from_bytes(build_layout(parse_layout(small_bytes(version)), version_field=0))
 
 
-FIELDS_OF = {1: 1, 2: 2, 3: 3, 4: 3, 5: 3}  # whose record fields each version's header holds
+FIELDS_OF = {1: 1, 2: 2, 3: 3, 4: 3, 5: 3, 6: 3}  # whose record fields each version's header holds
 
 
 @pytest.mark.parametrize("step", [1, 2])

@@ -65,16 +65,25 @@ def stream_code_lengths(counts: np.ndarray) -> np.ndarray:
 
 
 def encode_layer(
-    positions: np.ndarray, codes: np.ndarray, k: int, index_bits: int, numel: int, coders: tuple[int, ...] = CODERS
+    positions: np.ndarray,
+    codes: np.ndarray,
+    k: int,
+    index_bits: int,
+    numel: int,
+    coders: tuple[int, ...] = CODERS,
+    compact: bool = True,
 ) -> EncodedLayer:
-    """Encode kept entries (flat positions < numel, codes < k) with gaps of `index_bits` bits."""
+    """Encode kept entries (flat positions < numel, codes < k) with gaps of `index_bits` bits.
+
+    `compact` allows compact Huffman tables (format version 6; `streams.encode_stream`).
+    """
     gaps, code_symbols = sparse.to_relative(positions, codes, index_bits, filler_symbol=k, numel=numel)
-    return _encoded(index_bits, gaps, code_symbols, k, coders)
+    return _encoded(index_bits, gaps, code_symbols, k, coders, compact)
 
 
-def _encoded(index_bits: int, gaps: np.ndarray, code_symbols: np.ndarray, k: int, coders: tuple[int, ...]) -> EncodedLayer:
-    code = encode_stream(code_symbols, k + 1, coders)
-    gap = encode_stream(gaps, 1 << index_bits, coders)
+def _encoded(index_bits: int, gaps: np.ndarray, code_symbols: np.ndarray, k: int, coders: tuple[int, ...], compact: bool) -> EncodedLayer:
+    code = encode_stream(code_symbols, k + 1, coders, compact)
+    gap = encode_stream(gaps, 1 << index_bits, coders, compact)
     return EncodedLayer(index_bits, len(gaps), code.table, gap.table, code.data, gap.data, code.coder, gap.coder)
 
 
@@ -86,26 +95,27 @@ def encode_layer_smallest(
     index_bits: int | None = None,
     coders: tuple[int, ...] = CODERS,
     shape: tuple[int, ...] | None = None,
+    compact: bool = True,
 ) -> EncodedLayer:
     """Encode with the given width, or with whatever gives the fewest bytes.
 
     That is the width in INDEX_BITS_CHOICES with the fewest bytes, or, when the tensor's
     `shape` is given and rANS is among `coders`, significance flags if they are smaller
-    still (ties go to the gaps).
+    still (ties go to the gaps). `compact` allows compact Huffman tables (version 6).
     """
     if index_bits is not None:
-        return encode_layer(positions, codes, k, index_bits, numel, coders)
-    best = _smallest_gaps(positions, codes, k, numel, coders)
+        return encode_layer(positions, codes, k, index_bits, numel, coders, compact)
+    best = _smallest_gaps(positions, codes, k, numel, coders, compact)
     if shape is None or ANS not in coders:
         return best
     flags = significance.encode(positions, tuple(shape))
-    code = encode_dense(codes, k, coders)
+    code = encode_dense(codes, k, coders, compact)
     if len(flags) + code.nbytes < best.nbytes:
         return EncodedLayer(0, len(codes), code.table, b"", code.data, flags, code.coder, SIGNIFICANCE)
     return best
 
 
-def _smallest_gaps(positions, codes, k: int, numel: int, coders: tuple[int, ...]) -> EncodedLayer:
+def _smallest_gaps(positions, codes, k: int, numel: int, coders: tuple[int, ...], compact: bool) -> EncodedLayer:
     codes = np.asarray(codes)
     if codes.size and int(codes.max()) >= k:
         raise ValueError(f"codes must be in 0..{k - 1} (the filler symbol {k} is reserved)")
@@ -129,7 +139,7 @@ def _smallest_gaps(positions, codes, k: int, numel: int, coders: tuple[int, ...]
     for entries, b in bounds:
         if best is not None and entries * bits_per_entry / 8 > best.nbytes:
             break
-        encoded = _encoded(b, *sparse.relative_symbols(gaps, codes, b, k, tail), k, coders)
+        encoded = _encoded(b, *sparse.relative_symbols(gaps, codes, b, k, tail), k, coders, compact)
         # Ties go to the narrower width, so the choice does not depend on the search order.
         if best is None or (encoded.nbytes, b) < (best.nbytes, best.index_bits):
             best = encoded
@@ -142,15 +152,16 @@ def _entries(gaps: np.ndarray, b: int, tail: int) -> int:
     return gaps.size + fillers + (tail >> b)
 
 
-def encode_dense(codes: np.ndarray, k: int, coders: tuple[int, ...] = CODERS) -> CodedStream:
+def encode_dense(codes: np.ndarray, k: int, coders: tuple[int, ...] = CODERS, compact: bool = True) -> CodedStream:
     """Encode the codes of a dense layer (every position kept, no gaps) as one stream.
 
     The alphabet is k + 1 symbols like a sparse layer's, with the filler symbol k unused.
+    `compact` allows a compact Huffman table (version 6).
     """
     codes = np.asarray(codes)
     if codes.size and (codes.min() < 0 or codes.max() >= k):
         raise ValueError(f"codes must be in 0..{k - 1} (the filler symbol {k} is reserved)")
-    return encode_stream(codes, k + 1, coders)
+    return encode_stream(codes, k + 1, coders, compact)
 
 
 def decode_dense(coder: int, table: bytes, code_stream, k: int, count: int) -> np.ndarray:

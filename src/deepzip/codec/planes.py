@@ -76,7 +76,7 @@ def encode(values: np.ndarray, width: int, coders: tuple[int, ...] = CODERS, fie
     for plane in split(values, width):
         candidates = [CodedStream(STORED, b"", plane.tobytes())]
         for coder in coders if plane.size else ():
-            coded = encode_stream(plane, ALPHABET, (coder,))
+            coded = encode_stream(plane, ALPHABET, (coder,), compact=False)  # a plane has its own table modes
             if coder == HUFFMAN:  # the listed table where it is the shorter (ties: the full one)
                 listed = pack_listed(huffman.unpack_lengths(coded.table, ALPHABET))
                 if len(listed) < len(coded.table):

@@ -1,8 +1,9 @@
 """One symbol stream, coded by whichever coder measures smaller: Huffman or rANS.
 
-A stream is (coder, table, data). Huffman's table is the packed code lengths and costs at
-least one bit a symbol; rANS (`deepzip.codec.ans`) stores quantized symbol frequencies and
-codes within a fraction of a percent of the stream's empirical entropy, a near-certain
+A stream is (coder, table, data). Huffman's table is the code lengths, packed 4 bits a
+symbol or, where that is smaller and allowed (format version 6), in the compact form of
+`deepzip.codec.compact_lengths`. Huffman costs at least one bit a symbol; rANS
+(`deepzip.codec.ans`) stores quantized symbol frequencies and codes within a fraction of a percent of the stream's empirical entropy, a near-certain
 symbol in almost no bits. Which wins depends on the stream: on short ones the frequency
 table costs more than Huffman's overhead saves, so each stream is measured and the smaller
 taken (ties go to Huffman, the cheaper decoder). Pure functions over numpy arrays.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepzip.codec import ans, huffman
+from deepzip.codec import ans, compact_lengths, huffman
 from deepzip.codec.tables import lengths_table_size
 from deepzip.errors import FormatError
 
@@ -65,26 +66,51 @@ def huffman_lengths(counts: np.ndarray) -> np.ndarray:
     return huffman.code_lengths(counts, max_code_length(int(np.count_nonzero(counts))))
 
 
-def huffman_bytes(counts: np.ndarray, lengths: np.ndarray) -> int:
+def huffman_table(lengths: np.ndarray, compact: bool = True) -> bytes:
+    """The table of a Huffman code: its packed `lengths`, or with `compact` their compact
+    form where that is smaller (version 6; the packed form on a tie)."""
+    packed = huffman.pack_lengths(lengths)
+    if compact and len(packed) > 1:
+        smaller = compact_lengths.pack(lengths)
+        if len(smaller) < len(packed):
+            return smaller
+    return packed
+
+
+def huffman_table_lengths(table, alphabet_size: int) -> np.ndarray:
+    """The code lengths a Huffman `table` holds: packed when it has the packed size, else compact.
+
+    The two forms never share a size (a compact table is only ever smaller), so the size
+    says which it is; the container checks that the record's flags agree.
+    """
+    table = bytes(table)
+    if len(table) == lengths_table_size(alphabet_size):
+        return huffman.unpack_lengths(table, alphabet_size)
+    return compact_lengths.unpack(table, alphabet_size)
+
+
+def huffman_bytes(counts: np.ndarray, lengths: np.ndarray, compact: bool = True) -> int:
     """Exact bytes of the Huffman table and stream for `counts` coded with `lengths`."""
     bits = int(np.dot(counts.astype(np.int64), lengths.astype(np.int64)))
-    return lengths_table_size(len(counts)) + (bits + 7) // 8
+    return len(huffman_table(lengths, compact)) + (bits + 7) // 8
 
 
-def encode_stream(symbols: np.ndarray, alphabet_size: int, coders: tuple[int, ...] = CODERS) -> CodedStream:
+def encode_stream(symbols: np.ndarray, alphabet_size: int, coders: tuple[int, ...] = CODERS, compact: bool = True) -> CodedStream:
     """Code `symbols` (< alphabet_size) with the smallest of `coders`, measured on their counts.
 
     Huffman's size is exact from its code lengths; rANS's is `ans.coded_bytes`, confirmed
-    by encoding when it is the one taken.
+    by encoding when it is the one taken. `compact` lets a Huffman table take its compact
+    form where that is smaller (version 6); without it the table is packed, as in
+    versions 1 to 5.
     """
     counts = counts_of(symbols, alphabet_size)
     lengths = huffman_lengths(counts)
     best = None
-    if ANS in coders and (HUFFMAN not in coders or ans.coded_bytes(counts) < huffman_bytes(counts, lengths)):
+    if ANS in coders and (HUFFMAN not in coders or ans.coded_bytes(counts) < huffman_bytes(counts, lengths, compact)):
         freqs = ans.quantize_frequencies(counts)
         best = CodedStream(ANS, ans.pack_table(freqs), ans.encode(symbols, freqs))
     if HUFFMAN in coders:
-        coded = CodedStream(HUFFMAN, huffman.pack_lengths(lengths), huffman.encode(symbols, lengths))
+        coded = CodedStream(HUFFMAN, huffman_table(lengths, compact), huffman.encode(symbols, lengths))
         if best is None or coded.nbytes <= best.nbytes:
             best = coded
     if best is None:
@@ -95,7 +121,7 @@ def encode_stream(symbols: np.ndarray, alphabet_size: int, coders: tuple[int, ..
 def decode_stream(coder: int, table, data, alphabet_size: int, count: int) -> np.ndarray:
     """Decode `count` symbols of a stream; FormatError if the table or the data is damaged."""
     if coder == HUFFMAN:
-        return huffman.decode(data, huffman.unpack_lengths(bytes(table), alphabet_size), count)
+        return huffman.decode(data, huffman_table_lengths(table, alphabet_size), count)
     if coder == ANS:
         return ans.decode(data, ans.unpack_table(bytes(table), alphabet_size), count)
     raise FormatError(f"unknown stream coder {coder}")

@@ -1,4 +1,4 @@
-"""Parse and check a .dzip file's preamble and header (versions 1 to 5), with struct alone.
+"""Parse and check a .dzip file's preamble and header (versions 1 to 6), with struct alone.
 
 No torch, numpy or numba here: `deepzip info` answers from the header without importing
 them, and the reader checks every record before it allocates anything. Every size a
@@ -13,10 +13,12 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from deepzip.container.cursor import Cursor
 from deepzip.container.spec import (
     CODEBOOK_FLAGS,
     CODEBOOK_FLAGS_V3,
     CODEBOOK_FLAGS_V4,
+    CODEBOOK_FLAGS_V5,
     DTYPE_ITEMSIZE,
     DTYPE_NAMES,
     ENCODING_ALIAS,
@@ -26,21 +28,18 @@ from deepzip.container.spec import (
     ENCODING_PLANES,
     ENCODING_RAW,
     FLAG_CODE_ANS,
+    FLAG_CODE_COMPACT,
     FLAG_CODEBOOK_F16,
     FLAG_CODEBOOK_PLANES,
     FLAG_GAP_ANS,
+    FLAG_GAP_COMPACT,
     FLAG_SCALE_F16,
     FLAG_SIGNIFICANCE,
     FLOAT_CODES,
     MAGIC,
-    PLANE_ANS,
-    PLANE_HUFFMAN,
-    PLANE_HUFFMAN_LISTED,
-    PLANE_HUFFMAN_TABLE,
     PLANE_STORED,
     PREAMBLE,
     TRAILER,
-    VARINT_MAX_BYTES,
     VERSION,
     VERSIONS,
     check_file_name,
@@ -178,7 +177,7 @@ def parse(data: Sequence[int] | memoryview | bytes, max_decoded_size: int | None
         if zlib.crc32(view[body_start:body_end], zlib.crc32(view[: PREAMBLE.size])) != crc:
             raise ChecksumError("header: checksum mismatch")
         sections_start, sections_end = PREAMBLE.size, body_start
-    records = _parse_records(_Cursor(view, body_start, body_end, "header"), version, sections_start)
+    records = _parse_records(Cursor(view, body_start, body_end, "header"), version, sections_start)
     offset = sections_start
     for record in records:
         if record.size > sections_end - offset:
@@ -203,69 +202,12 @@ def _gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n:,} bytes"
 
 
-class _Cursor:
-    """Reads little-endian fields from a buffer, checking every length before using it."""
-
-    def __init__(self, data: memoryview, start: int, end: int, where: str):
-        self.data, self.pos, self.end, self.where = data, start, end, where
-
-    def take(self, n: int, what: str) -> memoryview:
-        if n < 0 or n > self.end - self.pos:
-            raise TruncatedError(f"{self.where}: {what} needs {n} bytes but only {self.end - self.pos} remain")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def unpack(self, fmt: str, what: str) -> tuple:
-        s = struct.Struct("<" + fmt)
-        return s.unpack(self.take(s.size, what))
-
-    def varint(self, what: str) -> int:
-        """An unsigned LEB128 varint: at most 10 bytes, minimal (no needless 0x80 / 0x00), < 2**64."""
-        value = 0
-        for i in range(VARINT_MAX_BYTES):
-            (byte,) = self.take(1, what)
-            value |= (byte & 0x7F) << (7 * i)
-            if not byte & 0x80:
-                if i and not byte:
-                    raise FormatError(f"{self.where}: {what} is not a minimal varint")
-                if value >= 1 << 64:
-                    raise FormatError(f"{self.where}: {what} exceeds 64 bits")
-                return value
-        raise FormatError(f"{self.where}: {what} is a varint of more than {VARINT_MAX_BYTES} bytes")
-
-    def size(self, version: int, what: str) -> int:
-        """A size or count: u32 in version 1, a varint in versions 2 to 5."""
-        return self.unpack("I", what)[0] if version == 1 else self.varint(what)
-
-    def planes(self, width: int, count: int) -> tuple[tuple[int, int, int], ...]:
-        """`width` byte-plane fields (version 5): u8 mode, then for a coded plane varints T and D, checked."""
-        fields = []
-        for j in range(width):
-            (mode,) = self.unpack("B", f"byte plane {j} mode")
-            if mode == PLANE_STORED:
-                fields.append((mode, 0, count))
-                continue
-            if mode not in (PLANE_HUFFMAN, PLANE_ANS, PLANE_HUFFMAN_LISTED):
-                raise FormatError(f"{self.where}: byte plane {j} has unknown mode {mode}")
-            table, data = self.varint(f"byte plane {j} table size"), self.varint(f"byte plane {j} data size")
-            if mode == PLANE_HUFFMAN and table != PLANE_HUFFMAN_TABLE:
-                raise FormatError(f"{self.where}: byte plane {j}: a Huffman table of 256 symbols is {PLANE_HUFFMAN_TABLE} bytes, not {table}")
-            if mode == PLANE_HUFFMAN_LISTED and not 3 <= table <= 1 + 256 + 128:
-                raise FormatError(f"{self.where}: byte plane {j}: a listed Huffman table of {table} bytes (3..385)")
-            # A Huffman-coded byte costs at least one bit; rANS has no such floor.
-            if mode in (PLANE_HUFFMAN, PLANE_HUFFMAN_LISTED) and count > 8 * data:
-                raise FormatError(f"{self.where}: byte plane {j}: {count} bytes cannot fit in a Huffman stream of {data} bytes")
-            fields.append((mode, table, data))
-        return tuple(fields)
-
-
 def plane_bytes(planes: Sequence[tuple[int, int, int]], count: int) -> int:
     """Section bytes of byte planes of `count` values: n for a stored plane, T + D for a coded one."""
     return sum(count if mode == PLANE_STORED else table + data for mode, table, data in planes)
 
 
-def _parse_records(cur: _Cursor, version: int, offset: int) -> list[Record]:
+def _parse_records(cur: Cursor, version: int, offset: int) -> list[Record]:
     count = cur.size(version, "record count")
     # Each record takes at least 12 bytes in version 1 (14, in fact) and 11 in versions 2
     # and 3 (a one-byte name, a 0-d raw record, a one-byte size varint): a count beyond
@@ -294,7 +236,7 @@ def _parse_records(cur: _Cursor, version: int, offset: int) -> list[Record]:
     return records
 
 
-def _parse_record(cur: _Cursor, name: str, version: int, offset: int) -> Record:
+def _parse_record(cur: Cursor, name: str, version: int, offset: int) -> Record:
     dtype_code, ndim = cur.unpack("BB", "dtype and ndim")
     if dtype_code not in DTYPE_NAMES:
         raise FormatError(f"{cur.where}: unknown dtype code {dtype_code}")
@@ -343,7 +285,20 @@ def _parse_record(cur: _Cursor, name: str, version: int, offset: int) -> Record:
     return Record(**fields)
 
 
-def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Record:
+def _check_table(cur: Cursor, what: str, size: int, alphabet: int, ans: int, compact: int) -> None:
+    """A Huffman table is packed (ceil(alphabet / 2) bytes) or, with its compact flag (version 6),
+    3 bytes (its fields and one length-code symbol take 17 bits at least) up to one less than
+    that; a rANS table may have any size, and no compact flag."""
+    packed = lengths_table_size(alphabet)
+    if compact and ans:
+        raise FormatError(f"{cur.where}: the {what} stream is rANS-coded, so its table cannot be a compact Huffman one")
+    if compact and not 3 <= size < packed:
+        raise FormatError(f"{cur.where}: a compact Huffman {what} table of {alphabet} symbols is 3..{packed - 1} bytes, not {size}")
+    if not ans and not compact and size != packed:
+        raise FormatError(f"{cur.where}: a Huffman {what} table of {alphabet} symbols is {packed} bytes, not {size}")
+
+
+def _parse_codebook(cur: Cursor, version: int, numel: int, fields: dict) -> Record:
     if fields["dtype_code"] not in FLOAT_CODES:
         raise FormatError(f"{cur.where}: codebook encoding needs a floating dtype, got {DTYPE_NAMES[fields['dtype_code']]}")
     k, b = cur.unpack("HB", "codebook size and index bits")
@@ -357,7 +312,7 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
     low = 0 if version >= 2 else 1  # b = 0: a dense record (versions 2, 3)
     if not low <= b <= MAX_INDEX_BITS:
         raise FormatError(f"{cur.where}: index bits {b} outside {low}..{MAX_INDEX_BITS}")
-    if flags & ~(CODEBOOK_FLAGS if version >= 5 else CODEBOOK_FLAGS_V4 if version == 4 else CODEBOOK_FLAGS_V3):
+    if flags & ~{3: CODEBOOK_FLAGS_V3, 4: CODEBOOK_FLAGS_V4, 5: CODEBOOK_FLAGS_V5}.get(version, CODEBOOK_FLAGS):
         raise FormatError(f"{cur.where}: unknown coding flags {flags:#04x}")
     significance = bool(flags & FLAG_SIGNIFICANCE)
     if significance and (b or flags & FLAG_GAP_ANS):
@@ -375,11 +330,11 @@ def _parse_codebook(cur: _Cursor, version: int, numel: int, fields: dict) -> Rec
     else:
         code_table, gap_table = lengths_table_size(k + 1), lengths_table_size(1 << b) if b else 0
     planes = cur.planes(2 if flags & FLAG_CODEBOOK_F16 else 4, k) if flags & FLAG_CODEBOOK_PLANES else ()
-    if not flags & FLAG_CODE_ANS and code_table != lengths_table_size(k + 1):
-        raise FormatError(f"{cur.where}: a Huffman code table of {k + 1} symbols is {lengths_table_size(k + 1)} bytes, not {code_table}")
-    want_gap = 0 if not b else None if flags & FLAG_GAP_ANS else lengths_table_size(1 << b)  # significance: b = 0
-    if want_gap is not None and gap_table != want_gap:
-        raise FormatError(f"{cur.where}: the gap table is {gap_table} bytes, must be {want_gap}")
+    _check_table(cur, "code", code_table, k + 1, flags & FLAG_CODE_ANS, flags & FLAG_CODE_COMPACT)
+    if b:
+        _check_table(cur, "gap", gap_table, 1 << b, flags & FLAG_GAP_ANS, flags & FLAG_GAP_COMPACT)
+    elif gap_table or flags & FLAG_GAP_COMPACT:  # dense or significance-coded: no gap table
+        raise FormatError(f"{cur.where}: the gap table is {gap_table} bytes{' (compact)' if flags & FLAG_GAP_COMPACT else ''}, must be 0")
     if entries > numel:
         raise FormatError(f"{cur.where}: {entries} entries for {numel} elements")
     # A Huffman-coded entry costs at least one bit of its stream (a lone symbol has length 1

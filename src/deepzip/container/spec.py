@@ -15,12 +15,12 @@ from deepzip.errors import FormatError
 from deepzip.limits import MAX_FILE_NAME_PARTS
 
 MAGIC = b"\x89DZIP\r\n\x1a"
-VERSION = 5  # written; versions 1 to 4 are still read
-VERSIONS = (1, 2, 3, 4, 5)
+VERSION = 6  # written; versions 1 to 5 are still read
+VERSIONS = (1, 2, 3, 4, 5, 6)
 # The preamble: magic, version, flags, and a u32 that is the header size in version 1
-# and reserved (0) in versions 2 to 4, whose header follows the sections.
+# and reserved (0) in versions 2 to 6, whose header follows the sections.
 PREAMBLE = struct.Struct("<8sHHI")
-TRAILER = struct.Struct("<II")  # versions 2 to 4: header body size, crc32 of preamble + header body
+TRAILER = struct.Struct("<II")  # versions 2 to 6: header body size, crc32 of preamble + header body
 VARINT_MAX_BYTES = 10  # a u64 in LEB128
 
 
@@ -55,7 +55,9 @@ ENCODING_PLANES = 5  # version 5: a raw tensor whose byte planes are each stored
 # per-slice scales are float16 (else float32). Version 4 adds bit 4: the positions are
 # context-coded significance flags (the gap stream holds them; no gaps, no fillers).
 # Version 5 adds bit 5: the codebook entries are byte-plane coded, as an encoding-5
-# section is (their plane fields follow the table sizes). The other bits must be 0.
+# section is (their plane fields follow the table sizes). Version 6 adds bits 6 and 7: the
+# code and the gap table, Huffman, are in the compact form (codec.compact_lengths). The
+# other bits must be 0.
 FLAG_CODE_ANS = 1
 FLAG_GAP_ANS = 2
 FLAG_CODEBOOK_F16 = 4
@@ -64,7 +66,10 @@ FLAG_SIGNIFICANCE = 16
 CODEBOOK_FLAGS_V3 = FLAG_CODE_ANS | FLAG_GAP_ANS | FLAG_CODEBOOK_F16 | FLAG_SCALE_F16
 FLAG_CODEBOOK_PLANES = 32
 CODEBOOK_FLAGS_V4 = CODEBOOK_FLAGS_V3 | FLAG_SIGNIFICANCE
-CODEBOOK_FLAGS = CODEBOOK_FLAGS_V4 | FLAG_CODEBOOK_PLANES
+CODEBOOK_FLAGS_V5 = CODEBOOK_FLAGS_V4 | FLAG_CODEBOOK_PLANES
+FLAG_CODE_COMPACT = 64
+FLAG_GAP_COMPACT = 128
+CODEBOOK_FLAGS = CODEBOOK_FLAGS_V5 | FLAG_CODE_COMPACT | FLAG_GAP_COMPACT
 
 # Byte-plane modes (version 5): a plane is stored as is, or Huffman- or rANS-coded over
 # the 256 byte values: Huffman with a table of PLANE_HUFFMAN_TABLE bytes (all 256 code
@@ -108,11 +113,14 @@ __all__ = [
     "CODEBOOK_FLAGS",
     "CODEBOOK_FLAGS_V3",
     "CODEBOOK_FLAGS_V4",
+    "CODEBOOK_FLAGS_V5",
     "FILE_ENCODINGS",
     "FLAG_CODEBOOK_F16",
     "FLAG_CODEBOOK_PLANES",
     "FLAG_CODE_ANS",
+    "FLAG_CODE_COMPACT",
     "FLAG_GAP_ANS",
+    "FLAG_GAP_COMPACT",
     "FLAG_SCALE_F16",
     "FLAG_SIGNIFICANCE",
     "FLOAT_CODES",

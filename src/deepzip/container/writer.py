@@ -1,6 +1,6 @@
-"""CompressedModel (or a stream of records) -> .dzip bytes, version 5 (docs/FORMAT.md).
+"""CompressedModel (or a stream of records) -> .dzip bytes, version 6 (docs/FORMAT.md).
 
-Versions 2 to 5 put the header after the sections, so a file is written in one pass, section by
+Versions 2 to 6 put the header after the sections, so a file is written in one pass, section by
 section, as the records arrive: a writer never holds more than one record's bytes. `write`
 and `write_stream` write to a temporary file and rename it into place (atomic).
 """
@@ -34,9 +34,11 @@ from deepzip.container.spec import (
     ENCODING_PLANES,
     ENCODING_RAW,
     FLAG_CODE_ANS,
+    FLAG_CODE_COMPACT,
     FLAG_CODEBOOK_F16,
     FLAG_CODEBOOK_PLANES,
     FLAG_GAP_ANS,
+    FLAG_GAP_COMPACT,
     FLAG_SCALE_F16,
     FLAG_SIGNIFICANCE,
     FLOAT_CODES,
@@ -49,6 +51,7 @@ from deepzip.container.spec import (
     TRAILER,
     VERSION,
     check_file_name,
+    lengths_table_size,
     pack_plane_fields,
     pack_varint,
 )
@@ -195,6 +198,14 @@ def _coding_params(
     return struct.pack("<HBBB", k, index_bits, flags, axis) + b"".join(pack_varint(v) for v in (*counts, *tables))
 
 
+def _stream_flags(coder: int, table: bytes, alphabet_size: int, ans_flag: int, compact_flag: int) -> int:
+    """A stream's coding flag: rANS, or Huffman with a compact table (one of another size
+    than the packed one), or neither."""
+    if coder == ANS:
+        return ans_flag
+    return compact_flag if len(table) != lengths_table_size(alphabet_size) else 0
+
+
 def _float_entries(values: np.ndarray, flag: int) -> tuple[np.ndarray, int]:
     """float16 values and `flag` when every value is exactly a float16, else float32 values and 0."""
     values32 = np.ascontiguousarray(values, dtype="<f4")
@@ -305,14 +316,17 @@ def encode_record(name: str, record: CodebookTensor | RawTensor) -> EncodedRecor
     if record.index_bits is None and kept == record.numel and kept:
         # Every position kept: no position stream at all (b = 0), not one gap symbol per weight.
         stream = encode_dense(record.codes, k, coders)
-        flags |= FLAG_CODE_ANS if stream.coder == ANS else 0
+        flags |= _stream_flags(stream.coder, stream.table, k + 1, FLAG_CODE_ANS, FLAG_CODE_COMPACT)
         counts = (kept, kept, len(stream.data), 0)
         params = _coding_params(k, 0, flags, record.scale_axis, counts, (len(stream.table), 0)) + plane_fields
         return EncodedRecord(record.dtype, shape, ENCODING_CODEBOOK, (codebook, scale, stream.table, stream.data), params)
     positions = record.flat_positions() if record.positions is None else record.positions  # int32 stays int32
     layer = encode_layer_smallest(positions, record.codes, k, record.numel, record.index_bits, coders, shape)
-    flags |= FLAG_CODE_ANS if layer.code_coder == ANS else 0
-    flags |= {ANS: FLAG_GAP_ANS, SIGNIFICANCE: FLAG_SIGNIFICANCE}.get(layer.gap_coder, 0)
+    flags |= _stream_flags(layer.code_coder, layer.code_table, k + 1, FLAG_CODE_ANS, FLAG_CODE_COMPACT)
+    if layer.gap_coder == SIGNIFICANCE:
+        flags |= FLAG_SIGNIFICANCE
+    else:
+        flags |= _stream_flags(layer.gap_coder, layer.gap_table, 1 << layer.index_bits, FLAG_GAP_ANS, FLAG_GAP_COMPACT)
     counts = (layer.entry_count, kept, len(layer.code_stream), len(layer.gap_stream))
     params = _coding_params(k, layer.index_bits, flags, record.scale_axis, counts, (len(layer.code_table), len(layer.gap_table)))
     params += plane_fields
