@@ -91,8 +91,13 @@ def huffman_table_lengths(table, alphabet_size: int) -> np.ndarray:
 
 def huffman_bytes(counts: np.ndarray, lengths: np.ndarray, compact: bool = True) -> int:
     """Exact bytes of the Huffman table and stream for `counts` coded with `lengths`."""
+    return len(huffman_table(lengths, compact)) + _huffman_data_bytes(counts, lengths)
+
+
+def _huffman_data_bytes(counts: np.ndarray, lengths: np.ndarray) -> int:
+    """Exact bytes of the Huffman stream (no table) for `counts` coded with `lengths`."""
     bits = int(np.dot(counts.astype(np.int64), lengths.astype(np.int64)))
-    return len(huffman_table(lengths, compact)) + (bits + 7) // 8
+    return (bits + 7) // 8
 
 
 def encode_stream(symbols: np.ndarray, alphabet_size: int, coders: tuple[int, ...] = CODERS, compact: bool = True) -> CodedStream:
@@ -105,12 +110,14 @@ def encode_stream(symbols: np.ndarray, alphabet_size: int, coders: tuple[int, ..
     """
     counts = counts_of(symbols, alphabet_size)
     lengths = huffman_lengths(counts)
+    # The table once: its compact form is packed in Python, and it is both measured and stored.
+    table = huffman_table(lengths, compact) if HUFFMAN in coders else None
     best = None
-    if ANS in coders and (HUFFMAN not in coders or ans.coded_bytes(counts) < huffman_bytes(counts, lengths, compact)):
+    if ANS in coders and (table is None or ans.coded_bytes(counts) < len(table) + _huffman_data_bytes(counts, lengths)):
         freqs = ans.quantize_frequencies(counts)
         best = CodedStream(ANS, ans.pack_table(freqs), ans.encode(symbols, freqs))
-    if HUFFMAN in coders:
-        coded = CodedStream(HUFFMAN, huffman_table(lengths, compact), huffman.encode(symbols, lengths))
+    if table is not None:
+        coded = CodedStream(HUFFMAN, table, huffman.encode(symbols, lengths))
         if best is None or coded.nbytes <= best.nbytes:
             best = coded
     if best is None:
