@@ -33,7 +33,7 @@ import numpy as np
 
 from deepzip.errors import ConfigError
 
-__all__ = ["GROUP_ROWS", "MIN_GROUPS", "SLICE_ROWS", "PackedLinear", "bytes_per_call", "col_bits_for", "pack_linear"]
+__all__ = ["GROUP_ROWS", "MIN_GROUPS", "SLICE_ROWS", "PackedLinear", "col_bits_for", "pack_linear"]
 
 SLICE_ROWS = 8
 """Rows of one slice, interleaved: eight independent sums in flight hide the latency of
@@ -268,14 +268,3 @@ def pack_linear(shape, codebook, positions, codes) -> PackedLinear:
     del target, in_block
     lanes = np.ascontiguousarray(order, dtype=np.uint16).ravel()
     return PackedLinear(shape, col_bits, group_rows, entries, slice_starts, lanes, codebook)
-
-
-def bytes_per_call(packed: PackedLinear, batch: int = 1) -> dict[str, int]:
-    """Bytes one `matmul` call must move, for the memory-bound floor (bytes / bandwidth).
-
-    Returns {"weights": packed.nbytes, "activations": x read plus y written, "total": sum}.
-    The weight bytes are read once per call whatever the batch size.
-    """
-    out, n_in = packed.shape
-    activations = 4 * batch * (out + n_in)
-    return {"weights": packed.nbytes, "activations": activations, "total": packed.nbytes + activations}

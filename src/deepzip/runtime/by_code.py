@@ -1,0 +1,175 @@
+"""The batch-1 layout that needs no codebook read: a packed layer's entries split by code.
+
+Within each (row group, column block) of a `PackedLinear`, cell (group, block, code)
+holds, for every row, the columns whose weight uses that code, as SELL-8 slices of the
+rows sorted by their count in the cell; entries are bare 16-bit in-block columns. A
+slice costs one entry load, one x read and one add per weight, where the sliced layout
+pays an unpack, a codebook read, an x read and a multiply-add; each lane's sum meets its
+centroid once, at the slice's end (`benchmarks/layout_code_sorted.py` measured both).
+
+It pays where a cell's slices are long, so `by_code_layout` builds it only when a layer
+keeps at least MIN_PER_CELL weights per (row, block, code) on average. Measured on the
+paper's fc layers (`benchmarks/layout_code_sorted.py`; AMD EPYC Zen 4, 2.6 GHz, hot, two
+runs): 1.19-1.55x faster with 1 thread and 1.21-1.45x with 2 at 5.8-16 weights a cell
+(AlexNet fc6, fc7, fc8, VGG-16 fc8); 0.95-1.01x at 4.5 (VGG-16 fc6) and 0.98-1.12x at 2.6
+(VGG-16 fc7), where its shorter, more numerous slices cost about what the codebook reads
+they save. It stores 15-26% more bytes than the sliced layout on the layers it is built
+for. It is built from the packed layer on its first batch-1 product and then kept beside
+it (`matmul` with B > 1 uses the sliced layout only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from deepzip.runtime.packing import MAX_COL_BITS, SLICE_ROWS, PackedLinear
+
+__all__ = ["MIN_PER_CELL", "ByCodeLinear", "by_code_layout", "matvec", "split_by_code"]
+
+MIN_PER_CELL = 5.0
+"""Mean kept weights per (row, column block, code) from which the layout is built."""
+
+_COL_BITS = MAX_COL_BITS  # entries hold the column only, so blocks can be as wide as L1 allows
+
+
+@dataclass(frozen=True)
+class ByCodeLinear:
+    """A (out x in) matrix split by code; see the module docstring. Built by `by_code_layout`
+    from a checked `PackedLinear`, never by hand: the kernel does no bounds checks."""
+
+    entries: np.ndarray  # uint16 in-block columns; the zero slot is padding
+    slice_starts: np.ndarray  # uint64 [slices + 1]
+    cell_slices: np.ndarray  # uint64 [cells + 1]: cell c holds slices cell_slices[c]:cell_slices[c + 1]
+    lanes: np.ndarray  # uint16 [8 * slices], group-local output row of each lane
+    codebook: np.ndarray  # float32 [k]
+    block_stride: int
+    n_blocks: int
+    group_rows: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the layout: entries, slice and cell starts, lanes and codebook."""
+        return sum(a.nbytes for a in (self.entries, self.slice_starts, self.cell_slices, self.lanes, self.codebook))
+
+
+def by_code_layout(packed: PackedLinear) -> ByCodeLinear | None:
+    """The packed layer's code-split layout, built on first use and kept on it; None
+    where it would not pay (fewer than MIN_PER_CELL weights a cell, or no weights)."""
+    cached = packed.__dict__.get("_by_code", False)
+    if cached is not False:
+        return cached
+    out, n_in = packed.shape
+    cells = out * _blocks(n_in) * packed.codebook.size
+    layout = split_by_code(packed) if packed.nnz and packed.nnz >= MIN_PER_CELL * cells else None
+    object.__setattr__(packed, "_by_code", layout)  # frozen dataclass: a cache, not a field
+    return layout
+
+
+def matvec(layout: ByCodeLinear, x: np.ndarray, bias: np.ndarray, y: np.ndarray) -> None:
+    """y = W x (+ bias, when not empty) for contiguous float32 x (in,) and y (out,)."""
+    _matvec(layout.entries, layout.slice_starts, layout.cell_slices, layout.lanes, layout.codebook,
+            layout.block_stride, layout.n_blocks, layout.group_rows, np.uint16((1 << _COL_BITS) - 1), x, bias, y)
+
+
+def _blocks(n_in: int) -> int:
+    """Column blocks of the layout: as few as keep each block's x within 2**_COL_BITS - 1 floats."""
+    return max(1, -(-n_in // ((1 << _COL_BITS) - 1)))
+
+
+def _weights(packed: PackedLinear):
+    """(rows, columns, codes) of the packed layer's kept weights, read back from its slices."""
+    slices = packed.slice_starts.size - 1
+    entries = packed.entries.astype(np.int64)
+    slice_of = np.repeat(np.arange(slices, dtype=np.int64), np.diff(packed.slice_starts.astype(np.int64)))
+    lane = np.arange(entries.size, dtype=np.int64) % SLICE_ROWS
+    group, rest = np.divmod(slice_of, packed.n_blocks * packed.slices_per_group)
+    block = rest // packed.slices_per_group
+    in_block = entries & packed.block_cols
+    kept = in_block != packed.block_cols
+    rows = group * packed.group_rows + packed.lanes[slice_of * SLICE_ROWS + lane].astype(np.int64)
+    cols = block * packed.block_stride + in_block
+    return rows[kept], cols[kept], (entries >> packed.col_bits)[kept]
+
+
+def split_by_code(packed: PackedLinear) -> ByCodeLinear:
+    """The code-split layout of a packed layer, built whether or not it pays (see
+    `by_code_layout` for the cached choice `matmul` makes)."""
+    n_blocks = _blocks(packed.shape[1])
+    rows, cols, codes = _weights(packed)
+    k, group_rows = packed.codebook.size, packed.group_rows
+    zero_slot = (1 << _COL_BITS) - 1
+    stride = max(1, -(-packed.shape[1] // n_blocks))
+    block = cols // stride
+    group, local = np.divmod(rows, group_rows)
+    key = ((group * n_blocks + block) * k + codes) * group_rows + local  # one (cell, row) run
+    order = np.lexsort((cols, key))
+    key, in_block = key[order], (cols - block * stride)[order]
+    del rows, cols, codes, block, group, local, order
+    n_cells = packed.n_groups * n_blocks * k
+    counts = np.bincount(key, minlength=n_cells * group_rows).reshape(n_cells, group_rows)
+    # As in the sliced layout: lanes hold rows in decreasing count, so a slice's eight
+    # lengths are close; slices of rows with nothing in the cell are not stored at all.
+    lane_order = np.argsort(-counts, axis=1, kind="stable")
+    rank = np.empty_like(lane_order)
+    np.put_along_axis(rank, lane_order, np.arange(group_rows)[None, :], axis=1)
+    lengths = np.take_along_axis(counts, lane_order, axis=1)[:, ::SLICE_ROWS]
+    del counts
+    nonempty = lengths > 0
+    cell_slices = np.zeros(n_cells + 1, dtype=np.uint64)
+    np.cumsum(nonempty.sum(axis=1), out=cell_slices[1:])
+    starts = np.zeros(int(nonempty.sum()) + 1, dtype=np.int64)
+    np.cumsum(lengths[nonempty] * SLICE_ROWS, out=starts[1:])
+    slice_of = np.cumsum(nonempty.ravel()) - 1  # stored slice of each (cell, slice) pair
+    lanes = np.ascontiguousarray(lane_order.reshape(n_cells, -1, SLICE_ROWS)[nonempty], dtype=np.uint16).ravel()
+    run_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    step = np.arange(key.size) - np.repeat(run_start, np.diff(np.r_[run_start, key.size]))
+    cell, row = np.divmod(key, group_rows)
+    slot = rank[cell, row]
+    target = starts[slice_of[cell * (group_rows // SLICE_ROWS) + slot // SLICE_ROWS]] + step * SLICE_ROWS + slot % SLICE_ROWS
+    entries = np.full(int(starts[-1]), zero_slot, dtype=np.uint16)
+    entries[target] = in_block
+    layout = ByCodeLinear(entries, starts.astype(np.uint64), cell_slices, lanes, packed.codebook, stride, n_blocks, group_rows)
+    for array in (layout.entries, layout.slice_starts, layout.cell_slices, layout.lanes):
+        array.flags.writeable = False
+    return layout
+
+
+# Contraction only, as in the sliced kernel: eight named sums, no reassociation.
+@njit(parallel=True, cache=True, fastmath={"contract"})
+def _matvec(entries, starts, cell_slices, lanes, codebook, stride, n_blocks, group_rows, zero_slot, x, bias, y):
+    xb = np.zeros((n_blocks, np.int64(zero_slot) + 1), dtype=np.float32)  # each block's x, then its zero slot
+    for b in range(n_blocks):
+        for c in range(min(stride, x.shape[0] - b * stride)):
+            xb[b, c] = x[b * stride + c]
+    one, eight = np.uint64(1), np.uint64(SLICE_ROWS)
+    k = codebook.shape[0]
+    out = y.shape[0]
+    for group in prange((out + group_rows - 1) // group_rows):
+        sums = np.zeros(group_rows, dtype=np.float32)
+        for b in range(n_blocks):
+            xr = xb[b]
+            for code in range(k):
+                cell = np.uint64((group * n_blocks + b) * k + code)
+                w = codebook[code]
+                for s in range(cell_slices[cell], cell_slices[cell + one]):
+                    j, stop = starts[s], starts[s + one]
+                    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+                    while j < stop:
+                        a0 += xr[entries[j]]
+                        a1 += xr[entries[j + np.uint64(1)]]
+                        a2 += xr[entries[j + np.uint64(2)]]
+                        a3 += xr[entries[j + np.uint64(3)]]
+                        a4 += xr[entries[j + np.uint64(4)]]
+                        a5 += xr[entries[j + np.uint64(5)]]
+                        a6 += xr[entries[j + np.uint64(6)]]
+                        a7 += xr[entries[j + np.uint64(7)]]
+                        j += eight
+                    f = s * eight
+                    for i, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
+                        sums[lanes[f + np.uint64(i)]] += w * a
+        first = group * group_rows
+        for r in range(min(group_rows, out - first)):
+            y[first + r] = sums[r] + bias[first + r] if bias.shape[0] > 0 else sums[r]
