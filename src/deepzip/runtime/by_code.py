@@ -15,7 +15,9 @@ runs): 1.19-1.55x faster with 1 thread and 1.21-1.45x with 2 at 5.8-16 weights a
 (VGG-16 fc7), where its shorter, more numerous slices cost about what the codebook reads
 they save. It stores 15-26% more bytes than the sliced layout on the layers it is built
 for. It is built from the packed layer on its first batch-1 product and then kept beside
-it (`matmul` with B > 1 uses the sliced layout only).
+it (`matmul` with B > 1 uses the sliced layout only). Building costs about 0.4 us and 40
+bytes of temporary memory per kept weight (AlexNet fc6, 3.4 M weights: 1.4 s, 130 MB),
+once per layer.
 """
 
 from __future__ import annotations
@@ -80,18 +82,24 @@ def _blocks(n_in: int) -> int:
 
 
 def _weights(packed: PackedLinear):
-    """(rows, columns, codes) of the packed layer's kept weights, read back from its slices."""
-    slices = packed.slice_starts.size - 1
-    entries = packed.entries.astype(np.int64)
-    slice_of = np.repeat(np.arange(slices, dtype=np.int64), np.diff(packed.slice_starts.astype(np.int64)))
-    lane = np.arange(entries.size, dtype=np.int64) % SLICE_ROWS
+    """(rows, columns, codes) of the packed layer's kept weights, read back from its slices.
+
+    Only the kept entries' indices are materialized, and each temporary is freed when
+    used: the per-weight int64 arrays are this module's memory peak."""
+    entries = packed.entries
+    zero_slot = entries.dtype.type(packed.block_cols)
+    at = np.flatnonzero((entries & zero_slot) != zero_slot)
+    values = entries[at].astype(np.int64)
+    slice_of = np.searchsorted(packed.slice_starts, at.astype(np.uint64), side="right").astype(np.int64) - 1
+    lane = packed.lanes[slice_of * SLICE_ROWS + at % SLICE_ROWS].astype(np.int64)
+    del at
     group, rest = np.divmod(slice_of, packed.n_blocks * packed.slices_per_group)
-    block = rest // packed.slices_per_group
-    in_block = entries & packed.block_cols
-    kept = in_block != packed.block_cols
-    rows = group * packed.group_rows + packed.lanes[slice_of * SLICE_ROWS + lane].astype(np.int64)
-    cols = block * packed.block_stride + in_block
-    return rows[kept], cols[kept], (entries >> packed.col_bits)[kept]
+    del slice_of
+    rows = group * packed.group_rows + lane
+    del group, lane
+    cols = (rest // packed.slices_per_group) * packed.block_stride + (values & packed.block_cols)
+    del rest
+    return rows, cols, values >> packed.col_bits
 
 
 def split_by_code(packed: PackedLinear) -> ByCodeLinear:
