@@ -29,19 +29,9 @@ import time
 import click
 import numba
 import numpy as np
+from fc_speed import LAYERS, random_layer  # the same layers and random weights as the cold benchmark
 
 from deepzip.runtime import by_code, kernels
-from deepzip.runtime.packing import pack_linear
-
-LAYERS = {
-    "alexnet-fc6": (4096, 9216, 0.09),
-    "alexnet-fc7": (4096, 4096, 0.09),
-    "alexnet-fc8": (1000, 4096, 0.25),
-    "vgg16-fc6": (4096, 25088, 0.04),
-    "vgg16-fc7": (4096, 4096, 0.04),
-    "vgg16-fc8": (1000, 4096, 0.23),
-}
-
 
 def median_ms(times):
     """Median of a list of seconds, in ms."""
@@ -59,15 +49,12 @@ def main(thread_counts, repeats):
     print("| layer | threads | sliced ms | code-split ms | speedup | matmul uses | sliced MB | code-split MB | max rel. error |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, (out, n_in, kept) in LAYERS.items():
-        rng = np.random.default_rng(0)
-        positions = np.flatnonzero(rng.random((out, n_in), dtype=np.float32) < kept).astype(np.int64)
-        codes = rng.integers(0, 32, positions.size)
-        codebook = np.sort(rng.standard_normal(32) * (2.0 / n_in) ** 0.5).astype(np.float32)
-        x = rng.standard_normal(n_in).astype(np.float32)
-        packed = pack_linear((out, n_in), codebook, positions, codes)
+        weight = random_layer(out, n_in, kept, seed=0).tensors["fc.weight"]
+        codebook, positions, codes = weight.codebook.astype(np.float32), weight.flat_positions(), weight.codes
+        x = np.random.default_rng(1).standard_normal(n_in).astype(np.float32)
+        packed = kernels.pack_linear((out, n_in), codebook, positions, codes)
         split = by_code.split_by_code(packed)
         chosen = "code-split" if by_code.by_code_layout(packed) is not None else "sliced"
-        entries, *layout = packed.kernel_args
         no_bias = np.zeros(0, np.float32)
         dense = np.zeros(out * n_in)
         dense[positions] = codebook[codes]
@@ -78,15 +65,15 @@ def main(thread_counts, repeats):
             numba.set_num_threads(t)
             kernels.use_threads(t)
             sliced_y = np.empty(out, np.float32)
-            by_code.matvec(split, x, no_bias, y)
-            kernels._matvec(entries, *layout[:3], x, *layout[3:], no_bias, sliced_y)
+            kernels._by_code_matvec(split, x, no_bias, y)  # the two paths `matmul` chooses between
+            kernels._sliced_matvec(packed, x, no_bias, sliced_y)
             errors = [np.max(np.abs(y - reference) / scale), np.max(np.abs(sliced_y - reference) / scale)]
             new, old = [], []
             for _ in range(repeats):  # interleaved, so a slow moment of the machine hits both
                 t0 = time.perf_counter()
-                kernels._matvec(entries, *layout[:3], x, *layout[3:], no_bias, sliced_y)
+                kernels._sliced_matvec(packed, x, no_bias, sliced_y)
                 t1 = time.perf_counter()
-                by_code.matvec(split, x, no_bias, y)
+                kernels._by_code_matvec(split, x, no_bias, y)
                 old.append(t1 - t0)
                 new.append(time.perf_counter() - t1)
             print(f"| {name} | {t} | {median_ms(old):.3f} | {median_ms(new):.3f} | {median_ms(old) / median_ms(new):.2f}x | "

@@ -5,7 +5,8 @@ holds, for every row, the columns whose weight uses that code, as SELL-8 slices 
 rows sorted by their count in the cell; entries are bare 16-bit in-block columns. A
 slice costs one entry load, one x read and one add per weight, where the sliced layout
 pays an unpack, a codebook read, an x read and a multiply-add; each lane's sum meets its
-centroid once, at the slice's end (`benchmarks/layout_code_sorted.py` measured both).
+centroid once, at the slice's end (`benchmarks/layout_code_sorted.py` measured both). The
+kernel that runs it is `deepzip.runtime.kernels`' `_matvec_by_code`, beside the sliced one.
 
 It pays where a cell's slices are long, so `by_code_layout` builds it only when a layer
 keeps at least MIN_PER_CELL weights per (row, block, code) on average. Measured on the
@@ -25,16 +26,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
 
-from deepzip.runtime.packing import MAX_COL_BITS, SLICE_ROWS, PackedLinear
+from deepzip.runtime.packing import MAX_COL_BITS, SLICE_ROWS, PackedLinear, column_blocks
 
-__all__ = ["MIN_PER_CELL", "ByCodeLinear", "by_code_layout", "matvec", "split_by_code"]
+__all__ = ["MIN_PER_CELL", "ZERO_SLOT", "ByCodeLinear", "by_code_layout", "split_by_code"]
 
 MIN_PER_CELL = 5.0
 """Mean kept weights per (row, column block, code) from which the layout is built."""
 
-_COL_BITS = MAX_COL_BITS  # entries hold the column only, so blocks can be as wide as L1 allows
+ZERO_SLOT = (1 << MAX_COL_BITS) - 1
+"""Columns per block, and the in-block column that padding entries read (a zero): entries
+hold the column only, so blocks can be as wide as the L1 cache allows."""
 
 
 @dataclass(frozen=True)
@@ -64,21 +66,10 @@ def by_code_layout(packed: PackedLinear) -> ByCodeLinear | None:
     if cached is not False:
         return cached
     out, n_in = packed.shape
-    cells = out * _blocks(n_in) * packed.codebook.size
+    cells = out * column_blocks(n_in, ZERO_SLOT)[0] * packed.codebook.size
     layout = split_by_code(packed) if packed.nnz and packed.nnz >= MIN_PER_CELL * cells else None
     object.__setattr__(packed, "_by_code", layout)  # frozen dataclass: a cache, not a field
     return layout
-
-
-def matvec(layout: ByCodeLinear, x: np.ndarray, bias: np.ndarray, y: np.ndarray) -> None:
-    """y = W x (+ bias, when not empty) for contiguous float32 x (in,) and y (out,)."""
-    _matvec(layout.entries, layout.slice_starts, layout.cell_slices, layout.lanes, layout.codebook,
-            layout.block_stride, layout.n_blocks, layout.group_rows, np.uint16((1 << _COL_BITS) - 1), x, bias, y)
-
-
-def _blocks(n_in: int) -> int:
-    """Column blocks of the layout: as few as keep each block's x within 2**_COL_BITS - 1 floats."""
-    return max(1, -(-n_in // ((1 << _COL_BITS) - 1)))
 
 
 def _weights(packed: PackedLinear):
@@ -87,8 +78,8 @@ def _weights(packed: PackedLinear):
     Only the kept entries' indices are materialized, and each temporary is freed when
     used: the per-weight int64 arrays are this module's memory peak."""
     entries = packed.entries
-    zero_slot = entries.dtype.type(packed.block_cols)
-    at = np.flatnonzero((entries & zero_slot) != zero_slot)
+    padding = entries.dtype.type(packed.block_cols)  # the sliced layout's zero slot
+    at = np.flatnonzero((entries & padding) != padding)
     values = entries[at].astype(np.int64)
     slice_of = np.searchsorted(packed.slice_starts, at.astype(np.uint64), side="right").astype(np.int64) - 1
     lane = packed.lanes[slice_of * SLICE_ROWS + at % SLICE_ROWS].astype(np.int64)
@@ -105,11 +96,9 @@ def _weights(packed: PackedLinear):
 def split_by_code(packed: PackedLinear) -> ByCodeLinear:
     """The code-split layout of a packed layer, built whether or not it pays (see
     `by_code_layout` for the cached choice `matmul` makes)."""
-    n_blocks = _blocks(packed.shape[1])
+    n_blocks, stride = column_blocks(packed.shape[1], ZERO_SLOT)
     rows, cols, codes = _weights(packed)
     k, group_rows = packed.codebook.size, packed.group_rows
-    zero_slot = (1 << _COL_BITS) - 1
-    stride = max(1, -(-packed.shape[1] // n_blocks))
     block = cols // stride
     group, local = np.divmod(rows, group_rows)
     key = ((group * n_blocks + block) * k + codes) * group_rows + local  # one (cell, row) run
@@ -137,47 +126,9 @@ def split_by_code(packed: PackedLinear) -> ByCodeLinear:
     cell, row = np.divmod(key, group_rows)
     slot = rank[cell, row]
     target = starts[slice_of[cell * (group_rows // SLICE_ROWS) + slot // SLICE_ROWS]] + step * SLICE_ROWS + slot % SLICE_ROWS
-    entries = np.full(int(starts[-1]), zero_slot, dtype=np.uint16)
+    entries = np.full(int(starts[-1]), ZERO_SLOT, dtype=np.uint16)
     entries[target] = in_block
     layout = ByCodeLinear(entries, starts.astype(np.uint64), cell_slices, lanes, packed.codebook, stride, n_blocks, group_rows)
     for array in (layout.entries, layout.slice_starts, layout.cell_slices, layout.lanes):
         array.flags.writeable = False
     return layout
-
-
-# Contraction only, as in the sliced kernel: eight named sums, no reassociation.
-@njit(parallel=True, cache=True, fastmath={"contract"})
-def _matvec(entries, starts, cell_slices, lanes, codebook, stride, n_blocks, group_rows, zero_slot, x, bias, y):
-    xb = np.zeros((n_blocks, np.int64(zero_slot) + 1), dtype=np.float32)  # each block's x, then its zero slot
-    for b in range(n_blocks):
-        for c in range(min(stride, x.shape[0] - b * stride)):
-            xb[b, c] = x[b * stride + c]
-    one, eight = np.uint64(1), np.uint64(SLICE_ROWS)
-    k = codebook.shape[0]
-    out = y.shape[0]
-    for group in prange((out + group_rows - 1) // group_rows):
-        sums = np.zeros(group_rows, dtype=np.float32)
-        for b in range(n_blocks):
-            xr = xb[b]
-            for code in range(k):
-                cell = np.uint64((group * n_blocks + b) * k + code)
-                w = codebook[code]
-                for s in range(cell_slices[cell], cell_slices[cell + one]):
-                    j, stop = starts[s], starts[s + one]
-                    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-                    while j < stop:
-                        a0 += xr[entries[j]]
-                        a1 += xr[entries[j + np.uint64(1)]]
-                        a2 += xr[entries[j + np.uint64(2)]]
-                        a3 += xr[entries[j + np.uint64(3)]]
-                        a4 += xr[entries[j + np.uint64(4)]]
-                        a5 += xr[entries[j + np.uint64(5)]]
-                        a6 += xr[entries[j + np.uint64(6)]]
-                        a7 += xr[entries[j + np.uint64(7)]]
-                        j += eight
-                    f = s * eight
-                    for i, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
-                        sums[lanes[f + np.uint64(i)]] += w * a
-        first = group * group_rows
-        for r in range(min(group_rows, out - first)):
-            y[first + r] = sums[r] + bias[first + r] if bias.shape[0] > 0 else sums[r]

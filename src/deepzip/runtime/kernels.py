@@ -112,10 +112,9 @@ def checked_matmul(packed: PackedLinear, x: np.ndarray, bias: np.ndarray) -> np.
         x = x[0] if x.flags.c_contiguous else np.ascontiguousarray(x[0])
         split = by_code.by_code_layout(packed)
         if split is not None:
-            by_code.matvec(split, x, bias, y[0])
-            return y
-        entries, *layout = packed.kernel_args
-        _matvec(entries, *layout[:3], x, *layout[3:], bias, y[0])
+            _by_code_matvec(split, x, bias, y[0])
+        else:
+            _sliced_matvec(packed, x, bias, y[0])
         return y
     y = np.empty((batch, out), dtype=np.float32)
     for first in range(0, batch, MAX_TILE):
@@ -151,6 +150,18 @@ def use_threads(num_threads: int) -> None:
     if getattr(_threads, "count", None) != wanted:
         numba.set_num_threads(wanted)
         _threads.count = wanted
+
+
+def _sliced_matvec(packed: PackedLinear, x: np.ndarray, bias: np.ndarray, y: np.ndarray) -> None:
+    """y (out,) = W x (+ bias, when not empty) in the sliced layout; x contiguous (in,)."""
+    entries, *layout = packed.kernel_args
+    _matvec(entries, *layout[:3], x, *layout[3:], bias, y)
+
+
+def _by_code_matvec(split: by_code.ByCodeLinear, x: np.ndarray, bias: np.ndarray, y: np.ndarray) -> None:
+    """y (out,) = W x (+ bias, when not empty) in the code-split layout; x contiguous (in,)."""
+    _matvec_by_code(split.entries, split.slice_starts, split.cell_slices, split.lanes, split.codebook,
+                    np.uint64(by_code.ZERO_SLOT), split.block_stride, split.n_blocks, split.group_rows, x, bias, y)
 
 
 def _blocked_columns(packed: PackedLinear, x: np.ndarray, width: int) -> np.ndarray:
@@ -260,6 +271,37 @@ def _matvec(entries, starts, lanes, codebook, x, col_bits, stride, n_blocks, gro
                     a7 += codebook[e7 >> col_bits] * xr[e7 & block]
                     j += step
                 _add_lanes(sums, lanes, q, a0, a1, a2, a3, a4, a5, a6, a7)
+        _finish_group(sums, group, bias, y)
+
+
+@njit(parallel=True, cache=True, fastmath={"contract"})
+def _matvec_by_code(entries, starts, cell_slices, lanes, codebook, zero_slot, stride, n_blocks, group_rows, x, bias, y):
+    """Batch 1 in the code-split layout (`deepzip.runtime.by_code`): per slice, eight sums
+    of x alone, each multiplied by the cell's centroid once and added into its lane's row."""
+    xb = _x_blocks(x, zero_slot, stride, n_blocks)
+    one, eight = np.uint64(1), np.uint64(SLICE_ROWS)
+    k = codebook.shape[0]
+    for group in prange((y.shape[0] + group_rows - 1) // group_rows):
+        sums = np.zeros(group_rows, dtype=np.float32)
+        for b in range(n_blocks):
+            xr = xb[b]
+            for code in range(k):
+                cell = np.uint64((group * n_blocks + b) * k + code)
+                w = codebook[code]
+                for s in range(cell_slices[cell], cell_slices[cell + one]):
+                    j, stop = starts[s], starts[s + one]
+                    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+                    while j < stop:
+                        a0 += xr[entries[j]]
+                        a1 += xr[entries[j + np.uint64(1)]]
+                        a2 += xr[entries[j + np.uint64(2)]]
+                        a3 += xr[entries[j + np.uint64(3)]]
+                        a4 += xr[entries[j + np.uint64(4)]]
+                        a5 += xr[entries[j + np.uint64(5)]]
+                        a6 += xr[entries[j + np.uint64(6)]]
+                        a7 += xr[entries[j + np.uint64(7)]]
+                        j += eight
+                    _add_lanes(sums, lanes, np.int64(s), w * a0, w * a1, w * a2, w * a3, w * a4, w * a5, w * a6, w * a7)
         _finish_group(sums, group, bias, y)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from deepzip.errors import ConfigError
 
-__all__ = ["GROUP_ROWS", "MIN_GROUPS", "SLICE_ROWS", "PackedLinear", "col_bits_for", "pack_linear"]
+__all__ = ["GROUP_ROWS", "MIN_GROUPS", "SLICE_ROWS", "PackedLinear", "col_bits_for", "column_blocks", "pack_linear"]
 
 SLICE_ROWS = 8
 """Rows of one slice, interleaved: eight independent sums in flight hide the latency of
@@ -60,6 +60,15 @@ def col_bits_for(codebook_size: int) -> tuple[int, type]:
     if code_bits <= 8:
         return min(MAX_COL_BITS, 16 - code_bits), np.uint16
     return MAX_COL_BITS, np.uint32
+
+
+def column_blocks(n_in: int, block_cols: int) -> tuple[int, int]:
+    """(blocks, stride) for `n_in` columns in blocks of at most `block_cols`: at least one
+    block, and the blocks share the columns evenly (4096 columns in blocks of at most 2047
+    are three of 1366, not 2047 + 2047 + 2), since a sliver of a last block would hold
+    slices of one entry each, mostly padding."""
+    n_blocks = max(1, -(-n_in // block_cols))
+    return n_blocks, max(1, -(-n_in // n_blocks))
 
 
 @dataclass(frozen=True)
@@ -135,15 +144,13 @@ class PackedLinear:
 
     @property
     def n_blocks(self) -> int:
-        """Column blocks (at least one)."""
-        return max(1, -(-self.shape[1] // self.block_cols))
+        """Column blocks (at least one; `column_blocks`)."""
+        return column_blocks(self.shape[1], self.block_cols)[0]
 
     @property
     def block_stride(self) -> int:
-        """Columns from one block's start to the next: the blocks share the columns evenly
-        (4096 columns in blocks of at most 2047 are three of 1366, not 2047 + 2047 + 2), since
-        a sliver of a last block would hold slices of one entry each, mostly padding."""
-        return max(1, -(-self.shape[1] // self.n_blocks))
+        """Columns from one block's start to the next (`column_blocks`)."""
+        return column_blocks(self.shape[1], self.block_cols)[1]
 
     @property
     def n_groups(self) -> int:
@@ -222,8 +229,7 @@ def pack_linear(shape, codebook, positions, codes) -> PackedLinear:
     out, n_in = shape
     col_bits, entry_dtype = col_bits_for(codebook.size)
     block_cols = (1 << col_bits) - 1
-    n_blocks = max(1, -(-n_in // block_cols))
-    stride = max(1, -(-n_in // n_blocks))  # PackedLinear.block_stride
+    n_blocks, stride = column_blocks(n_in, block_cols)
     group_rows = next((g for g in GROUP_ROWS if out >= MIN_GROUPS * g), GROUP_ROWS[-1])
     n_groups = -(-out // group_rows)
     per_group = group_rows // SLICE_ROWS
