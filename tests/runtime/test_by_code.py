@@ -17,6 +17,8 @@ BUILT = {
     "k = 4": {"shape": (30, 500), "density": 0.2, "k": 4},
     "k = 256": {"shape": (50, 2000), "density": 0.8, "k": 256},
     "fully dense": {"shape": (33, 700), "density": 1.0},
+    "one full block (the last column next to the zero slot)": {"shape": (16, 4096), "density": 0.3},
+    "one column past a block": {"shape": (16, 4097), "density": 0.3},
 }
 
 
@@ -46,7 +48,15 @@ def test_weights_read_back_from_the_slices_are_the_packed_ones(case):
     np.testing.assert_array_equal((rows * shape[1] + cols)[order], positions)
     np.testing.assert_array_equal(read_codes[order], codes)
     layout = by_code.by_code_layout(packed)
-    assert np.count_nonzero(layout.entries != (1 << 12) - 1) == positions.size  # every weight once, padding apart
+    assert np.count_nonzero(layout.entries != by_code.ZERO_SLOT) == positions.size  # every weight once, padding apart
+
+
+def test_a_4096_column_layer_is_one_block():
+    shape, _, positions, _, packed = packed_case("one full block (the last column next to the zero slot)")
+    assert (positions % shape[1] == shape[1] - 1).any()  # column 4095 is kept: it is no zero slot
+    assert by_code.by_code_layout(packed).n_blocks == 1
+    *_, wider = packed_case("one column past a block")
+    assert by_code.by_code_layout(wider).n_blocks == 2
 
 
 def test_layout_is_built_once_and_only_where_it_pays():

@@ -10,11 +10,11 @@ kernel that runs it is `deepzip.runtime.kernels`' `_matvec_by_code`, beside the 
 
 It pays where a cell's slices are long, so `by_code_layout` builds it only when a layer
 keeps at least MIN_PER_CELL weights per (row, block, code) on average. Measured on the
-paper's fc layers (`benchmarks/layout_code_sorted.py`; AMD EPYC Zen 4, 2.6 GHz, hot, two
-runs): 1.19-1.55x faster with 1 thread and 1.21-1.45x with 2 at 5.8-16 weights a cell
-(AlexNet fc6, fc7, fc8, VGG-16 fc8); 0.95-1.01x at 4.5 (VGG-16 fc6) and 0.98-1.12x at 2.6
-(VGG-16 fc7), where its shorter, more numerous slices cost about what the codebook reads
-they save. It stores 15-26% more bytes than the sliced layout on the layers it is built
+paper's fc layers (`benchmarks/layout_code_sorted.py`; AMD EPYC Zen 4, 2.6 GHz, hot, with
+4096-column blocks): 1.21-1.48x faster with 1 thread and 1.24-1.57x with 2 at 5.8-16
+weights a cell (AlexNet fc6, fc7, fc8, VGG-16 fc8), 1.06x / 1.32x at 5.1 (VGG-16 fc7, one
+block); 0.92x / 1.20x at 4.5 (VGG-16 fc6, where it is not built), where its shorter, more
+numerous slices cost about what the codebook reads they save. It stores 15-26% more bytes than the sliced layout on the layers it is built
 for. It is built from the packed layer on its first batch-1 product and then kept beside
 it (`matmul` with B > 1 uses the sliced layout only). Building costs about 0.4 us and 40
 bytes of temporary memory per kept weight (AlexNet fc6, 3.4 M weights: 1.4 s, 130 MB),
@@ -34,9 +34,13 @@ __all__ = ["MIN_PER_CELL", "ZERO_SLOT", "ByCodeLinear", "by_code_layout", "split
 MIN_PER_CELL = 5.0
 """Mean kept weights per (row, column block, code) from which the layout is built."""
 
-ZERO_SLOT = (1 << MAX_COL_BITS) - 1
-"""Columns per block, and the in-block column that padding entries read (a zero): entries
-hold the column only, so blocks can be as wide as the L1 cache allows."""
+ZERO_SLOT = 1 << MAX_COL_BITS
+"""Columns per block (4096: x's block is 16 KiB, half of an L1 data cache), and the
+in-block column, just past them, that padding entries read (a zero). Entries hold the
+column only, so blocks can be as wide as the cache allows: 4096-column layers (AlexNet and
+VGG-16 fc7 and fc8) are one block, not two of 2048, which made their batch-1 products
+1.05-1.20x faster (Zen 4, 1 and 2 threads) and lets VGG-16 fc7 (4% kept) reach
+MIN_PER_CELL."""
 
 
 @dataclass(frozen=True)
