@@ -26,10 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peerlib import classifier  # noqa: E402
+from peerlib.deepzip_peer import calibration_probe  # noqa: E402
 
 import deepzip  # noqa: E402
-from deepzip.budget.sensitivity import OutputDistortion  # noqa: E402
-from deepzip.checkpoints.calibration import tensor_batches  # noqa: E402
 from deepzip.checkpoints.sized import compress_to_size  # noqa: E402
 
 
@@ -65,8 +64,7 @@ def main(size: str, dzip_file: str | None, workdir: str | None) -> None:
     target = classifier.make_target(work)
     if dzip_file is None:
         start = time.perf_counter()
-        batches = [next(iter(b.values())) for b in tensor_batches(target.placeholders["calibration_images"])]
-        probe = OutputDistortion(target.build(target.state_dict), batches)
+        probe = calibration_probe(target, target.placeholders["calibration_images"])
         dzip_file = str(work / f"efficientnet-{size}.dzip")
         compress_to_size(target.deepzip_input, dzip_file, size, probe=probe, overwrite=True,
                          progress=lambda step: print(f"\r{step:<60}", end="", flush=True))
@@ -78,11 +76,9 @@ def main(size: str, dzip_file: str | None, workdir: str | None) -> None:
           f"top-1 agreement {whole['top1_agree']:.2%}, mean KL {whole['mean_kl']:.5f}")
     parts: dict[str, list[str]] = {}
     for name, tensor in target.state_dict.items():
-        parts.setdefault(kind(tensor), []).append(name)
-    for name in target.state_dict:
-        block = block_of(name)
-        if block is not None:
-            parts.setdefault(block, []).append(name)
+        for part in (kind(tensor), block_of(name)):
+            if part is not None:
+                parts.setdefault(part, []).append(name)
     print(f"{'part from the file':<26} {'weights':>9} {'top-1 agree':>11} {'mean KL':>9}")
     for part, names in parts.items():
         chosen = set(names)

@@ -224,20 +224,14 @@ def time_rounds(calls: dict, warmup: int, repeats: int) -> dict[str, dict[str, f
         for k in range(len(names)):
             name = names[(round_ + k) % len(names)]
             fn, args_list = calls[name]
-
-            def next_args():
-                position[name] += 1
-                return args_list[(position[name] - 1) % len(args_list)]
-
-            fn(*next_args())
-            for _ in range(BURST):
-                args = next_args()
-                seconds = timed(fn, args)
-                if round_ >= warmup:
-                    cold[name].append(seconds)
-            seconds = timed(fn, args)
+            visit = [args_list[(position[name] + i) % len(args_list)] for i in range(1 + BURST)]
+            position[name] += 1 + BURST
+            fn(*visit[0])
+            burst = [timed(fn, args) for args in visit[1:]]
+            again = timed(fn, visit[-1])
             if round_ >= warmup:
-                hot[name].append(seconds)
+                cold[name] += burst
+                hot[name].append(again)
     return {
         name: {"cold": statistics.median(cold[name]), "cold_min": min(cold[name]), "hot": statistics.median(hot[name])}
         for name in names
@@ -322,8 +316,8 @@ def bench_layer(name, spec, batches, threads, cold_bytes, warmup, repeats, bandw
                         raise RuntimeError(f"{name} batch {batch}: {competitor} differs from dense by {error:.1e}")
                 row = {"layer": name, "batch": batch, "threads": nthreads}
                 timed = time_rounds(calls, warmup, repeats)
-                for competitor, (fn, args) in calls.items():
-                    cold, cold_min, hot = timed[competitor]["cold"], timed[competitor]["cold_min"], timed[competitor]["hot"]
+                for competitor, (_, args) in calls.items():
+                    cold, cold_min, hot = (timed[competitor][what] for what in ("cold", "cold_min", "hot"))
                     key = "dense" if competitor.startswith("dense") else competitor
                     moved = weight_bytes[key] + 4 * batch * (n_in + out)
                     floor = moved / bandwidth[nthreads]

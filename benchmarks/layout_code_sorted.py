@@ -27,11 +27,11 @@ import statistics
 import time
 
 import click
-import numba
 import numpy as np
 from fc_speed import LAYERS, random_layer  # the same layers and random weights as the cold benchmark
 
 from deepzip.runtime import by_code, kernels
+
 
 def median_ms(times):
     """Median of a list of seconds, in ms."""
@@ -62,7 +62,6 @@ def main(thread_counts, repeats):
         reference, scale = dense @ x.astype(np.float64), np.abs(dense) @ np.abs(x.astype(np.float64))
         y = np.empty(out, np.float32)
         for t in threads:
-            numba.set_num_threads(t)
             kernels.use_threads(t)
             sliced_y = np.empty(out, np.float32)
             kernels._by_code_matvec(split, x, no_bias, y)  # the two paths `matmul` chooses between

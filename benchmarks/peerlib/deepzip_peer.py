@@ -90,20 +90,26 @@ def _run_api(point: Point, target: Target, argv: list[str], out: Path) -> Point:
     For a model the CLI cannot build (a bare state dict with no model class), this is how a
     user calibrates: `compress_to_size(..., probe=OutputDistortion(model, batches))`.
     """
-    from deepzip.budget.sensitivity import OutputDistortion
-    from deepzip.checkpoints.calibration import tensor_batches
     from deepzip.checkpoints.sized import compress_to_size
 
     options = dict(zip(argv[::2], argv[1::2], strict=True))
-    probe = None
     start = time.perf_counter()
-    if "--calibration" in options:
-        # The model's forward takes the images positionally: one tensor a batch.
-        batches = [next(iter(batch.values())) for batch in tensor_batches(options["--calibration"])]
-        probe = OutputDistortion(target.build(target.state_dict), batches)
+    probe = calibration_probe(target, options["--calibration"]) if "--calibration" in options else None
     compress_to_size(target.deepzip_input, out, options["--size"], probe=probe, overwrite=True)
     point.seconds["compress"] = time.perf_counter() - start
     return _score(point, target, out)
+
+
+def calibration_probe(target: Target, calibration_file: str):
+    """The OutputDistortion of the Target's fp32 model on a safetensors file of input batches.
+
+    The model's forward takes its input positionally, so each batch is its one tensor.
+    """
+    from deepzip.budget.sensitivity import OutputDistortion
+    from deepzip.checkpoints.calibration import tensor_batches
+
+    batches = [next(iter(batch.values())) for batch in tensor_batches(calibration_file)]
+    return OutputDistortion(target.build(target.state_dict), batches)
 
 
 def _score(point: Point, target: Target, out: Path) -> Point:

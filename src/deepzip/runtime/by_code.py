@@ -14,9 +14,9 @@ paper's fc layers (`benchmarks/layout_code_sorted.py`; AMD EPYC Zen 4, 2.6 GHz, 
 4096-column blocks): 1.21-1.48x faster with 1 thread and 1.24-1.57x with 2 at 5.8-16
 weights a cell (AlexNet fc6, fc7, fc8, VGG-16 fc8), 1.06x / 1.32x at 5.1 (VGG-16 fc7, one
 block); 0.92x / 1.20x at 4.5 (VGG-16 fc6, where it is not built), where its shorter, more
-numerous slices cost about what the codebook reads they save. It stores 15-26% more bytes than the sliced layout on the layers it is built
-for. It is built from the packed layer on its first batch-1 product and then kept beside
-it (`matmul` with B > 1 uses the sliced layout only). Building costs about 0.4 us and 40
+numerous slices cost about what the codebook reads they save. It stores 15-26% more
+bytes than the sliced layout on the layers it is built for. It is built from the packed
+layer on its first batch-1 product and then kept beside it (`matmul` with B > 1 uses the sliced layout only). Building costs about 0.4 us and 40
 bytes of temporary memory per kept weight (AlexNet fc6, 3.4 M weights: 1.4 s, 130 MB),
 once per layer.
 """
