@@ -198,6 +198,21 @@ def copies_for(nbytes: int, cold_bytes: int) -> int:
 BURST = 3  # cold calls timed per competitor in a round
 
 
+def layer_with_reference(out: int, n_in: int, kept: float):
+    """(codebook, positions, codes, x, reference, scale): `random_layer`'s weights (seed 0), an x, and W x with |W| |x| in float64.
+
+    The layout benchmarks judge a kernel's y by max |y - reference| / scale.
+    """
+    weight = random_layer(out, n_in, kept, seed=0).tensors["fc.weight"]
+    codebook, positions, codes = weight.codebook.astype(np.float32), weight.flat_positions(), weight.codes
+    x = np.random.default_rng(1).standard_normal(n_in).astype(np.float32)
+    dense = np.zeros(out * n_in)
+    dense[positions] = codebook[codes]
+    dense = dense.reshape(out, n_in)
+    x64 = x.astype(np.float64)
+    return codebook, positions, codes, x, dense @ x64, np.abs(dense) @ np.abs(x64)
+
+
 def time_rounds(calls: dict, warmup: int, repeats: int) -> dict[str, dict[str, float]]:
     """{competitor: {"cold", "cold_min", "hot"} seconds}: medians over `repeats` interleaved rounds.
 

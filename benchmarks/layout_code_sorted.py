@@ -28,7 +28,7 @@ import time
 
 import click
 import numpy as np
-from fc_speed import LAYERS, random_layer  # the same layers and random weights as the cold benchmark
+from fc_speed import LAYERS, layer_with_reference  # the same layers and random weights as the cold benchmark
 
 from deepzip.runtime import by_code, kernels
 
@@ -49,17 +49,11 @@ def main(thread_counts, repeats):
     print("| layer | threads | sliced ms | code-split ms | speedup | matmul uses | sliced MB | code-split MB | max rel. error |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, (out, n_in, kept) in LAYERS.items():
-        weight = random_layer(out, n_in, kept, seed=0).tensors["fc.weight"]
-        codebook, positions, codes = weight.codebook.astype(np.float32), weight.flat_positions(), weight.codes
-        x = np.random.default_rng(1).standard_normal(n_in).astype(np.float32)
+        codebook, positions, codes, x, reference, scale = layer_with_reference(out, n_in, kept)
         packed = kernels.pack_linear((out, n_in), codebook, positions, codes)
         split = by_code.split_by_code(packed)
         chosen = "code-split" if by_code.by_code_layout(packed) is not None else "sliced"
         no_bias = np.zeros(0, np.float32)
-        dense = np.zeros(out * n_in)
-        dense[positions] = codebook[codes]
-        dense = dense.reshape(out, n_in)
-        reference, scale = dense @ x.astype(np.float64), np.abs(dense) @ np.abs(x.astype(np.float64))
         y = np.empty(out, np.float32)
         for t in threads:
             kernels.use_threads(t)
