@@ -192,6 +192,7 @@ def random_layer(out: int, n_in: int, kept: float, seed: int) -> CompressedModel
 
 
 def copies_for(nbytes: int, cold_bytes: int) -> int:
+    """How many copies of `nbytes` of weights fill `cold_bytes` (at least 2, so calls can rotate)."""
     return max(2, math.ceil(cold_bytes / max(nbytes, 1)))
 
 
@@ -206,11 +207,16 @@ def layer_with_reference(out: int, n_in: int, kept: float):
     weight = random_layer(out, n_in, kept, seed=0).tensors["fc.weight"]
     codebook, positions, codes = weight.codebook.astype(np.float32), weight.flat_positions(), weight.codes
     x = np.random.default_rng(1).standard_normal(n_in).astype(np.float32)
-    dense = np.zeros(out * n_in)
+    return codebook, positions, codes, x, *dense_reference((out, n_in), codebook, positions, codes, x)
+
+
+def dense_reference(shape, codebook, positions, codes, x):
+    """(W x, |W| |x|) in float64, W the dense matrix of a codebook layer (flat `positions`, their `codes`)."""
+    dense = np.zeros(shape[0] * shape[1])
     dense[positions] = codebook[codes]
-    dense = dense.reshape(out, n_in)
+    dense = dense.reshape(shape)
     x64 = x.astype(np.float64)
-    return codebook, positions, codes, x, dense @ x64, np.abs(dense) @ np.abs(x64)
+    return dense @ x64, np.abs(dense) @ np.abs(x64)
 
 
 def time_rounds(calls: dict, warmup: int, repeats: int) -> dict[str, dict[str, float]]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 import numpy as np
-from fc_speed import LAYERS, layer_with_reference, time_rounds
+from fc_speed import LAYERS, copies_for, layer_with_reference, time_rounds
 
 from deepzip.runtime import by_code, kernels
 
@@ -66,6 +66,12 @@ def compile_kernel(folder: Path):
     return function
 
 
+def permute_matvec(kernel, layout, codebook32, x, y):
+    """y[: slices * 16] = W x through the compiled `kernel`, `layout` from permute_layout, 32 float32 centroids."""
+    entries, depth, slices, blocks = layout
+    kernel(entries.ctypes.data, depth.ctypes.data, codebook32.ctypes.data, x.ctypes.data, len(x), slices, blocks, y.ctypes.data)
+
+
 @click.command()
 @click.option("--repeats", type=int, default=61, show_default=True)
 @click.option("--cold-mib", type=int, default=128, show_default=True, help="MiB of layout copies each kernel rotates through, cold")
@@ -82,25 +88,31 @@ def main(repeats, cold_mib):
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, (out, n_in, kept) in LAYERS.items():
             codebook, positions, codes, x, reference, scale = layer_with_reference(out, n_in, kept)
-            packed = kernels.pack_linear((out, n_in), codebook, positions, codes)
-            split = by_code.by_code_layout(packed)  # what matmul runs at batch 1: code-split, or sliced below its threshold
-            layout = packed if split is None else split
-            library_kernel = kernels._sliced_matvec if split is None else kernels._by_code_matvec
-            copy = (lambda: kernels.pack_linear((out, n_in), codebook, positions, codes)) if split is None else (lambda: by_code.split_by_code(packed))
+            # What matmul runs at batch 1: the code-split layout, or the sliced one below its threshold.
+            code_split = by_code.by_code_layout(kernels.pack_linear((out, n_in), codebook, positions, codes)) is not None
+            library_kernel = kernels._by_code_matvec if code_split else kernels._sliced_matvec
+
+            def library_layout():
+                packed = kernels.pack_linear((out, n_in), codebook, positions, codes)
+                return by_code.split_by_code(packed) if code_split else packed
+
+            layout = library_layout()
             entries, depth, slices, blocks = permute_layout((out, n_in), positions, codes)
             table = np.zeros(32, np.float32)
             table[: len(codebook)] = codebook
             no_bias, y, wide = np.zeros(0, np.float32), np.empty(out, np.float32), np.empty(slices * ROWS, np.float32)
-            ours = [(layout,)] + [(copy(),) for _ in range(-(-cold_mib * 2**20 // layout.nbytes))]
-            theirs = [(entries,)] + [(entries.copy(),) for _ in range(-(-cold_mib * 2**20 // entries.nbytes))]
+            cold_bytes = cold_mib * 2**20
+            ours = [(layout,)] + [(library_layout(),) for _ in range(copies_for(layout.nbytes, cold_bytes) - 1)]
+            theirs = [(entries,)] + [(entries.copy(),) for _ in range(copies_for(entries.nbytes, cold_bytes) - 1)]
 
             def run_ours(layout):
                 library_kernel(layout, x, no_bias, y)
 
             def run_theirs(entries):
-                permute(entries.ctypes.data, depth.ctypes.data, table.ctypes.data, x.ctypes.data, n_in, slices, blocks, wide.ctypes.data)
+                permute_matvec(permute, (entries, depth, slices, blocks), table, x, wide)
 
-            run_ours(layout), run_theirs(entries)
+            run_ours(layout)
+            run_theirs(entries)
             errors = (np.max(np.abs(y - reference) / scale), np.max(np.abs(wide[:out] - reference) / scale))
             # fc_speed's interleaved rounds: in each, both kernels in turn, cold calls on rotating copies, then one hot
             medians = time_rounds({"ours": (run_ours, ours), "theirs": (run_theirs, theirs)}, warmup=2, repeats=repeats)

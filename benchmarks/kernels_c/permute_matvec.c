@@ -3,8 +3,8 @@
  * Layout (built by benchmarks/layout_permute.py): rows in slices of 16 (one lane a row),
  * columns in blocks of 63; block b's 63 x values sit in four zmm registers with a zero in
  * the 64th slot. For each (slice, block) the slice holds depth[slice, block] steps of 16
- * uint16 entries, one a lane (steps interleaved in pairs, below): bits 0-5 the column within the block (63: padding, x = 0),
- * bits 6-10 the code. A step is one 32-byte load, two two-table permutes and a blend for
+ * uint16 entries, one a lane (steps interleaved in pairs, below): bits 0-5 the column
+ * within the block (63: padding, x = 0), bits 6-10 the code. A step is one 32-byte load, two two-table permutes and a blend for
  * x, one permute for the centroid, one fused multiply-add: no per-weight scalar load.
  * depth is even (an odd one gets a step of padding).
  */
@@ -14,30 +14,24 @@
 void permute_matvec(const uint16_t *entries, const uint8_t *depth, const float *codebook32,
                     const float *x, int64_t n_in, int64_t slices, int64_t blocks, float *y) {
     const __m512 cb0 = _mm512_loadu_ps(codebook32), cb1 = _mm512_loadu_ps(codebook32 + 16);
-    const __m512i bit5 = _mm512_set1_epi32(32);
+    const __m512i bit5 = _mm512_set1_epi32(32), low16 = _mm512_set1_epi32(0xFFFF);
     const uint16_t *p = entries;
     const uint8_t *d = depth;
     for (int64_t s = 0; s < slices; s++) {
         /* Two accumulators, so consecutive steps' multiply-adds do not wait on each other. */
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
         for (int64_t b = 0; b < blocks; b++, d++) {
-            int64_t start = b * 63, take = n_in - start < 63 ? n_in - start : 63;
-            __m512 x0, x1, x2, x3;
-            if (take == 63) {
-                x0 = _mm512_loadu_ps(x + start), x1 = _mm512_loadu_ps(x + start + 16);
-                x2 = _mm512_loadu_ps(x + start + 32), x3 = _mm512_maskz_loadu_ps(0x7FFF, x + start + 48);
-            } else {
-                __mmask16 m[4];
-                for (int q = 0; q < 4; q++) {
-                    int64_t n = take - 16 * q;
-                    m[q] = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-                }
-                x0 = _mm512_maskz_loadu_ps(m[0], x + start), x1 = _mm512_maskz_loadu_ps(m[1], x + start + 16);
-                x2 = _mm512_maskz_loadu_ps(m[2], x + start + 32), x3 = _mm512_maskz_loadu_ps(m[3] & 0x7FFF, x + start + 48);
+            /* x[start ..] into four registers, zeros past the layer's end and in slot 63. */
+            int64_t start = b * 63;
+            __m512 xs[4];
+            for (int q = 0; q < 4; q++) {
+                int64_t n = n_in - start - 16 * q;
+                __mmask16 m = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+                xs[q] = _mm512_maskz_loadu_ps(q == 3 ? m & 0x7FFF : m, x + start + 16 * q);
             }
+            const __m512 x0 = xs[0], x1 = xs[1], x2 = xs[2], x3 = xs[3];
             /* Steps come in pairs: each 32-bit lane holds its row's entry of step t (low half)
                and of step t + 1 (high half), so one load serves two steps with no widening shuffle. */
-            const __m512i low16 = _mm512_set1_epi32(0xFFFF);
             for (int t = 0; t < *d; t += 2, p += 32) {
                 __m512i pair = _mm512_loadu_si512((const void *)p);
                 __m512i v = _mm512_and_si512(pair, low16), w = _mm512_srli_epi32(pair, 16);

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from layout_permute import ROWS, WIDTH, compile_kernel, permute_layout
+from fc_speed import dense_reference
+from layout_permute import ROWS, WIDTH, compile_kernel, permute_layout, permute_matvec
 
 
 def small_layer(out=37, n_in=150, kept=0.2, seed=0):
@@ -50,13 +51,10 @@ def test_the_layout_holds_every_weight_once_and_only_padding_besides():
 @pytest.mark.skipif(shutil.which("gcc") is None or "avx512f" not in Path("/proc/cpuinfo").read_text(), reason="needs gcc and AVX-512F")
 def test_the_kernel_equals_a_float64_dense_product(tmp_path):
     shape, positions, codes, codebook = small_layer()
-    entries, depth, slices, blocks = permute_layout(shape, positions, codes)
+    layout = permute_layout(shape, positions, codes)
     x = np.random.default_rng(3).standard_normal(shape[1]).astype(np.float32)
-    y = np.full(slices * ROWS, np.nan, np.float32)
-    compile_kernel(tmp_path)(entries.ctypes.data, depth.ctypes.data, codebook.ctypes.data, x.ctypes.data, shape[1], slices, blocks, y.ctypes.data)
-    dense = np.zeros(shape[0] * shape[1])
-    dense[positions] = codebook[codes]
-    dense = dense.reshape(shape)
-    reference, scale = dense @ x.astype(np.float64), np.abs(dense) @ np.abs(x.astype(np.float64))
+    y = np.full(layout[2] * ROWS, np.nan, np.float32)
+    permute_matvec(compile_kernel(tmp_path), layout, codebook, x, y)
+    reference, scale = dense_reference(shape, codebook, positions, codes, x)
     assert np.all(np.abs(y[: shape[0]] - reference) <= 1e-5 * scale + 1e-30)
     assert y[5] == 0.0  # the empty row

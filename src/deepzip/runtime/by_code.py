@@ -16,9 +16,9 @@ weights a cell (AlexNet fc6, fc7, fc8, VGG-16 fc8), 1.06x / 1.32x at 5.1 (VGG-16
 block); 0.92x / 1.20x at 4.5 (VGG-16 fc6, where it is not built), where its shorter, more
 numerous slices cost about what the codebook reads they save. It stores 15-26% more
 bytes than the sliced layout on the layers it is built for. It is built from the packed
-layer on its first batch-1 product and then kept beside it (`matmul` with B > 1 uses the sliced layout only). Building costs about 0.4 us and 40
-bytes of temporary memory per kept weight (AlexNet fc6, 3.4 M weights: 1.4 s, 130 MB),
-once per layer.
+layer on its first batch-1 product and then kept beside it (`matmul` with B > 1 uses the
+sliced layout only). Building costs about 0.4 us and 40 bytes of temporary memory per kept
+weight (AlexNet fc6, 3.4 M weights: 1.4 s, 130 MB), once per layer.
 """
 
 from __future__ import annotations
