@@ -27,7 +27,11 @@ import torch
 
 from deepzip.errors import ConfigError
 
-DAMPING = 0.01  # of H's mean diagonal, added to it: keeps the factorisation stable when inputs are few or collinear
+# Added to H, as a fraction of its mean diagonal: keeps the factorisation stable when
+# inputs are few or collinear, and keeps the compensation from fitting the calibration set.
+# 1.0 (GPTQ's paper uses 0.01) was chosen on held-out calibration photos of EfficientNet-Lite0
+# (KL 0.00110 against 0.00163 at 0.01); MiniLM's 8x and 6x points moved by under 1e-4 cosine.
+DAMPING = 1.0
 BLOCK = 128  # columns updated together: the same result, with most of the work in one matrix product
 
 
