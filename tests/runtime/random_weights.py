@@ -25,3 +25,14 @@ def dense_reference(shape, codebook, positions, codes) -> np.ndarray:
     weight = np.zeros(int(np.prod(shape)), dtype=np.float64)
     weight[positions] = codebook.astype(np.float64)[codes]
     return weight.reshape(shape)
+
+
+def packed_layer(params):
+    """(shape, codebook, positions, codes, PackedLinear) of `random_layer(**params)`, where
+    `params` holds the shape beside random_layer's other arguments."""
+    from deepzip.runtime.packing import pack_linear
+
+    params = dict(params)
+    shape = params.pop("shape")
+    codebook, positions, codes = random_layer(shape, **params)
+    return shape, codebook, positions, codes, pack_linear(shape, codebook, positions, codes)

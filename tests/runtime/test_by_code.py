@@ -3,10 +3,13 @@ reference (the same one as test_kernels) and against the positions it was built 
 
 import numpy as np
 import pytest
-from random_weights import dense_reference, random_layer
+from random_weights import dense_reference, packed_layer, random_layer
 from test_kernels import assert_matches
 
 from deepzip.runtime import by_code, kernels
+from deepzip.runtime.packing import kept_weights
+
+pytestmark = pytest.mark.usefixtures("no_permute")  # matmul would run the register-permute layout instead
 
 # Cases where the layout is built: at least MIN_PER_CELL weights per (row, block, code).
 BUILT = {
@@ -23,10 +26,7 @@ BUILT = {
 
 
 def packed_case(name):
-    params = dict(BUILT[name])
-    shape = params.pop("shape")
-    codebook, positions, codes = random_layer(shape, **params)
-    return shape, codebook, positions, codes, kernels.pack_linear(shape, codebook, positions, codes)
+    return packed_layer(BUILT[name])
 
 
 @pytest.mark.parametrize("case", BUILT)
@@ -43,7 +43,7 @@ def test_batch_one_matches_dense_reference(case, with_bias):
 @pytest.mark.parametrize("case", BUILT)
 def test_weights_read_back_from_the_slices_are_the_packed_ones(case):
     shape, _, positions, codes, packed = packed_case(case)
-    rows, cols, read_codes = by_code._weights(packed)
+    rows, cols, read_codes = kept_weights(packed)
     order = np.argsort(rows * shape[1] + cols)
     np.testing.assert_array_equal((rows * shape[1] + cols)[order], positions)
     np.testing.assert_array_equal(read_codes[order], codes)

@@ -12,6 +12,8 @@ from random_weights import dense_reference, random_layer
 from deepzip.errors import ConfigError
 from deepzip.runtime import kernels
 
+pytestmark = pytest.mark.usefixtures("batch_one_layouts")  # every batch-1 path meets the same checks
+
 BATCHES = (1, 2, 7, 8, 9, 16, 33, 64, 65, 130)  # batch 1, and every tile width with a remainder
 
 

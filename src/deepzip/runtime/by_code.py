@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepzip.runtime.packing import MAX_COL_BITS, SLICE_ROWS, PackedLinear, column_blocks
+from deepzip.runtime.packing import MAX_COL_BITS, SLICE_ROWS, PackedLinear, column_blocks, kept_weights
 
 __all__ = ["MIN_PER_CELL", "ZERO_SLOT", "ByCodeLinear", "by_code_layout", "split_by_code"]
 
@@ -76,32 +76,11 @@ def by_code_layout(packed: PackedLinear) -> ByCodeLinear | None:
     return layout
 
 
-def _weights(packed: PackedLinear):
-    """(rows, columns, codes) of the packed layer's kept weights, read back from its slices.
-
-    Only the kept entries' indices are materialized, and each temporary is freed when
-    used: the per-weight int64 arrays are this module's memory peak."""
-    entries = packed.entries
-    padding = entries.dtype.type(packed.block_cols)  # the sliced layout's zero slot
-    at = np.flatnonzero((entries & padding) != padding)
-    values = entries[at].astype(np.int64)
-    slice_of = np.searchsorted(packed.slice_starts, at.astype(np.uint64), side="right").astype(np.int64) - 1
-    lane = packed.lanes[slice_of * SLICE_ROWS + at % SLICE_ROWS].astype(np.int64)
-    del at
-    group, rest = np.divmod(slice_of, packed.n_blocks * packed.slices_per_group)
-    del slice_of
-    rows = group * packed.group_rows + lane
-    del group, lane
-    cols = (rest // packed.slices_per_group) * packed.block_stride + (values & packed.block_cols)
-    del rest
-    return rows, cols, values >> packed.col_bits
-
-
 def split_by_code(packed: PackedLinear) -> ByCodeLinear:
     """The code-split layout of a packed layer, built whether or not it pays (see
     `by_code_layout` for the cached choice `matmul` makes)."""
     n_blocks, stride = column_blocks(packed.shape[1], ZERO_SLOT)
-    rows, cols, codes = _weights(packed)
+    rows, cols, codes = kept_weights(packed)
     k, group_rows = packed.codebook.size, packed.group_rows
     block = cols // stride
     group, local = np.divmod(rows, group_rows)

@@ -3,7 +3,10 @@
 The weight is a `PackedLinear` (see `deepzip.runtime.packing` for the layout: 2-byte
 entries holding code and in-block column, in SELL-8 slices over L1-sized column blocks).
 
-Batch 1, where a layer keeps enough weights per (row, block, code): the code-split layout
+Batch 1, on a CPU with AVX-512F and a codebook of at most 32 centroids: the
+register-permute layout of `deepzip.runtime.permute` (x and the codebook in registers, no
+per-weight load but the entry's), where its padding stays under half the entries. Else,
+where a layer keeps enough weights per (row, block, code): the code-split layout
 of `deepzip.runtime.by_code` (no codebook read; 1.2-1.5x faster where it is built).
 Otherwise (`_matvec`): per slice, eight scalar sums,
 one per lane; each entry costs a code read from the codebook and an x read from the
@@ -49,7 +52,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from deepzip.errors import ConfigError
-from deepzip.runtime import by_code
+from deepzip.runtime import by_code, permute
 from deepzip.runtime.packing import SLICE_ROWS, PackedLinear, pack_linear
 from deepzip.runtime.simd import lane_tile
 
@@ -110,8 +113,11 @@ def checked_matmul(packed: PackedLinear, x: np.ndarray, bias: np.ndarray) -> np.
     if batch == 1:
         y = np.empty((1, out), dtype=np.float32)
         x = x[0] if x.flags.c_contiguous else np.ascontiguousarray(x[0])
-        split = by_code.by_code_layout(packed)
-        if split is not None:
+        registers = permute.permute_layout(packed)
+        split = by_code.by_code_layout(packed) if registers is None else None
+        if registers is not None:
+            permute.permute_matvec(registers, x, bias, y[0])
+        elif split is not None:
             _by_code_matvec(split, x, bias, y[0])
         else:
             _sliced_matvec(packed, x, bias, y[0])
@@ -133,14 +139,20 @@ def bytes_per_call(packed: PackedLinear, batch: int = 1) -> dict[str, int]:
     """Bytes one `matmul` call must move, for the memory-bound floor (bytes / bandwidth).
 
     Returns {"weights": bytes of the layout the call reads, "activations": x read plus y
-    written, "total": sum}. Batch 1 reads the code-split layout where `matmul` uses it
-    (`deepzip.runtime.by_code`), else the sliced one; weights are read once per call
-    whatever the batch size.
+    written, "total": sum}. Batch 1 reads the layout `batch_one_layout` names, else the
+    sliced one; weights are read once per call whatever the batch size.
     """
-    split = by_code.by_code_layout(packed) if batch == 1 else None
-    weights = split.nbytes if split is not None else packed.nbytes
+    layout = batch_one_layout(packed) if batch == 1 else None
+    weights = layout.nbytes if layout is not None else packed.nbytes
     activations = 4 * batch * (packed.shape[0] + packed.shape[1])
     return {"weights": weights, "activations": activations, "total": weights + activations}
+
+
+def batch_one_layout(packed: PackedLinear):
+    """The layout `matmul` runs at batch 1 besides the sliced one: register-permute
+    (`deepzip.runtime.permute`) where it is built, else code-split (`deepzip.runtime.by_code`)
+    where that is, else None (the sliced layout)."""
+    return permute.permute_layout(packed) or by_code.by_code_layout(packed)
 
 
 def use_threads(num_threads: int) -> None:

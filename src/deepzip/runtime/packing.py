@@ -33,7 +33,7 @@ import numpy as np
 
 from deepzip.errors import ConfigError
 
-__all__ = ["GROUP_ROWS", "MIN_GROUPS", "SLICE_ROWS", "PackedLinear", "col_bits_for", "column_blocks", "pack_linear"]
+__all__ = ["GROUP_ROWS", "MIN_GROUPS", "SLICE_ROWS", "PackedLinear", "col_bits_for", "column_blocks", "kept_weights", "pack_linear"]
 
 SLICE_ROWS = 8
 """Rows of one slice, interleaved: eight independent sums in flight hide the latency of
@@ -274,3 +274,24 @@ def pack_linear(shape, codebook, positions, codes) -> PackedLinear:
     del target, in_block
     lanes = np.ascontiguousarray(order, dtype=np.uint16).ravel()
     return PackedLinear(shape, col_bits, group_rows, entries, slice_starts, lanes, codebook)
+
+
+def kept_weights(packed: PackedLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, codes), int64, of the packed layer's kept weights, read back from its slices.
+
+    Only the kept entries' indices are materialized, and each temporary is freed when
+    used: the per-weight int64 arrays are the memory peak of building the other layouts."""
+    entries = packed.entries
+    padding = entries.dtype.type(packed.block_cols)  # the sliced layout's zero slot
+    at = np.flatnonzero((entries & padding) != padding)
+    values = entries[at].astype(np.int64)
+    slice_of = np.searchsorted(packed.slice_starts, at.astype(np.uint64), side="right").astype(np.int64) - 1
+    lane = packed.lanes[slice_of * SLICE_ROWS + at % SLICE_ROWS].astype(np.int64)
+    del at
+    group, rest = np.divmod(slice_of, packed.n_blocks * packed.slices_per_group)
+    del slice_of
+    rows = group * packed.group_rows + lane
+    del group, lane
+    cols = (rest // packed.slices_per_group) * packed.block_stride + (values & packed.block_cols)
+    del rest
+    return rows, cols, values >> packed.col_bits
