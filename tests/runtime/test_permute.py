@@ -95,6 +95,7 @@ def test_when_matmul_builds_it(monkeypatch):
     sparse = kernels.pack_linear(shape, *random_layer(shape, density=0.03))
     assert permute.permute_layout(sparse) is None  # padding past MAX_PADDING
     assert permute.build_permute(sparse).padding > permute.MAX_PADDING
+    assert permute.build_permute(sparse, permute.MAX_PADDING) is None
     wide = kernels.pack_linear((20, 300), *random_layer((20, 300), density=0.5, k=64))
     assert permute.permute_layout(wide) is None
     with pytest.raises(ValueError, match="at most 32 centroids"):

@@ -86,8 +86,9 @@ class PermuteLinear:
         return sum(a.nbytes for a in (self.entries, self.depth, self.slice_starts, self.codebook))
 
 
-def build_permute(packed: PackedLinear) -> PermuteLinear:
-    """The register-permute layout of a packed layer, built whether or not it pays (see
+def build_permute(packed: PackedLinear, max_padding: float = 1.0) -> PermuteLinear | None:
+    """The register-permute layout of a packed layer, or None where padding would be more
+    than `max_padding` of its entries (found before the layout is built; see
     `permute_layout` for the cached choice `matmul` makes). ValueError for a codebook of
     more than MAX_CODES centroids."""
     if packed.codebook.size > MAX_CODES:
@@ -97,26 +98,31 @@ def build_permute(packed: PackedLinear) -> PermuteLinear:
     rows, cols, codes = kept_weights(packed)
     cell = (rows // ROWS) * blocks + cols // WIDTH
     lane = rows % ROWS
+    del rows
+    # A (slice, block) holds as many steps as its fullest lane, rounded up to pairs; a row
+    # holds at most WIDTH entries of a block, so depths stay <= 64.
+    depth = np.bincount(cell * ROWS + lane, minlength=slices * blocks * ROWS).reshape(-1, ROWS).max(axis=1)
+    depth += depth % 2
+    stored = int(depth.sum()) * ROWS
+    padding = 1.0 - cols.size / stored if stored else 0.0
+    if padding > max_padding:
+        return None
     order = np.lexsort((cols, lane, cell))
     cell, lane, cols, codes = cell[order], lane[order], cols[order], codes[order]
-    del rows, order
+    del order
     # Each (cell, lane) run's entries take steps 0, 1, 2... of that cell.
     group = cell * ROWS + lane
     first = np.r_[0, np.flatnonzero(np.diff(group)) + 1] if group.size else np.zeros(0, np.int64)
     step = np.arange(group.size) - np.repeat(first, np.diff(np.r_[first, group.size]))
     del group, first
-    depth = np.zeros(slices * blocks, np.int64)
-    np.maximum.at(depth, cell, step + 1)
-    depth += depth % 2  # steps go in pairs; a row holds at most WIDTH entries of a block, so <= 64
     offsets = np.zeros(slices * blocks, np.int64)
     np.cumsum(depth[:-1] * ROWS, out=offsets[1:])
     # Padding: x's zero slot times centroid 0, which `pack_linear` made sure is finite.
-    entries = np.full(int(depth.sum()) * ROWS, WIDTH, np.uint16)
+    entries = np.full(stored, WIDTH, np.uint16)
     entries[offsets[cell] + (step // 2) * 2 * ROWS + lane * 2 + step % 2] = (cols % WIDTH) | (codes << _CODE_SHIFT)
     codebook = np.zeros(MAX_CODES, np.float32)
     codebook[: packed.codebook.size] = packed.codebook
     slice_starts = np.ascontiguousarray(offsets.reshape(slices, blocks)[:, 0])
-    padding = 1.0 - cols.size / entries.size if entries.size else 0.0
     layout = PermuteLinear((out, n_in), entries, depth.astype(np.uint8), slice_starts, codebook, slices, blocks, padding)
     for array in (layout.entries, layout.depth, layout.slice_starts, layout.codebook):
         array.flags.writeable = False
@@ -132,9 +138,7 @@ def permute_layout(packed: PackedLinear) -> PermuteLinear | None:
         return cached
     layout = None
     if _HOST and packed.nnz and packed.codebook.size <= MAX_CODES:
-        built = build_permute(packed)
-        if built.padding <= MAX_PADDING:
-            layout = built
+        layout = build_permute(packed, MAX_PADDING)
     object.__setattr__(packed, "_permute", layout)  # frozen dataclass: a cache, not a field
     return layout
 
