@@ -116,3 +116,8 @@ def test_matmul_runs_it_at_batch_one_and_reports_its_bytes(monkeypatch):
     assert kernels.batch_one_layout(packed) is permute.permute_layout(packed)
     assert_matches(y, x, dense_reference(shape, codebook, positions, codes))
     assert kernels.bytes_per_call(packed)["weights"] == permute.permute_layout(packed).nbytes
+
+
+def test_not_used_when_numba_compiles_for_another_cpu(monkeypatch):
+    monkeypatch.setattr(permute.numba.config, "CPU_NAME", "generic")
+    assert not permute.host_supports()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from llvmlite import binding, ir
 from numba import njit, prange, types
@@ -56,7 +57,11 @@ _CODE_SHIFT = 6  # entry bits 0-5: in-block column; bits 6-10: code
 
 
 def host_supports() -> bool:
-    """Whether this CPU has AVX-512F, which the kernel's permutes need."""
+    """Whether this CPU has AVX-512F, which the kernel's permutes need, and numba compiles
+    for it (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, set for portable caches, could target a
+    CPU without it)."""
+    if numba.config.CPU_NAME not in (None, "host") or numba.config.CPU_FEATURES is not None:
+        return False
     return bool(binding.get_host_cpu_features().get("avx512f", False))
 
 
