@@ -31,7 +31,7 @@ and the layout sits beside the sliced one that batched products use: 12.0 MiB be
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -80,10 +80,10 @@ class PermuteLinear:
     pairs, from `entries[slice_starts[s]]` on in block order."""
 
     shape: tuple[int, int]
-    entries: np.ndarray  # uint16, pairs of steps interleaved per lane
-    depth: np.ndarray  # uint8 [slices * blocks]
-    slice_starts: np.ndarray  # int64 [slices]: first entry of each slice
-    codebook: np.ndarray  # float32 [MAX_CODES], zero past the packed codebook
+    entries: np.ndarray = field(repr=False)  # uint16, pairs of steps interleaved per lane
+    depth: np.ndarray = field(repr=False)  # uint8 [slices * blocks]
+    slice_starts: np.ndarray = field(repr=False)  # int64 [slices]: first entry of each slice
+    codebook: np.ndarray = field(repr=False)  # float32 [MAX_CODES], zero past the packed codebook
     slices: int
     blocks: int
     padding: float  # share of `entries` that are padding
