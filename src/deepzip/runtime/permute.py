@@ -23,7 +23,9 @@ It is built, like the code-split layout, from the packed layer on its first batc
 product and kept beside it, where the codebook has at most MAX_CODES centroids and the
 padding stays under MAX_PADDING of the stored entries. Measured against the library's
 other batch-1 kernels (`python benchmarks/fc_speed.py`): faster at 9-25% kept (padding
-31-46%), level at 4% (padding 59%), which is where MAX_PADDING puts the line. Building
+31-46%), level at 4% (padding 59%), which is where MAX_PADDING puts the line (with it at
+0.7, two runs gave VGG-16 fc7 0.392 / 0.388 ms cold, 1 thread, against 0.414 / 0.361 for
+the code-split layout, and fc6 2.53 / 2.32 against 2.18 / 2.35: no consistent gain). Building
 takes about 0.33 us per kept weight (AlexNet fc6, 3.4 M weights: 1.1 s), once per layer,
 and the layout sits beside the sliced one that batched products use: 12.0 MiB beside
 6.6 MiB on AlexNet fc6, where padding is 46% of its entries.
