@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from deepzip import container
 from deepzip.compressed import CodebookTensor, CompressedModel, RawTensor
-from deepzip.runtime import kernels
+from deepzip.runtime import kernels, permute
 from deepzip.runtime.load import SparseLinear
 
 # name: (out, in, kept fraction), from the paper's Table (CPU speed, batch 1).
@@ -286,8 +286,9 @@ def bench_layer(name, spec, batches, threads, cold_bytes, warmup, repeats, bandw
     packed = sparse.packed
     nnz = packed.nnz
     csr = csr_int32(weight)
+    batch_one = batch_one_layout_name(packed)
     log(f"{name}: {out}x{n_in}, {100 * nnz / (out * n_in):.2f}% kept, .dzip {file_bytes / MIB:.2f} MiB, "
-        f"setup {time.perf_counter() - t0:.1f} s")
+        f"batch-1 layout {batch_one}, setup {time.perf_counter() - t0:.1f} s")
 
     weight_bytes = {
         "dense": 4 * out * n_in + 4 * out,
@@ -365,8 +366,19 @@ def bench_layer(name, spec, batches, threads, cold_bytes, warmup, repeats, bandw
         "file_bytes": file_bytes,
         "weight_bytes": weight_bytes,
         "bytes_ratio_csr_over_deepzip": weight_bytes["torch_csr"] / weight_bytes["deepzip"],
+        "batch1_layout": batch_one,
     }
     return layer_info, results
+
+
+def batch_one_layout_name(packed) -> str:
+    """Which layout deepzip's batch-1 product runs on this layer, in words (built here if not yet)."""
+    layout = kernels.batch_one_layout(packed)
+    if layout is None:
+        return "sliced"
+    if isinstance(layout, permute.PermuteLinear):
+        return f"register-permute (padding {layout.padding:.0%})"
+    return "code-split"
 
 
 # --------------------------------------------------------------------------- report

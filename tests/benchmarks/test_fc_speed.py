@@ -51,3 +51,21 @@ def test_times_are_medians_of_the_timed_calls_only(monkeypatch):
     timed = fc_speed.time_rounds(calls, warmup=2, repeats=5)
     assert timed["x"] == {"cold": 2.0, "cold_min": 1.0, "hot": 0.5}
     assert timed["y"] == {"cold": 20.0, "cold_min": 10.0, "hot": 5.0}
+
+
+def test_the_batch_one_layout_is_named(monkeypatch):
+    import numpy as np
+
+    from deepzip.runtime import kernels, permute
+
+    rng = np.random.default_rng(0)
+
+    def packed(shape, density):
+        positions = np.flatnonzero(rng.random(shape[0] * shape[1]) < density)
+        return kernels.pack_linear(shape, rng.standard_normal(32).astype(np.float32), positions, rng.integers(0, 32, positions.size))
+
+    monkeypatch.setattr(permute, "_HOST", True)  # the choice only; nothing here runs the kernel
+    assert fc_speed.batch_one_layout_name(packed((64, 300), 0.5)).startswith("register-permute (padding ")
+    monkeypatch.setattr(permute, "_HOST", False)
+    assert fc_speed.batch_one_layout_name(packed((64, 300), 0.8)) == "code-split"  # >= 5 weights a (row, code)
+    assert fc_speed.batch_one_layout_name(packed((64, 300), 0.01)) == "sliced"
